@@ -1,0 +1,329 @@
+//! The `SigningKeySet` custom resource (`keyturn.dev/v1alpha1`).
+//!
+//! The CRD YAML in `crds/` is generated from these types (`keyturn crd`); a test fails when
+//! the two drift apart. Doc comments on fields are what `kubectl explain` shows.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Annotation whose change to any new value starts a manual rotation.
+pub const ROTATE_ANNOTATION: &str = "keyturn.dev/rotate";
+/// Label on every object keyturn creates: `app.kubernetes.io/managed-by: keyturn`.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY_VALUE: &str = "keyturn";
+/// Label naming the SigningKeySet an object belongs to.
+pub const SET_LABEL: &str = "keyturn.dev/signing-key-set";
+/// Field manager for every server-side apply keyturn makes.
+pub const FIELD_MANAGER: &str = "keyturn";
+
+/// A set of JWT signing keys that keyturn generates, publishes as a JWKS, and rotates.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "keyturn.dev",
+    version = "v1alpha1",
+    kind = "SigningKeySet",
+    namespaced,
+    shortname = "sks",
+    status = "SigningKeySetStatus",
+    printcolumn = r#"{"name":"Algorithm","type":"string","jsonPath":".spec.algorithm"}"#,
+    printcolumn = r#"{"name":"Active kid","type":"string","jsonPath":".status.activeKeyId"}"#,
+    printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.keyCount"}"#,
+    printcolumn = r#"{"name":"Next rotation","type":"date","jsonPath":".status.nextRotationTime"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.rsaKeySize) || self.algorithm.startsWith('RS') || self.algorithm.startsWith('PS')",
+        "message": "spec.rsaKeySize may only be set when spec.algorithm is RS256, RS384, RS512, PS256, PS384 or PS512",
+        "fieldPath": ".rsaKeySize",
+        "reason": "FieldValueForbidden"
+    }
+]))]
+pub struct SigningKeySetSpec {
+    /// JWS algorithm of new keys: RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA.
+    /// A change applies to the next key, through the normal pre-publication.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// RSA modulus size in bits for RS*/PS* algorithms: 2048, 3072 or 4096 (default 2048).
+    /// Must not be set for other algorithms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = [2048, 3072, 4096]))]
+    pub rsa_key_size: Option<u32>,
+    /// When keys rotate: how long each signs, how early the next is published, how long a
+    /// replaced key stays published.
+    #[serde(default)]
+    pub rotation: RotationSpec,
+    /// Name of the Secret that holds the Active private key for issuers to mount.
+    /// Default: `<name>-signing-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 253, "pattern" = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub secret_name: Option<String>,
+    /// Where the public JSON Web Key Set is published.
+    #[serde(default)]
+    pub jwks: JwksSpec,
+    /// Emergency revocation: key ids listed here leave every JWKS at once and their private
+    /// keys are destroyed; if the Active key is listed, a replacement becomes Active
+    /// immediately.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("maxItems" = 64, "items" = {"type": "string", "maxLength": 128}))]
+    pub revoked_key_ids: Vec<String>,
+    /// Optional issuer URL; when set, an OpenID discovery document is also served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 2048, "pattern" = "^https?://"))]
+    pub issuer: Option<String>,
+}
+
+/// Rotation schedule. Durations use the Kubernetes/Go form: `90s`, `15m`, `1h30m`, `720h`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "duration(self.interval) > duration('0s')",
+        "message": "spec.rotation.interval must be greater than 0",
+        "fieldPath": ".interval"
+    },
+    {
+        "rule": "duration(self.prePublish) > duration('0s')",
+        "message": "spec.rotation.prePublish must be greater than 0",
+        "fieldPath": ".prePublish"
+    },
+    {
+        "rule": "duration(self.overlap) > duration('0s')",
+        "message": "spec.rotation.overlap must be greater than 0",
+        "fieldPath": ".overlap"
+    },
+    {
+        "rule": "duration(self.prePublish) < duration(self.interval)",
+        "message": "spec.rotation.prePublish must be shorter than spec.rotation.interval",
+        "fieldPath": ".prePublish"
+    }
+]))]
+pub struct RotationSpec {
+    /// How long each key signs before the next one takes over (default 720h).
+    #[serde(default = "default_interval")]
+    #[schemars(extend("maxLength" = 32, "pattern" = DURATION_PATTERN))]
+    pub interval: String,
+    /// How long a new key is in the JWKS before it starts signing (default 1h). Must exceed
+    /// the slowest verifier's JWKS refresh plus the kubelet's ConfigMap sync.
+    #[serde(default = "default_pre_publish")]
+    #[schemars(extend("maxLength" = 32, "pattern" = DURATION_PATTERN))]
+    pub pre_publish: String,
+    /// How long a replaced key stays in the JWKS after it stops signing (default 24h). Must
+    /// exceed the longest token lifetime plus verifier cache time.
+    #[serde(default = "default_overlap")]
+    #[schemars(extend("maxLength" = 32, "pattern" = DURATION_PATTERN))]
+    pub overlap: String,
+}
+
+/// Go duration syntax as Kubernetes CEL's `duration()` accepts it.
+const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+fn default_interval() -> String {
+    "720h".into()
+}
+fn default_pre_publish() -> String {
+    "1h".into()
+}
+fn default_overlap() -> String {
+    "24h".into()
+}
+
+impl Default for RotationSpec {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            pre_publish: default_pre_publish(),
+            overlap: default_overlap(),
+        }
+    }
+}
+
+/// Where and how the public JWKS is published.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwksSpec {
+    /// Name of the JWKS ConfigMap. Default: `<name>-jwks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 253, "pattern" = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub config_map_name: Option<String>,
+    /// Data key of the JWKS in the ConfigMap. Default: `jwks.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 253, "pattern" = "^[-._a-zA-Z0-9]+$"))]
+    pub key: Option<String>,
+    /// Extra namespaces that get an identical copy of the JWKS ConfigMap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("maxItems" = 1000, "items" = {"type": "string", "maxLength": 63}))]
+    pub namespaces: Vec<String>,
+    /// Namespaces selected by label also get a copy; new matching namespaces are picked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+/// A JWS signing algorithm keyturn can generate keys for.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema, PartialOrd, Ord)]
+pub enum Algorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// RSASSA-PSS with SHA-384.
+    PS384,
+    /// RSASSA-PSS with SHA-512.
+    PS512,
+    /// ECDSA on P-256 with SHA-256.
+    #[default]
+    ES256,
+    /// ECDSA on P-384 with SHA-384.
+    ES384,
+    /// Ed25519 (RFC 8037).
+    EdDSA,
+}
+
+impl Algorithm {
+    /// Every algorithm, in a fixed order.
+    pub const ALL: [Algorithm; 9] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+
+    /// The JWS `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    /// Parses a JWS `alg` name.
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// True for the RSA families (RS*, PS*).
+    pub fn is_rsa(self) -> bool {
+        matches!(
+            self,
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        )
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Observed state of a SigningKeySet, derived from the operator's Secrets.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKeySetStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Key id (RFC 7638 thumbprint) of the key that signs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_key_id: Option<String>,
+    /// When the next key becomes Active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<String>,
+    /// Number of keys in the JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_count: Option<i32>,
+    /// Every key in the JWKS, with its state and lifecycle times.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyStatus>,
+    /// Namespaces whose JWKS ConfigMap holds the current key set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published_namespaces: Vec<String>,
+    /// Standard conditions; `Ready` says whether the set is published and signing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One key of the set as shown in the status.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    /// RFC 7638 JWK thumbprint (SHA-256, base64url).
+    pub kid: String,
+    /// JWS algorithm of this key.
+    pub algorithm: String,
+    /// Pending (published, not signing), Active (the signer) or Retired (verification only).
+    pub state: String,
+    /// When the key first appeared in the JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<String>,
+    /// When the key started signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<String>,
+    /// When the key stopped signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<String>,
+    /// When the key leaves the JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_at: Option<String>,
+}
+
+impl SigningKeySet {
+    /// Name of the signing Secret (`spec.secretName`, default `<name>-signing-key`).
+    pub fn secret_name(&self) -> String {
+        self.spec
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-signing-key", self.name_or_empty()))
+    }
+
+    /// Name of the operator-internal Secret holding every key's state and pending private keys.
+    pub fn internal_secret_name(&self) -> String {
+        format!("{}-keyturn-keys", self.name_or_empty())
+    }
+
+    /// Name of the JWKS ConfigMap (`spec.jwks.configMapName`, default `<name>-jwks`).
+    pub fn config_map_name(&self) -> String {
+        self.spec
+            .jwks
+            .config_map_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-jwks", self.name_or_empty()))
+    }
+
+    /// Data key of the JWKS in the ConfigMap (default `jwks.json`).
+    pub fn jwks_key(&self) -> String {
+        self.spec.jwks.key.clone().unwrap_or_else(|| "jwks.json".into())
+    }
+
+    fn name_or_empty(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+}

@@ -1,0 +1,342 @@
+//! Key material: generation from the OS RNG, PKCS#8 PEM and JWK encodings, RFC 7638 kids.
+//!
+//! Nothing in this module prints private material: [`KeyPair`]'s `Debug` shows the
+//! algorithm and kid only, and errors never quote key bytes.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+use rand_core::OsRng;
+use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::crd::Algorithm;
+
+/// Default RSA modulus size.
+pub const DEFAULT_RSA_BITS: u32 = 2048;
+
+/// Why key material could not be made or read. Messages never contain key bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The RSA size is not one keyturn generates.
+    #[error("unsupported RSA key size {0}: use 2048, 3072 or 4096")]
+    RsaSize(u32),
+    /// The PEM could not be parsed as a PKCS#8 private key of the expected algorithm.
+    #[error("stored private key is not a valid PKCS#8 {alg} key")]
+    BadPem {
+        /// The algorithm the key was expected to be.
+        alg: Algorithm,
+    },
+    /// The RSA key is smaller than the JWKS rules allow.
+    #[error("stored RSA key has {0} bits; at least 2048 are required")]
+    RsaTooSmall(usize),
+    /// The crypto library failed to generate a key.
+    #[error("key generation failed for {0}")]
+    Generate(Algorithm),
+}
+
+enum Inner {
+    Rsa(Box<rsa::RsaPrivateKey>),
+    P256(p256::SecretKey),
+    P384(p384::SecretKey),
+    Ed25519(ed25519_dalek::SigningKey),
+}
+
+/// A private key with its JWS algorithm. `Debug` redacts the private part.
+pub struct KeyPair {
+    alg: Algorithm,
+    inner: Inner,
+    kid: String,
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyPair")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .field("private", &"<redacted>")
+            .finish()
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl KeyPair {
+    /// Generates a new key for `alg` from the OS RNG. `rsa_bits` applies to RS*/PS* only.
+    pub fn generate(alg: Algorithm, rsa_bits: Option<u32>) -> Result<KeyPair, KeyError> {
+        let inner = match alg {
+            a if a.is_rsa() => {
+                let bits = rsa_bits.unwrap_or(DEFAULT_RSA_BITS);
+                if ![2048, 3072, 4096].contains(&bits) {
+                    return Err(KeyError::RsaSize(bits));
+                }
+                let key = rsa::RsaPrivateKey::new(&mut OsRng, bits as usize)
+                    .map_err(|_| KeyError::Generate(alg))?;
+                Inner::Rsa(Box::new(key))
+            }
+            Algorithm::ES256 => Inner::P256(p256::SecretKey::random(&mut OsRng)),
+            Algorithm::ES384 => Inner::P384(p384::SecretKey::random(&mut OsRng)),
+            Algorithm::EdDSA => Inner::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng)),
+            _ => unreachable!("every RSA algorithm is matched above"),
+        };
+        Ok(Self::from_inner(alg, inner))
+    }
+
+    fn from_inner(alg: Algorithm, inner: Inner) -> KeyPair {
+        let kid = thumbprint(&public_members(&inner)).expect("keyturn's own JWKs always have the thumbprint members");
+        KeyPair { alg, inner, kid }
+    }
+
+    /// Reads a PKCS#8 PEM private key that must be of the family `alg` uses.
+    pub fn from_pkcs8_pem(alg: Algorithm, pem: &str) -> Result<KeyPair, KeyError> {
+        let bad = || KeyError::BadPem { alg };
+        let inner = match alg {
+            a if a.is_rsa() => {
+                let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem).map_err(|_| bad())?;
+                let bits = key.size() * 8;
+                if bits < 2048 {
+                    return Err(KeyError::RsaTooSmall(bits));
+                }
+                key.validate().map_err(|_| bad())?;
+                Inner::Rsa(Box::new(key))
+            }
+            Algorithm::ES256 => Inner::P256(p256::SecretKey::from_pkcs8_pem(pem).map_err(|_| bad())?),
+            Algorithm::ES384 => Inner::P384(p384::SecretKey::from_pkcs8_pem(pem).map_err(|_| bad())?),
+            Algorithm::EdDSA => {
+                Inner::Ed25519(ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|_| bad())?)
+            }
+            _ => unreachable!("every RSA algorithm is matched above"),
+        };
+        Ok(Self::from_inner(alg, inner))
+    }
+
+    /// The JWS algorithm.
+    pub fn alg(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// The key id: RFC 7638 JWK thumbprint (SHA-256, base64url).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// RSA modulus size in bits, for RSA keys.
+    pub fn rsa_bits(&self) -> Option<u32> {
+        match &self.inner {
+            Inner::Rsa(k) => Some((k.size() * 8) as u32),
+            _ => None,
+        }
+    }
+
+    /// The private key as PKCS#8 PEM (LF line endings).
+    pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
+        let le = pkcs8::LineEnding::LF;
+        let pem = match &self.inner {
+            Inner::Rsa(k) => rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(k.as_ref(), le),
+            Inner::P256(k) => k.to_pkcs8_pem(le),
+            Inner::P384(k) => k.to_pkcs8_pem(le),
+            Inner::Ed25519(k) => k.to_pkcs8_pem(le),
+        };
+        pem.expect("encoding an in-memory private key as PKCS#8 cannot fail")
+    }
+
+    /// The public JWK: `kty`, key members, `kid`, `alg`, `use: "sig"`. No private members.
+    pub fn public_jwk(&self) -> Value {
+        let mut m = public_members(&self.inner);
+        m.insert("kid".into(), json!(self.kid));
+        m.insert("alg".into(), json!(self.alg.as_str()));
+        m.insert("use".into(), json!("sig"));
+        Value::Object(m)
+    }
+
+    /// The private JWK (public JWK plus the private members) as compact JSON.
+    pub fn private_jwk_json(&self) -> Zeroizing<String> {
+        let Value::Object(mut m) = self.public_jwk() else {
+            unreachable!("public_jwk is an object")
+        };
+        match &self.inner {
+            Inner::Rsa(k) => {
+                let primes = k.primes();
+                m.insert("d".into(), json!(b64(&k.d().to_bytes_be())));
+                m.insert("p".into(), json!(b64(&primes[0].to_bytes_be())));
+                m.insert("q".into(), json!(b64(&primes[1].to_bytes_be())));
+                if let Some(dp) = k.dp() {
+                    m.insert("dp".into(), json!(b64(&dp.to_bytes_be())));
+                }
+                if let Some(dq) = k.dq() {
+                    m.insert("dq".into(), json!(b64(&dq.to_bytes_be())));
+                }
+                if let Some(qi) = k.crt_coefficient() {
+                    m.insert("qi".into(), json!(b64(&qi.to_bytes_be())));
+                }
+            }
+            Inner::P256(k) => {
+                m.insert("d".into(), json!(b64(&Zeroizing::new(k.to_bytes().to_vec()))));
+            }
+            Inner::P384(k) => {
+                m.insert("d".into(), json!(b64(&Zeroizing::new(k.to_bytes().to_vec()))));
+            }
+            Inner::Ed25519(k) => {
+                m.insert("d".into(), json!(b64(&Zeroizing::new(k.to_bytes().to_vec()))));
+            }
+        }
+        let s = Zeroizing::new(serde_json::to_string(&Value::Object(m)).expect("JSON of strings"));
+        s
+    }
+}
+
+fn public_members(inner: &Inner) -> Map<String, Value> {
+    let mut m = Map::new();
+    match inner {
+        Inner::Rsa(k) => {
+            m.insert("kty".into(), json!("RSA"));
+            // BigUint::to_bytes_be is minimal: no leading zero octet (RFC 7518 §6.3.1.1).
+            m.insert("n".into(), json!(b64(&k.n().to_bytes_be())));
+            m.insert("e".into(), json!(b64(&k.e().to_bytes_be())));
+        }
+        Inner::P256(k) => {
+            use p256::elliptic_curve::sec1::ToEncodedPoint;
+            let p = k.public_key().to_encoded_point(false);
+            m.insert("kty".into(), json!("EC"));
+            m.insert("crv".into(), json!("P-256"));
+            // Fixed-width field elements: leading zeros kept (RFC 7518 §6.2.1.2).
+            m.insert("x".into(), json!(b64(p.x().expect("uncompressed point"))));
+            m.insert("y".into(), json!(b64(p.y().expect("uncompressed point"))));
+        }
+        Inner::P384(k) => {
+            use p384::elliptic_curve::sec1::ToEncodedPoint;
+            let p = k.public_key().to_encoded_point(false);
+            m.insert("kty".into(), json!("EC"));
+            m.insert("crv".into(), json!("P-384"));
+            m.insert("x".into(), json!(b64(p.x().expect("uncompressed point"))));
+            m.insert("y".into(), json!(b64(p.y().expect("uncompressed point"))));
+        }
+        Inner::Ed25519(k) => {
+            m.insert("kty".into(), json!("OKP"));
+            m.insert("crv".into(), json!("Ed25519"));
+            m.insert("x".into(), json!(b64(k.verifying_key().as_bytes())));
+        }
+    }
+    m
+}
+
+/// RFC 7638 JWK thumbprint (SHA-256, base64url) of a public JWK. Only the required members
+/// of its `kty` take part; `None` when a required member is missing or `kty` is unknown.
+pub fn thumbprint(jwk: &Map<String, Value>) -> Option<String> {
+    let kty = jwk.get("kty")?.as_str()?;
+    let required: &[&str] = match kty {
+        "RSA" => &["e", "kty", "n"],
+        "EC" => &["crv", "kty", "x", "y"],
+        "OKP" => &["crv", "kty", "x"],
+        _ => return None,
+    };
+    // serde_json's Map is a BTreeMap (no `preserve_order`): members come out in
+    // lexicographic order, compact, as RFC 7638 §3.3 requires.
+    let mut canonical = Map::new();
+    for name in required {
+        canonical.insert((*name).into(), Value::String(jwk.get(*name)?.as_str()?.to_string()));
+    }
+    let bytes = serde_json::to_vec(&Value::Object(canonical)).ok()?;
+    Some(b64(&Sha256::digest(&bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7638_section_3_1_vector() {
+        let jwk = json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        });
+        assert_eq!(
+            thumbprint(jwk.as_object().unwrap()).unwrap(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn rfc8037_a3_vector_and_key_derivation() {
+        // RFC 8037 A.1: the private seed d derives the public x of A.2, whose thumbprint is A.3.
+        let d = URL_SAFE_NO_PAD.decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A").unwrap();
+        let sk = ed25519_dalek::SigningKey::from_bytes(&d.try_into().unwrap());
+        let kp = KeyPair::from_inner(Algorithm::EdDSA, Inner::Ed25519(sk));
+        let jwk = kp.public_jwk();
+        assert_eq!(jwk["x"], "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo");
+        assert_eq!(kp.kid(), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+    }
+
+    #[test]
+    fn thumbprint_needs_required_members() {
+        assert!(thumbprint(json!({"kty":"EC","crv":"P-256","x":"AA"}).as_object().unwrap()).is_none());
+        assert!(thumbprint(json!({"kty":"oct","k":"AA"}).as_object().unwrap()).is_none());
+        assert!(thumbprint(json!({"x":"AA"}).as_object().unwrap()).is_none());
+    }
+
+    #[test]
+    fn pem_round_trip_every_algorithm() {
+        for alg in Algorithm::ALL {
+            let kp = KeyPair::generate(alg, None).unwrap();
+            let pem = kp.to_pkcs8_pem();
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{alg}: PKCS#8 PEM");
+            let back = KeyPair::from_pkcs8_pem(alg, &pem).unwrap();
+            assert_eq!(back.kid(), kp.kid(), "{alg}: kid survives PEM round trip");
+            assert_eq!(back.public_jwk(), kp.public_jwk());
+        }
+    }
+
+    #[test]
+    fn pem_of_wrong_family_is_rejected_without_quoting_it() {
+        let ec = KeyPair::generate(Algorithm::ES256, None).unwrap();
+        let pem = ec.to_pkcs8_pem();
+        let err = KeyPair::from_pkcs8_pem(Algorithm::EdDSA, &pem).unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains("PRIVATE KEY") && !msg.contains(&pem[40..60]), "{msg}");
+        assert!(KeyPair::from_pkcs8_pem(Algorithm::ES384, &pem).is_err());
+        assert!(KeyPair::from_pkcs8_pem(Algorithm::RS256, &pem).is_err());
+        assert!(KeyPair::from_pkcs8_pem(Algorithm::ES256, &pem[..pem.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn unsupported_rsa_size_is_an_error() {
+        assert!(matches!(KeyPair::generate(Algorithm::RS256, Some(1024)), Err(KeyError::RsaSize(1024))));
+    }
+
+    #[test]
+    fn debug_redacts_private_material() {
+        for alg in [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256] {
+            let kp = KeyPair::generate(alg, None).unwrap();
+            let dbg = format!("{kp:?}");
+            let private: Value = serde_json::from_str(&kp.private_jwk_json()).unwrap();
+            let d = private["d"].as_str().unwrap();
+            assert!(dbg.contains("<redacted>") && !dbg.contains(d), "{dbg}");
+        }
+    }
+
+    #[test]
+    fn private_jwk_has_private_members_and_matching_public_part() {
+        for alg in Algorithm::ALL {
+            let kp = KeyPair::generate(alg, None).unwrap();
+            let private: Value = serde_json::from_str(&kp.private_jwk_json()).unwrap();
+            assert!(private.get("d").is_some(), "{alg}");
+            for (k, v) in kp.public_jwk().as_object().unwrap() {
+                assert_eq!(&private[k], v, "{alg}: member {k}");
+            }
+            if alg.is_rsa() {
+                for m in ["p", "q", "dp", "dq", "qi"] {
+                    assert!(private.get(m).is_some(), "{alg}: {m}");
+                }
+            }
+        }
+    }
+}
