@@ -8,3 +8,5 @@ pub mod crd;
 pub mod duration;
 pub mod jwks;
 pub mod keys;
+pub mod plan;
+pub mod state;

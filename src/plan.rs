@@ -1,0 +1,906 @@
+//! The pure planner: given the spec, what the operator's own objects hold, and `now`, it
+//! returns the single next write and, when nothing is due, when to wake up.
+//!
+//! One step at a time is what makes crashes harmless (I6): every step is one write, and
+//! every state between two steps is a state the planner can continue from. The order of
+//! steps keeps the invariants: store a private key → publish → sign → record activation
+//! and retirement → drop removed keys.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::crd::{Algorithm, SigningKeySetSpec};
+use crate::duration;
+use crate::state::{KeyRecord, KeyState, SetState};
+
+/// The spec after validation, with defaults applied and durations parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Algorithm of new keys.
+    pub algorithm: Algorithm,
+    /// RSA size for new RSA keys.
+    pub rsa_bits: Option<u32>,
+    /// How long each key signs.
+    pub interval: Duration,
+    /// How long a key is published before it signs.
+    pub pre_publish: Duration,
+    /// How long a retired key stays published.
+    pub overlap: Duration,
+    /// Kids to revoke now.
+    pub revoked: BTreeSet<String>,
+    /// Current value of the `keyturn.dev/rotate` annotation.
+    pub rotate_token: Option<String>,
+}
+
+/// A spec the operator cannot act on; becomes `Ready=False` with reason `InvalidSpec`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {why}")]
+pub struct SpecError {
+    /// The offending field, e.g. `spec.rotation.prePublish`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// Validates a spec (pure). The CRD schema catches most of this at `kubectl apply`; this is
+/// the operator's own check, for objects stored under an older schema and for rules the
+/// schema cannot express.
+pub fn validate(spec: &SigningKeySetSpec, rotate_token: Option<String>) -> Result<Settings, SpecError> {
+    let dur = |field: &'static str, s: &str| -> Result<Duration, SpecError> {
+        let d = duration::parse(s).map_err(|e| SpecError { field, why: e.to_string() })?;
+        if d <= Duration::zero() {
+            return Err(SpecError { field, why: format!("must be greater than 0, got {s:?}") });
+        }
+        Ok(d)
+    };
+    let interval = dur("spec.rotation.interval", &spec.rotation.interval)?;
+    let pre_publish = dur("spec.rotation.prePublish", &spec.rotation.pre_publish)?;
+    let overlap = dur("spec.rotation.overlap", &spec.rotation.overlap)?;
+    if pre_publish >= interval {
+        return Err(SpecError {
+            field: "spec.rotation.prePublish",
+            why: format!(
+                "must be shorter than spec.rotation.interval ({} >= {})",
+                spec.rotation.pre_publish, spec.rotation.interval
+            ),
+        });
+    }
+    if let Some(bits) = spec.rsa_key_size {
+        if !spec.algorithm.is_rsa() {
+            return Err(SpecError {
+                field: "spec.rsaKeySize",
+                why: format!("only applies to RSA algorithms, not {}", spec.algorithm),
+            });
+        }
+        if ![2048, 3072, 4096].contains(&bits) {
+            return Err(SpecError { field: "spec.rsaKeySize", why: format!("must be 2048, 3072 or 4096, got {bits}") });
+        }
+    }
+    Ok(Settings {
+        algorithm: spec.algorithm,
+        rsa_bits: spec.rsa_key_size,
+        interval,
+        pre_publish,
+        overlap,
+        revoked: spec.revoked_key_ids.iter().cloned().collect(),
+        rotate_token,
+    })
+}
+
+/// What the operator's own objects hold, as read at the start of a step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    /// The internal Secret's state; `None` when the Secret does not exist.
+    pub state: Option<SetState>,
+    /// Kids of the published JWKS, in order, when its bytes are exactly what keyturn would
+    /// write for them; `None` when the ConfigMap is missing or differs.
+    pub published: Option<Vec<String>>,
+    /// Kid in the signing Secret, when its content is exactly what keyturn writes for that
+    /// key; `None` when missing or different.
+    pub signing: Option<String>,
+}
+
+/// Why a key is generated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerateReason {
+    /// The set's first key; Active at once.
+    First,
+    /// The schedule: `activatedAt(current) + interval − prePublish` has come.
+    Scheduled,
+    /// The `keyturn.dev/rotate` annotation changed.
+    Manual,
+    /// The Active key was revoked and no Pending key can replace it.
+    Revocation,
+}
+
+/// A transition worth an Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// A key was published in the JWKS.
+    Published(String),
+    /// A key started signing.
+    Activated(String),
+    /// A key stopped signing.
+    Retired(String),
+    /// A key left the JWKS and its record was dropped.
+    Removed(String),
+    /// A revoked key left the JWKS; `was_active` when it was signing.
+    Revoked {
+        /// The revoked kid.
+        kid: String,
+        /// True when it was the Active key.
+        was_active: bool,
+    },
+}
+
+/// The single next write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Generate a key and store it (private key first, before anything publishes it).
+    Generate {
+        /// Its algorithm.
+        alg: Algorithm,
+        /// RSA size.
+        rsa_bits: Option<u32>,
+        /// Why.
+        reason: GenerateReason,
+        /// Annotation value to record with it (manual rotation and first key).
+        rotate_token: Option<String>,
+    },
+    /// Write the JWKS ConfigMap with these keys, in this order.
+    Publish(Vec<String>),
+    /// Write the signing Secret with this key.
+    Sign(String),
+    /// Write the internal Secret with this state.
+    Store(SetState, Vec<Transition>),
+}
+
+/// Result of planning: a step to take now, or nothing until `wake_at`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// Take this step, then plan again.
+    Do(Step),
+    /// Nothing is due; plan again at this instant (if any).
+    Idle {
+        /// The next transition time.
+        wake_at: Option<DateTime<Utc>>,
+    },
+}
+
+/// When a key is removed from the JWKS.
+pub fn remove_at(r: &KeyRecord, s: &Settings) -> Option<DateTime<Utc>> {
+    r.retired_at.map(|t| t + s.overlap)
+}
+
+/// The live (non-revoked, not yet removed) keys in JWKS order: Active, then Pending
+/// (oldest first), then Retired (most recently retired first); ties by kid.
+pub fn published_order<'a>(state: &'a SetState, s: &Settings, now: DateTime<Utc>) -> Vec<&'a KeyRecord> {
+    let mut keys: Vec<&KeyRecord> = state
+        .keys
+        .iter()
+        .filter(|r| !s.revoked.contains(&r.kid))
+        .filter(|r| remove_at(r, s).is_none_or(|t| t > now))
+        .collect();
+    keys.sort_by(|a, b| {
+        let rank = |r: &KeyRecord| match r.state() {
+            KeyState::Active => 0,
+            KeyState::Pending => 1,
+            KeyState::Retired => 2,
+        };
+        rank(a)
+            .cmp(&rank(b))
+            .then_with(|| match a.state() {
+                KeyState::Pending => a.created_at.cmp(&b.created_at),
+                KeyState::Retired => b.retired_at.cmp(&a.retired_at),
+                KeyState::Active => std::cmp::Ordering::Equal,
+            })
+            .then_with(|| a.kid.cmp(&b.kid))
+    });
+    keys
+}
+
+fn active(state: &SetState, s: &Settings) -> Option<usize> {
+    state
+        .keys
+        .iter()
+        .position(|r| r.state() == KeyState::Active && !s.revoked.contains(&r.kid))
+}
+
+/// The Pending key that will activate next: the oldest live one.
+fn candidate(state: &SetState, s: &Settings) -> Option<usize> {
+    state
+        .keys
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.state() == KeyState::Pending && !s.revoked.contains(&r.kid))
+        .min_by_key(|(_, r)| (r.created_at, r.kid.clone()))
+        .map(|(i, _)| i)
+}
+
+/// When the next key should be generated (scheduled path).
+pub fn generate_at(state: &SetState, s: &Settings) -> Option<DateTime<Utc>> {
+    let a = &state.keys[active(state, s)?];
+    Some(a.activated_at? + s.interval - s.pre_publish)
+}
+
+/// When the Pending candidate may start signing, once it is published.
+pub fn activate_at(state: &SetState, s: &Settings) -> Option<DateTime<Utc>> {
+    let c = &state.keys[candidate(state, s)?];
+    let published = c.published_at?;
+    let earliest = published + s.pre_publish;
+    match active(state, s) {
+        // No signer (first key, or the signer was revoked): at once.
+        None => Some(published),
+        Some(_) if c.manual => Some(earliest),
+        Some(a) => Some(earliest.max(state.keys[a].activated_at? + s.interval)),
+    }
+}
+
+/// When the next rotation (activation of a new key) is expected, for the status.
+pub fn next_rotation(state: &SetState, s: &Settings) -> Option<DateTime<Utc>> {
+    if let Some(t) = activate_at(state, s) {
+        return Some(t);
+    }
+    if candidate(state, s).is_some() {
+        // Pending but not yet published: at least prePublish from now-ish; report the schedule.
+        let a = &state.keys[active(state, s)?];
+        return Some(a.activated_at? + s.interval);
+    }
+    let a = &state.keys[active(state, s)?];
+    Some(a.activated_at? + s.interval)
+}
+
+/// Plans the next step (pure).
+pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
+    let Some(state) = &observed.state else {
+        return Plan::Do(Step::Generate {
+            alg: s.algorithm,
+            rsa_bits: s.rsa_bits,
+            reason: GenerateReason::First,
+            rotate_token: s.rotate_token.clone(),
+        });
+    };
+    let active_i = active(state, s);
+    let cand_i = candidate(state, s);
+
+    // 1. Generation comes first, so that a revocation's replacement is published in the
+    //    same write that removes the revoked key.
+    let manual_requested = s.rotate_token.is_some() && s.rotate_token != state.rotate_token;
+    if cand_i.is_none() {
+        let reason = if active_i.is_none() {
+            Some(if state.keys.is_empty() { GenerateReason::First } else { GenerateReason::Revocation })
+        } else if manual_requested {
+            Some(GenerateReason::Manual)
+        } else if generate_at(state, s).is_some_and(|t| now >= t) {
+            Some(GenerateReason::Scheduled)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            let rotate_token = if manual_requested || reason == GenerateReason::First {
+                s.rotate_token.clone()
+            } else {
+                state.rotate_token.clone()
+            };
+            return Plan::Do(Step::Generate { alg: s.algorithm, rsa_bits: s.rsa_bits, reason, rotate_token });
+        }
+    } else if manual_requested {
+        // A key is already pending: the manual rotation makes it activate after prePublish.
+        let mut next = state.clone();
+        next.keys[cand_i.expect("checked")].manual = true;
+        next.rotate_token = s.rotate_token.clone();
+        return Plan::Do(Step::Store(next, vec![]));
+    }
+
+    // 2. Publish: the JWKS must hold exactly the live keys, in order.
+    let desired: Vec<String> = published_order(state, s, now).iter().map(|r| r.kid.clone()).collect();
+    if observed.published.as_ref() != Some(&desired) {
+        return Plan::Do(Step::Publish(desired));
+    }
+
+    // 3. Record publication time of keys the JWKS now holds.
+    if state.keys.iter().any(|r| r.published_at.is_none() && desired.contains(&r.kid)) {
+        let mut next = state.clone();
+        let mut events = vec![];
+        for r in next.keys.iter_mut().filter(|r| r.published_at.is_none() && desired.contains(&r.kid)) {
+            r.published_at = Some(now);
+            events.push(Transition::Published(r.kid.clone()));
+        }
+        return Plan::Do(Step::Store(next, events));
+    }
+
+    // 4. Activation.
+    if let (Some(ci), Some(due)) = (cand_i, activate_at(state, s)) {
+        if now >= due {
+            let kid = state.keys[ci].kid.clone();
+            if observed.signing.as_deref() != Some(kid.as_str()) {
+                return Plan::Do(Step::Sign(kid));
+            }
+            let mut next = state.clone();
+            let mut events = vec![];
+            for r in next.keys.iter_mut() {
+                if r.state() == KeyState::Active {
+                    if s.revoked.contains(&r.kid) {
+                        continue; // dropped below
+                    }
+                    r.retired_at = Some(now);
+                    r.private_pem = None; // a retired key never signs again
+                    events.push(Transition::Retired(r.kid.clone()));
+                }
+            }
+            next.keys[ci].activated_at = Some(now);
+            events.push(Transition::Activated(kid));
+            drop_revoked(&mut next, s, &mut events, true);
+            return Plan::Do(Step::Store(next, events));
+        }
+    }
+
+    // 5. The signing Secret holds the Active key.
+    if let Some(ai) = active_i {
+        let kid = &state.keys[ai].kid;
+        if observed.signing.as_deref() != Some(kid.as_str()) {
+            return Plan::Do(Step::Sign(kid.clone()));
+        }
+    }
+
+    // 6. Drop records of removed and revoked keys (the JWKS no longer holds them; a
+    //    revoked Active key is dropped only when its replacement activates, above).
+    let expired: Vec<String> = state
+        .keys
+        .iter()
+        .filter(|r| r.state() == KeyState::Retired && remove_at(r, s).is_some_and(|t| t <= now))
+        .map(|r| r.kid.clone())
+        .collect();
+    let revoked_droppable = state
+        .keys
+        .iter()
+        .any(|r| s.revoked.contains(&r.kid) && r.state() != KeyState::Active);
+    if !expired.is_empty() || revoked_droppable {
+        let mut next = state.clone();
+        let mut events: Vec<Transition> = expired.iter().map(|k| Transition::Removed(k.clone())).collect();
+        next.keys.retain(|r| !expired.contains(&r.kid));
+        let before = next.keys.len();
+        drop_revoked(&mut next, s, &mut events, false);
+        if !expired.is_empty() || next.keys.len() != before {
+            return Plan::Do(Step::Store(next, events));
+        }
+    }
+
+    // 7. Idle until the next transition.
+    let mut wake: Vec<DateTime<Utc>> = vec![];
+    if cand_i.is_none() {
+        wake.extend(generate_at(state, s));
+    }
+    wake.extend(activate_at(state, s));
+    wake.extend(state.keys.iter().filter_map(|r| remove_at(r, s)));
+    Plan::Idle { wake_at: wake.into_iter().filter(|t| *t > now).min() }
+}
+
+/// Drops revoked records; a revoked Active record only when `with_active` (its
+/// replacement activates in the same store).
+fn drop_revoked(state: &mut SetState, s: &Settings, events: &mut Vec<Transition>, with_active: bool) {
+    state.keys.retain(|r| {
+        if !s.revoked.contains(&r.kid) {
+            return true;
+        }
+        let was_active = r.state() == KeyState::Active;
+        if was_active && !with_active {
+            return true;
+        }
+        events.push(Transition::Revoked { kid: r.kid.clone(), was_active });
+        false
+    });
+}
+
+/// The state after storing a freshly generated key (the `Generate` step's write).
+pub fn with_new_key(
+    state: Option<&SetState>,
+    kp: &crate::keys::KeyPair,
+    reason: GenerateReason,
+    rotate_token: Option<String>,
+    now: DateTime<Utc>,
+) -> SetState {
+    let mut next = state.cloned().unwrap_or_default();
+    next.keys.push(KeyRecord {
+        kid: kp.kid().to_string(),
+        alg: kp.alg(),
+        public_jwk: kp.public_jwk(),
+        private_pem: Some(crate::state::Sensitive::new(kp.to_pkcs8_pem())),
+        created_at: now,
+        published_at: None,
+        activated_at: None,
+        retired_at: None,
+        manual: reason == GenerateReason::Manual,
+    });
+    next.rotate_token = rotate_token;
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyPair;
+    use std::collections::BTreeMap;
+
+    fn t0() -> DateTime<Utc> {
+        "2026-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn settings(interval: &str, pre: &str, overlap: &str) -> Settings {
+        let mut spec = SigningKeySetSpec {
+            algorithm: Algorithm::ES256,
+            rsa_key_size: None,
+            rotation: Default::default(),
+            secret_name: None,
+            jwks: Default::default(),
+            revoked_key_ids: vec![],
+            issuer: None,
+        };
+        spec.rotation.interval = interval.into();
+        spec.rotation.pre_publish = pre.into();
+        spec.rotation.overlap = overlap.into();
+        validate(&spec, None).unwrap()
+    }
+
+    /// A simulated cluster: the three objects the planner observes, plus a timeline of what
+    /// was published and what signed, checked against I1 and I2 after every write.
+    struct World {
+        obs: Observed,
+        now: DateTime<Utc>,
+        /// kid → since when it has been continuously published.
+        published_since: BTreeMap<String, DateTime<Utc>>,
+        /// kid → when it stopped signing (for I2).
+        stopped_signing: BTreeMap<String, DateTime<Utc>>,
+        /// Kids that ever signed, in order.
+        signers: Vec<(String, DateTime<Utc>)>,
+        steps: usize,
+        events: Vec<Transition>,
+        /// Kids exempt from I1/I2 (revoked, or first key / revocation replacements).
+        exempt_prepublish: BTreeSet<String>,
+        revoked_ever: BTreeSet<String>,
+    }
+
+    impl World {
+        fn new() -> Self {
+            World {
+                obs: Observed::default(),
+                now: t0(),
+                published_since: BTreeMap::new(),
+                stopped_signing: BTreeMap::new(),
+                signers: vec![],
+                steps: 0,
+                events: vec![],
+                exempt_prepublish: BTreeSet::new(),
+                revoked_ever: BTreeSet::new(),
+            }
+        }
+
+        fn apply(&mut self, step: Step, s: &Settings) {
+            self.steps += 1;
+            match step {
+                Step::Generate { alg, rsa_bits, reason, rotate_token } => {
+                    let kp = KeyPair::generate(alg, rsa_bits).unwrap();
+                    if matches!(reason, GenerateReason::First | GenerateReason::Revocation) {
+                        self.exempt_prepublish.insert(kp.kid().to_string());
+                    }
+                    self.obs.state = Some(with_new_key(self.obs.state.as_ref(), &kp, reason, rotate_token, self.now));
+                }
+                Step::Publish(kids) => {
+                    let state = self.obs.state.as_ref().expect("publish only after store");
+                    for k in &kids {
+                        assert!(state.keys.iter().any(|r| &r.kid == k && r.public_jwk["kid"] == k.as_str()),
+                            "I6: published {k} whose record is not stored");
+                    }
+                    // Removal check (I2) for every kid leaving the JWKS.
+                    let old: Vec<String> = self.obs.published.clone().unwrap_or_default();
+                    for k in old.iter().filter(|k| !kids.contains(k)) {
+                        if !s.revoked.contains(k) {
+                            let stopped = self.stopped_signing.get(k).copied();
+                            match stopped {
+                                Some(t) => assert!(self.now >= t + s.overlap,
+                                    "I2: {k} removed at {} but stopped signing at {t}", self.now),
+                                None => panic!("I2: {k} removed from JWKS but never retired (never signed?)"),
+                            }
+                        }
+                        self.published_since.remove(k);
+                    }
+                    for k in &kids {
+                        self.published_since.entry(k.clone()).or_insert(self.now);
+                    }
+                    self.obs.published = Some(kids);
+                }
+                Step::Sign(kid) => {
+                    // DESIGN I1: after an emergency revocation the replacement signs at once.
+                    let replacing_revoked = self.obs.signing.as_ref().is_some_and(|p| s.revoked.contains(p));
+                    if replacing_revoked {
+                        self.exempt_prepublish.insert(kid.clone());
+                    }
+                    if let Some(prev) = self.obs.signing.replace(kid.clone()) {
+                        if prev != kid {
+                            self.stopped_signing.insert(prev, self.now);
+                        }
+                    }
+                    let since = self.published_since.get(&kid).copied();
+                    let since = since.unwrap_or_else(|| panic!("I1: {kid} signs but is not published"));
+                    if !self.exempt_prepublish.contains(&kid) {
+                        assert!(self.now >= since + s.pre_publish,
+                            "I1: {kid} signed at {} but published only since {since}", self.now);
+                    }
+                    self.signers.push((kid, self.now));
+                }
+                Step::Store(st, ev) => {
+                    // Retired keys never keep private material.
+                    for r in &st.keys {
+                        if r.state() == KeyState::Retired {
+                            assert!(r.private_pem.is_none(), "retired key {} keeps its private key", r.kid);
+                        }
+                    }
+                    self.events.extend(ev);
+                    self.obs.state = Some(st);
+                }
+            }
+            // Steady invariants after every write.
+            if let (Some(sig), Some(pub_)) = (&self.obs.signing, &self.obs.published) {
+                if !s.revoked.contains(sig) {
+                    assert!(pub_.contains(sig), "I1: signer {sig} not in JWKS {pub_:?}");
+                }
+            }
+        }
+
+        /// Runs steps until idle; returns the wake time. Panics on a step storm.
+        fn settle(&mut self, s: &Settings) -> Option<DateTime<Utc>> {
+            for _ in 0..20 {
+                match plan(s, &self.obs, self.now) {
+                    Plan::Do(step) => self.apply(step, s),
+                    Plan::Idle { wake_at } => {
+                        // I5: idle means a second plan is idle too (no hidden writes).
+                        assert_eq!(plan(s, &self.obs, self.now), Plan::Idle { wake_at });
+                        return wake_at;
+                    }
+                }
+            }
+            panic!("no convergence within 20 steps at {}", self.now);
+        }
+
+        fn active_kid(&self) -> Option<String> {
+            self.obs.state.as_ref()?.keys.iter().find(|r| r.state() == KeyState::Active).map(|r| r.kid.clone())
+        }
+        fn count(&self, st: KeyState) -> usize {
+            self.obs.state.as_ref().map_or(0, |x| x.keys.iter().filter(|r| r.state() == st).count())
+        }
+    }
+
+    #[test]
+    fn first_key_is_published_then_active_at_once() {
+        let s = settings("720h", "1h", "24h");
+        let mut w = World::new();
+        let wake = w.settle(&s).unwrap();
+        let kid = w.active_kid().unwrap();
+        assert_eq!(w.obs.signing.as_deref(), Some(kid.as_str()));
+        assert_eq!(w.obs.published.as_deref(), Some(&[kid.clone()][..]));
+        assert_eq!(wake, t0() + Duration::hours(719), "next key generated at activation + interval − prePublish");
+        assert!(w.events.contains(&Transition::Activated(kid)));
+        assert_eq!(w.steps, 5, "generate, publish, record publication, sign, record activation");
+    }
+
+    #[test]
+    fn three_years_of_rotations_keep_i1_i2_and_never_burst() {
+        let s = settings("720h", "1h", "24h");
+        let mut w = World::new();
+        let end = t0() + Duration::days(3 * 365);
+        let mut wakeups = 0;
+        while w.now < end {
+            let wake = w.settle(&s).expect("always a next transition");
+            assert!(wake > w.now);
+            w.now = wake;
+            wakeups += 1;
+            assert!(w.count(KeyState::Active) == 1);
+            assert!(w.count(KeyState::Pending) <= 1);
+            assert!(w.count(KeyState::Retired) <= 1, "24h overlap < 720h interval: at most one retired key");
+        }
+        let rotations = w.signers.len();
+        // 3 years / 30 days ≈ 36.5 rotations (+ the first key).
+        assert!((36..=38).contains(&rotations), "{rotations} signers");
+        // Exactly one generation, activation and removal per rotation: no bursts.
+        for pair in w.signers.windows(2) {
+            let gap = pair[1].1 - pair[0].1;
+            assert!(gap >= Duration::hours(720) && gap < Duration::hours(721), "rotation gap {gap}");
+        }
+        // Per rotation: wake for generation, activation, removal — nothing else.
+        assert!(wakeups <= rotations * 3 + 1, "{wakeups} wake-ups for {rotations} rotations: the planner polls");
+    }
+
+    #[test]
+    fn pre_publication_and_overlap_timeline() {
+        let s = settings("10h", "2h", "3h");
+        let mut w = World::new();
+        w.settle(&s);
+        let first = w.active_kid().unwrap();
+        w.now = t0() + Duration::hours(8) - Duration::seconds(1);
+        assert!(matches!(plan(&s, &w.obs, w.now), Plan::Idle { .. }), "nothing before activation + interval − prePublish");
+        w.now = t0() + Duration::hours(8);
+        w.settle(&s);
+        assert_eq!(w.count(KeyState::Pending), 1);
+        assert_eq!(w.obs.published.as_ref().unwrap().len(), 2, "next key published before it signs");
+        assert_eq!(w.obs.signing.as_deref(), Some(first.as_str()), "old key still signs");
+        w.now = t0() + Duration::hours(10);
+        w.settle(&s);
+        let second = w.active_kid().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(w.obs.signing.as_deref(), Some(second.as_str()));
+        assert_eq!(w.obs.published.as_ref().unwrap(), &vec![second.clone(), first.clone()], "active first, retired after");
+        w.now = t0() + Duration::hours(13) - Duration::seconds(1);
+        w.settle(&s);
+        assert!(w.obs.published.as_ref().unwrap().contains(&first), "retired key kept for overlap");
+        w.now = t0() + Duration::hours(13);
+        w.settle(&s);
+        assert_eq!(w.obs.published.as_ref().unwrap(), &vec![second.clone()]);
+        assert!(w.events.contains(&Transition::Removed(first)));
+    }
+
+    #[test]
+    fn manual_rotation_activates_after_pre_publish() {
+        let mut s = settings("720h", "1h", "24h");
+        let mut w = World::new();
+        w.settle(&s);
+        let first = w.active_kid().unwrap();
+        w.now = t0() + Duration::hours(5);
+        assert!(matches!(w.settle(&s), Some(t) if t == t0() + Duration::hours(719)), "no token → no manual rotation");
+        s.rotate_token = Some("now".into());
+        let wake = w.settle(&s).unwrap();
+        assert_eq!(wake, t0() + Duration::hours(6), "manual key activates prePublish after publication");
+        assert_eq!(w.count(KeyState::Pending), 1);
+        w.now = wake;
+        w.settle(&s);
+        assert_ne!(w.active_kid().unwrap(), first);
+        // The same token again does nothing; a new token rotates again.
+        w.now += Duration::hours(1);
+        let wake = w.settle(&s).unwrap();
+        assert_eq!(w.count(KeyState::Pending), 0);
+        assert_eq!(wake, t0() + Duration::hours(30), "first key removed at retirement (6h) + overlap (24h)");
+        s.rotate_token = Some("again".into());
+        w.settle(&s);
+        assert_eq!(w.count(KeyState::Pending), 1);
+    }
+
+    #[test]
+    fn rotate_annotation_present_at_creation_does_not_rotate() {
+        let mut s = settings("720h", "1h", "24h");
+        s.rotate_token = Some("initial".into());
+        let mut w = World::new();
+        w.settle(&s);
+        assert_eq!(w.count(KeyState::Pending), 0);
+        assert_eq!(w.obs.state.as_ref().unwrap().rotate_token.as_deref(), Some("initial"));
+    }
+
+    #[test]
+    fn manual_rotation_while_a_key_is_pending_reuses_it() {
+        let mut s = settings("10h", "4h", "1h");
+        let mut w = World::new();
+        w.settle(&s);
+        w.now = t0() + Duration::hours(6);
+        w.settle(&s);
+        assert_eq!(w.count(KeyState::Pending), 1);
+        s.rotate_token = Some("x".into());
+        let wake = w.settle(&s).unwrap();
+        assert_eq!(w.count(KeyState::Pending), 1, "no second pending key");
+        assert_eq!(wake, t0() + Duration::hours(10), "published at 6h + 4h prePublish");
+    }
+
+    #[test]
+    fn revoking_the_active_key_replaces_it_at_once() {
+        let mut s = settings("720h", "1h", "24h");
+        let mut w = World::new();
+        w.settle(&s);
+        w.now = t0() + Duration::hours(30);
+        w.settle(&s);
+        let old = w.active_kid().unwrap();
+        s.revoked.insert(old.clone());
+        w.revoked_ever.insert(old.clone());
+        w.settle(&s);
+        let new = w.active_kid().unwrap();
+        assert_ne!(new, old);
+        assert_eq!(w.obs.signing.as_deref(), Some(new.as_str()));
+        assert_eq!(w.obs.published.as_ref().unwrap(), &vec![new.clone()]);
+        assert!(w.obs.state.as_ref().unwrap().keys.iter().all(|r| r.kid != old), "revoked record and private key destroyed");
+        assert!(w.events.contains(&Transition::Revoked { kid: old, was_active: true }));
+    }
+
+    #[test]
+    fn revoking_with_a_pending_key_promotes_it_and_revoking_retired_removes_it() {
+        let mut s = settings("10h", "2h", "5h");
+        let mut w = World::new();
+        w.settle(&s);
+        w.now = t0() + Duration::hours(8);
+        w.settle(&s); // second pending
+        w.now = t0() + Duration::hours(10);
+        w.settle(&s); // second active, first retired
+        w.now = t0() + Duration::hours(18);
+        w.settle(&s); // third pending
+        let st = w.obs.state.clone().unwrap();
+        let pending = st.keys.iter().find(|r| r.state() == KeyState::Pending).unwrap().kid.clone();
+        let active = w.active_kid().unwrap();
+        s.revoked.insert(active.clone());
+        w.settle(&s);
+        assert_eq!(w.active_kid().unwrap(), pending, "the published pending key replaces the revoked one");
+        assert_eq!(w.obs.published.as_ref().unwrap(), &vec![pending.clone()]);
+        // Revoke a pending key: it leaves the JWKS and a new one is generated on schedule.
+        w.now = t0() + Duration::hours(18) + Duration::hours(8);
+        w.settle(&s);
+        let p2 = w.obs.state.as_ref().unwrap().keys.iter().find(|r| r.state() == KeyState::Pending).unwrap().kid.clone();
+        s.revoked.insert(p2.clone());
+        w.settle(&s);
+        assert!(!w.obs.published.as_ref().unwrap().contains(&p2));
+        let p3 = w.obs.state.as_ref().unwrap().keys.iter().find(|r| r.state() == KeyState::Pending).unwrap().kid.clone();
+        assert_ne!(p3, p2, "a fresh pending key replaces the revoked pending one");
+    }
+
+    #[test]
+    fn changed_algorithm_applies_to_the_next_key() {
+        let mut s = settings("10h", "1h", "1h");
+        s.algorithm = Algorithm::RS256;
+        let mut w = World::new();
+        w.settle(&s);
+        s.algorithm = Algorithm::ES256;
+        w.now = t0() + Duration::hours(9);
+        w.settle(&s);
+        let st = w.obs.state.as_ref().unwrap();
+        assert_eq!(st.keys.iter().find(|r| r.state() == KeyState::Active).unwrap().alg, Algorithm::RS256);
+        assert_eq!(st.keys.iter().find(|r| r.state() == KeyState::Pending).unwrap().alg, Algorithm::ES256);
+        w.now = t0() + Duration::hours(10);
+        w.settle(&s);
+        assert_eq!(w.obs.state.as_ref().unwrap().keys.iter().find(|r| r.state() == KeyState::Active).unwrap().alg, Algorithm::ES256);
+    }
+
+    #[test]
+    fn shortened_interval_reschedules_without_a_burst() {
+        let mut s = settings("720h", "1h", "24h");
+        let mut w = World::new();
+        w.settle(&s);
+        w.now = t0() + Duration::hours(100);
+        w.settle(&s);
+        s.interval = Duration::hours(10); // the current key is 90h overdue under the new interval
+        w.settle(&s);
+        assert_eq!(w.count(KeyState::Pending), 1);
+        assert_eq!(w.signers.len(), 1, "not activated in the same step as publication");
+        let wake = w.settle(&s).unwrap();
+        assert_eq!(wake, w.now + Duration::hours(1), "activates after prePublish");
+        w.now = wake;
+        w.settle(&s);
+        assert_eq!(w.signers.len(), 2);
+        let next = w.settle(&s).unwrap();
+        assert_eq!(next, w.now + Duration::hours(9), "then every 10h from the new activation");
+    }
+
+    #[test]
+    fn lengthened_interval_postpones_a_pending_activation() {
+        let mut s = settings("10h", "2h", "1h");
+        let mut w = World::new();
+        w.settle(&s);
+        w.now = t0() + Duration::hours(8);
+        w.settle(&s);
+        s.interval = Duration::hours(20);
+        let wake = w.settle(&s).unwrap();
+        assert_eq!(wake, t0() + Duration::hours(20));
+    }
+
+    #[test]
+    fn clock_jumping_months_forward_catches_up_safely() {
+        let s = settings("720h", "1h", "24h");
+        let mut w = World::new();
+        w.settle(&s);
+        w.now = t0() + Duration::days(200);
+        w.settle(&s);
+        assert_eq!(w.signers.len(), 1, "no publish-and-activate in one go after a jump");
+        assert_eq!(w.count(KeyState::Pending), 1);
+        let wake = w.settle(&s).unwrap();
+        assert_eq!(wake, w.now + Duration::hours(1));
+        w.now = wake;
+        w.settle(&s);
+        assert_eq!(w.signers.len(), 2, "exactly one rotation, not one per missed interval");
+    }
+
+    #[test]
+    fn clock_jumping_backward_never_shortens_windows() {
+        let s = settings("10h", "2h", "3h");
+        let mut w = World::new();
+        w.settle(&s);
+        w.now = t0() + Duration::hours(8);
+        w.settle(&s);
+        // Clock steps back 5h: the pending key's prePublish counts from its recorded
+        // publication, so it cannot activate earlier than planned.
+        w.now = t0() + Duration::hours(3);
+        assert!(matches!(w.settle(&s), Some(t) if t == t0() + Duration::hours(10)));
+        assert_eq!(w.signers.len(), 1);
+        w.now = t0() + Duration::hours(10);
+        w.settle(&s);
+        assert_eq!(w.signers.len(), 2);
+        w.now = t0() + Duration::hours(1);
+        w.settle(&s);
+        assert_eq!(w.count(KeyState::Retired), 1, "retired key kept; overlap counts from retirement");
+    }
+
+    /// A deterministic PRNG for the randomized walk.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn random_walk_of_crashes_clock_noise_and_operator_input() {
+        // Steps are applied one at a time, the clock advances by random amounts between
+        // steps (slow writes, crashes and restarts), and the user rotates, revokes and
+        // changes the schedule at random. The World asserts I1, I2 and I6 after every write.
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut s = settings("10h", "2h", "3h");
+            let mut w = World::new();
+            for _ in 0..400 {
+                match rng.next() % 10 {
+                    0 => s.rotate_token = Some(format!("{}", rng.next() % 5)),
+                    1 if rng.next() % 8 == 0 => {
+                        if let Some(a) = w.active_kid() {
+                            s.revoked.insert(a.clone());
+                            w.revoked_ever.insert(a);
+                        }
+                    }
+                    2 if rng.next() % 6 == 0 => {
+                        s.interval = Duration::hours(3 + (rng.next() % 20) as i64);
+                        s.pre_publish = Duration::minutes(30 + (rng.next() % 120) as i64).min(s.interval - Duration::minutes(1));
+                    }
+                    _ => {}
+                }
+                match plan(&s, &w.obs, w.now) {
+                    Plan::Do(step) => {
+                        w.apply(step, &s);
+                        w.now += Duration::seconds((rng.next() % 600) as i64);
+                    }
+                    Plan::Idle { wake_at } => {
+                        let wake = wake_at.expect("always a next transition");
+                        // Sometimes wake early (spurious), sometimes late (operator down).
+                        w.now = match rng.next() % 3 {
+                            0 => w.now + (wake - w.now) / 2,
+                            1 => wake,
+                            _ => wake + Duration::minutes((rng.next() % 900) as i64),
+                        };
+                    }
+                }
+            }
+            assert!(w.signers.len() > 5, "seed {seed}: the walk rotated only {} times", w.signers.len());
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut spec = SigningKeySetSpec {
+            algorithm: Algorithm::ES256,
+            rsa_key_size: None,
+            rotation: Default::default(),
+            secret_name: None,
+            jwks: Default::default(),
+            revoked_key_ids: vec![],
+            issuer: None,
+        };
+        assert!(validate(&spec, None).is_ok());
+        spec.rotation.pre_publish = "800h".into();
+        assert_eq!(validate(&spec, None).unwrap_err().field, "spec.rotation.prePublish");
+        spec.rotation.pre_publish = "1h".into();
+        spec.rotation.overlap = "0s".into();
+        assert_eq!(validate(&spec, None).unwrap_err().field, "spec.rotation.overlap");
+        spec.rotation.overlap = "soon".into();
+        assert_eq!(validate(&spec, None).unwrap_err().field, "spec.rotation.overlap");
+        spec.rotation.overlap = "24h".into();
+        spec.rsa_key_size = Some(2048);
+        assert_eq!(validate(&spec, None).unwrap_err().field, "spec.rsaKeySize");
+        spec.algorithm = Algorithm::PS384;
+        assert!(validate(&spec, None).is_ok());
+        spec.rsa_key_size = Some(1024);
+        assert_eq!(validate(&spec, None).unwrap_err().field, "spec.rsaKeySize");
+    }
+}

@@ -1,0 +1,202 @@
+//! The operator's source of truth: every key's record, kept in the internal Secret.
+//!
+//! Status and ConfigMaps are derived from this state (I7); the signing Secret is derived
+//! from its Active record. Private material lives only in [`Sensitive`] values, whose
+//! `Debug` redacts.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use crate::crd::Algorithm;
+
+/// Data key of the state document in the internal Secret.
+pub const STATE_KEY: &str = "state.json";
+/// Version of the state document layout.
+pub const STATE_VERSION: u32 = 1;
+
+/// A secret string (PKCS#8 PEM). `Debug` redacts; the memory is wiped on drop.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sensitive(Zeroizing<String>);
+
+impl Sensitive {
+    /// Wraps a secret string.
+    pub fn new(s: Zeroizing<String>) -> Self {
+        Sensitive(s)
+    }
+    /// The secret text, for writing into an owned Secret only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Lifecycle state of a key, derived from its timestamps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyState {
+    /// Generated and stored; published or about to be; not signing.
+    Pending,
+    /// The one signer.
+    Active,
+    /// Stopped signing; published for verification until removal.
+    Retired,
+}
+
+impl KeyState {
+    /// Name as shown in the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Pending => "Pending",
+            KeyState::Active => "Active",
+            KeyState::Retired => "Retired",
+        }
+    }
+}
+
+/// One key and its lifecycle times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRecord {
+    /// RFC 7638 thumbprint.
+    pub kid: String,
+    /// JWS algorithm.
+    pub alg: Algorithm,
+    /// Public JWK exactly as published.
+    pub public_jwk: Value,
+    /// PKCS#8 PEM; present for Pending and Active keys, destroyed at retirement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_pem: Option<Sensitive>,
+    /// When the key was generated and stored.
+    pub created_at: DateTime<Utc>,
+    /// When the operator saw the key in the published JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<DateTime<Utc>>,
+    /// When the key started signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<DateTime<Utc>>,
+    /// When the key stopped signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<DateTime<Utc>>,
+    /// Manual rotation: activate `prePublish` after publication instead of on schedule.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
+}
+
+impl KeyRecord {
+    /// The lifecycle state.
+    pub fn state(&self) -> KeyState {
+        match (self.activated_at, self.retired_at) {
+            (_, Some(_)) => KeyState::Retired,
+            (Some(_), None) => KeyState::Active,
+            (None, None) => KeyState::Pending,
+        }
+    }
+}
+
+/// Everything the operator knows about one SigningKeySet's keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetState {
+    /// Layout version.
+    pub version: u32,
+    /// Every key not yet removed, in creation order.
+    pub keys: Vec<KeyRecord>,
+    /// The `keyturn.dev/rotate` annotation value last acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_token: Option<String>,
+}
+
+/// Why the internal Secret could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// `state.json` is missing.
+    #[error("internal Secret has no {STATE_KEY}")]
+    Missing,
+    /// The document does not parse; the parser's position, never the content, is reported.
+    #[error("internal Secret {STATE_KEY} is not valid: {0}")]
+    Parse(String),
+    /// The layout version is unknown.
+    #[error("internal Secret layout version {0} is not supported by this keyturn")]
+    Version(u32),
+    /// A record is internally inconsistent.
+    #[error("internal Secret key {kid}: {why}")]
+    Record {
+        /// The record's kid (public).
+        kid: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl SetState {
+    /// An empty state.
+    pub fn new() -> Self {
+        SetState { version: STATE_VERSION, keys: Vec::new(), rotate_token: None }
+    }
+
+    /// Deterministic bytes for the internal Secret.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("state serializes")
+    }
+
+    /// Parses and checks the internal Secret's document: every record's private key must
+    /// parse, match its kid and algorithm, and agree with the public JWK.
+    pub fn from_bytes(bytes: &[u8]) -> Result<SetState, StateError> {
+        let state: SetState = serde_json::from_slice(bytes).map_err(|e| {
+            // serde_json errors quote no input, only line/column and a category.
+            StateError::Parse(format!("{} at line {} column {}", classify(&e), e.line(), e.column()))
+        })?;
+        if state.version != STATE_VERSION {
+            return Err(StateError::Version(state.version));
+        }
+        for r in &state.keys {
+            let bad = |why: &str| StateError::Record { kid: r.kid.clone(), why: why.into() };
+            crate::jwks::validate_key(&r.public_jwk).map_err(|e| bad(&format!("public JWK: {e}")))?;
+            if r.public_jwk.get("kid").and_then(Value::as_str) != Some(r.kid.as_str()) {
+                return Err(bad("public JWK kid differs from record kid"));
+            }
+            if r.public_jwk.get("alg").and_then(Value::as_str) != Some(r.alg.as_str()) {
+                return Err(bad("public JWK alg differs from record alg"));
+            }
+            match (&r.private_pem, r.state()) {
+                (Some(pem), _) => {
+                    let kp = crate::keys::KeyPair::from_pkcs8_pem(r.alg, pem.expose())
+                        .map_err(|e| bad(&e.to_string()))?;
+                    if kp.kid() != r.kid {
+                        return Err(bad("private key does not match kid"));
+                    }
+                }
+                (None, KeyState::Pending | KeyState::Active) => {
+                    return Err(bad("private key missing for a Pending or Active key"));
+                }
+                (None, KeyState::Retired) => {}
+            }
+        }
+        Ok(state)
+    }
+}
+
+impl Default for SetState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn classify(e: &serde_json::Error) -> &'static str {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Io => "I/O error",
+        Category::Syntax => "syntax error",
+        Category::Data => "unexpected data",
+        Category::Eof => "truncated document",
+    }
+}
