@@ -33,7 +33,7 @@ pub const FIELD_MANAGER: &str = "keyturn";
     printcolumn = r#"{"name":"Algorithm","type":"string","jsonPath":".spec.algorithm"}"#,
     printcolumn = r#"{"name":"Active kid","type":"string","jsonPath":".status.activeKeyId"}"#,
     printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.keyCount"}"#,
-    printcolumn = r#"{"name":"Next rotation","type":"date","jsonPath":".status.nextRotationTime"}"#,
+    printcolumn = r#"{"name":"Next rotation","type":"string","jsonPath":".status.nextRotationTime"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -54,7 +54,7 @@ pub struct SigningKeySetSpec {
     /// RSA modulus size in bits for RS*/PS* algorithms: 2048, 3072 or 4096 (default 2048).
     /// Must not be set for other algorithms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("enum" = [2048, 3072, 4096]))]
+    #[schemars(extend("enum" = [2048, 3072, 4096], "format" = "int32"))]
     pub rsa_key_size: Option<u32>,
     /// When keys rotate: how long each signs, how early the next is published, how long a
     /// replaced key stays published.

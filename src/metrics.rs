@@ -1,0 +1,149 @@
+//! Prometheus metrics (text format via `prometheus-client`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use chrono::Duration;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::state::{KeyState, SetState};
+
+/// Label set naming one SigningKeySet.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SetLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// Label set with a key state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Pending, Active or Retired.
+    pub state: String,
+}
+
+/// Label set with a reason or object kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Reason or object kind.
+    pub reason: String,
+}
+
+/// The operator's metrics.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    errors: Family<ReasonLabels, Counter>,
+    refusals: Family<ReasonLabels, Counter>,
+    writes: Family<ReasonLabels, Counter>,
+    transitions: Family<ReasonLabels, Counter>,
+    keys: Family<StateLabels, Gauge>,
+    next_rotation: Family<SetLabels, Gauge<f64, AtomicU64>>,
+    last_publish: Gauge<f64, AtomicU64>,
+    consecutive: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every keyturn metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("keyturn");
+        let m = Metrics {
+            reconciles: Counter::default(),
+            errors: Family::default(),
+            refusals: Family::default(),
+            writes: Family::default(),
+            transitions: Family::default(),
+            keys: Family::default(),
+            next_rotation: Family::default(),
+            last_publish: Gauge::default(),
+            consecutive: Mutex::new(HashMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register("reconciles", "Reconciles started", m.reconciles.clone());
+        registry.register("reconcile_errors", "Reconciles that failed, by reason", m.errors.clone());
+        registry.register("not_ready", "Reconciles that reported Ready=False, by reason", m.refusals.clone());
+        registry.register("writes", "API writes, by object", m.writes.clone());
+        registry.register("transitions", "Key lifecycle transitions, by reason", m.transitions.clone());
+        registry.register("keys", "Keys by set and state", m.keys.clone());
+        registry.register("seconds_until_next_transition", "Seconds until the set's next planned transition", m.next_rotation.clone());
+        registry.register("last_publish_timestamp_seconds", "Unix time of the last JWKS write", m.last_publish.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    /// Counts a reconcile.
+    pub fn reconcile_started(&self) {
+        self.reconciles.inc();
+    }
+    /// Counts a failed reconcile.
+    pub fn error(&self, reason: &str) {
+        self.errors.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+    /// Counts a Ready=False outcome.
+    pub fn refused(&self, reason: &str) {
+        self.refusals.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+    /// Counts one API write.
+    pub fn write(&self, object: &str) {
+        self.writes.get_or_create(&ReasonLabels { reason: object.into() }).inc();
+    }
+    /// Counts a lifecycle transition.
+    pub fn transition(&self, reason: &str) {
+        self.transitions.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+    /// Records a JWKS write now.
+    pub fn published(&self) {
+        self.last_publish.set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    }
+
+    /// Records a successful reconcile's view of a set and resets its error streak.
+    pub fn observe_set(&self, namespace: &str, name: &str, state: &SetState, until_next: Option<Duration>) {
+        for st in [KeyState::Pending, KeyState::Active, KeyState::Retired] {
+            let n = state.keys.iter().filter(|r| r.state() == st).count();
+            self.keys
+                .get_or_create(&StateLabels { namespace: namespace.into(), name: name.into(), state: st.as_str().into() })
+                .set(n as i64);
+        }
+        let labels = SetLabels { namespace: namespace.into(), name: name.into() };
+        match until_next {
+            Some(d) => {
+                self.next_rotation.get_or_create(&labels).set(d.num_milliseconds() as f64 / 1000.0);
+            }
+            None => {
+                self.next_rotation.remove(&labels);
+            }
+        }
+        self.consecutive.lock().expect("metrics lock").remove(&(namespace.into(), name.into()));
+    }
+
+    /// Increments and returns a set's consecutive error count (for backoff).
+    pub fn consecutive_errors(&self, namespace: &str, name: &str) -> u32 {
+        let mut m = self.consecutive.lock().expect("metrics lock");
+        let n = m.entry((namespace.into(), name.into())).or_insert(0);
+        *n += 1;
+        *n
+    }
+}

@@ -1,0 +1,211 @@
+//! The objects keyturn writes (signing Secret, internal Secret, JWKS ConfigMap), built
+//! deterministically, and the guarded write that never touches an object keyturn does not own.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::crd::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
+use crate::keys::KeyPair;
+use crate::state::{KeyRecord, SetState, STATE_KEY};
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The object exists and is not keyturn's; it was left untouched.
+    #[error("{kind} {namespace}/{name} exists and is not managed by this SigningKeySet; keyturn leaves it untouched")]
+    Foreign {
+        /// Object kind.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// The API server refused or failed the write.
+    #[error("writing {kind} {name}: {source}")]
+    Api {
+        /// Object kind.
+        kind: &'static str,
+        /// Name.
+        name: String,
+        /// The client error (carries no object data).
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Labels on every object keyturn creates for `sks`.
+pub fn labels(sks: &SigningKeySet) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+        (SET_LABEL.to_string(), sks.name_any()),
+    ])
+}
+
+/// The controller ownerReference to `sks` (same namespace only).
+pub fn owner_ref(sks: &SigningKeySet) -> OwnerReference {
+    sks.controller_owner_ref(&()).expect("a SigningKeySet read from the API server has a uid")
+}
+
+/// True when `meta` carries keyturn's labels for `sks` and an ownerReference to its uid.
+pub fn is_owned(meta: &ObjectMeta, sks: &SigningKeySet) -> bool {
+    let labels_ok = meta.labels.as_ref().is_some_and(|l| {
+        l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+            && l.get(SET_LABEL) == Some(&sks.name_any())
+    });
+    let uid = sks.uid();
+    let owner_ok = meta
+        .owner_references
+        .as_ref()
+        .is_some_and(|refs| refs.iter().any(|r| Some(&r.uid) == uid.as_ref()));
+    labels_ok && owner_ok
+}
+
+fn meta(sks: &SigningKeySet, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: sks.namespace(),
+        labels: Some(labels(sks)),
+        owner_references: Some(vec![owner_ref(sks)]),
+        ..Default::default()
+    }
+}
+
+/// Data of the signing Secret for one key: `private.pem`, `private.jwk.json`, `kid`, `alg`.
+pub fn signing_data(rec: &KeyRecord) -> Option<BTreeMap<String, ByteString>> {
+    let pem = rec.private_pem.as_ref()?;
+    let kp = KeyPair::from_pkcs8_pem(rec.alg, pem.expose()).ok()?;
+    Some(BTreeMap::from([
+        ("alg".to_string(), ByteString(rec.alg.as_str().as_bytes().to_vec())),
+        ("kid".to_string(), ByteString(rec.kid.as_bytes().to_vec())),
+        ("private.jwk.json".to_string(), ByteString(kp.private_jwk_json().as_bytes().to_vec())),
+        ("private.pem".to_string(), ByteString(pem.expose().as_bytes().to_vec())),
+    ]))
+}
+
+/// The signing Secret object for `rec`.
+pub fn signing_secret(sks: &SigningKeySet, rec: &KeyRecord) -> Option<Secret> {
+    Some(Secret {
+        metadata: meta(sks, sks.secret_name()),
+        type_: Some("Opaque".into()),
+        data: Some(signing_data(rec)?),
+        ..Default::default()
+    })
+}
+
+/// The internal Secret object holding `state`.
+pub fn internal_secret(sks: &SigningKeySet, state: &SetState) -> Secret {
+    Secret {
+        metadata: meta(sks, sks.internal_secret_name()),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(STATE_KEY.to_string(), ByteString(state.to_bytes()))])),
+        ..Default::default()
+    }
+}
+
+/// JWKS bytes for these kids, in order, from the state's public JWKs. `None` when a kid has
+/// no record (never publish what is not stored).
+pub fn jwks_bytes(state: &SetState, kids: &[String]) -> Option<Vec<u8>> {
+    let keys: Option<Vec<_>> = kids
+        .iter()
+        .map(|k| state.keys.iter().find(|r| &r.kid == k).map(|r| r.public_jwk.clone()))
+        .collect();
+    Some(crate::jwks::to_bytes(&keys?))
+}
+
+/// The JWKS ConfigMap object in `namespace`.
+pub fn jwks_config_map(sks: &SigningKeySet, namespace: Option<String>, bytes: &[u8]) -> ConfigMap {
+    let mut m = meta(sks, sks.config_map_name());
+    if namespace.is_some() && namespace != sks.namespace() {
+        // ownerReferences cannot cross namespaces; copies are cleaned up by label.
+        m.owner_references = None;
+        m.namespace = namespace;
+    }
+    ConfigMap {
+        metadata: m,
+        data: Some(BTreeMap::from([(
+            sks.jwks_key(),
+            String::from_utf8(bytes.to_vec()).expect("JWKS is UTF-8 JSON"),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// Writes `desired` if it differs from `existing`.
+///
+/// - absent: created with a POST, so that a concurrent creator makes it fail instead of
+///   being taken over;
+/// - present and owned: server-side apply with field manager `keyturn` and the observed
+///   `resourceVersion` as a precondition;
+/// - present and not owned (per `owned`): [`WriteError::Foreign`], nothing written.
+///
+/// Returns the object as stored, or `None` when nothing needed writing.
+pub async fn write<K>(
+    api: &Api<K>,
+    existing: Option<&K>,
+    mut desired: K,
+    owned: impl Fn(&ObjectMeta) -> bool,
+    same: impl Fn(&K, &K) -> bool,
+) -> Result<Option<K>, WriteError>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let kind = match K::kind(&()).as_ref() {
+        "Secret" => "Secret",
+        "ConfigMap" => "ConfigMap",
+        _ => "object",
+    };
+    let name = desired.name_any();
+    let api_err = |source| WriteError::Api { kind, name: name.clone(), source };
+    match existing {
+        None => {
+            let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            api.create(&pp, &desired).await.map(Some).map_err(api_err)
+        }
+        Some(cur) => {
+            if !owned(cur.meta()) {
+                return Err(WriteError::Foreign {
+                    kind,
+                    namespace: cur.namespace().unwrap_or_default(),
+                    name: cur.name_any(),
+                });
+            }
+            if same(cur, &desired) && labels_and_owner_match(cur.meta(), desired.meta()) {
+                return Ok(None);
+            }
+            desired.meta_mut().resource_version = cur.meta().resource_version.clone();
+            let mut value = serde_json::to_value(&desired).expect("objects serialize");
+            value["apiVersion"] = K::api_version(&()).as_ref().into();
+            value["kind"] = K::kind(&()).as_ref().into();
+            let pp = PatchParams::apply(FIELD_MANAGER).force();
+            api.patch(&name, &pp, &Patch::Apply(&value)).await.map(Some).map_err(api_err)
+        }
+    }
+}
+
+fn labels_and_owner_match(cur: &ObjectMeta, want: &ObjectMeta) -> bool {
+    let labels_ok = want.labels.iter().flatten().all(|(k, v)| cur.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
+    let owners_ok = want
+        .owner_references
+        .iter()
+        .flatten()
+        .all(|w| cur.owner_references.iter().flatten().any(|c| c.uid == w.uid));
+    labels_ok && owners_ok
+}
+
+/// Secrets compare by type and data.
+pub fn same_secret(a: &Secret, b: &Secret) -> bool {
+    a.data == b.data && a.type_.as_deref().unwrap_or("Opaque") == b.type_.as_deref().unwrap_or("Opaque")
+}
+
+/// ConfigMaps compare by data.
+pub fn same_config_map(a: &ConfigMap, b: &ConfigMap) -> bool {
+    a.data == b.data && a.binary_data.is_none()
+}

@@ -1,0 +1,419 @@
+//! The reconcile pipeline: read → validate → plan → apply → status.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::crd::{FIELD_MANAGER, ROTATE_ANNOTATION, SigningKeySet, SigningKeySetStatus, KeyStatus};
+use crate::keys::KeyPair;
+use crate::metrics::Metrics;
+use crate::plan::{self, Observed, Plan, Settings, Step, Transition};
+use crate::publish::{self, WriteError};
+use crate::state::{KeyState, SetState, STATE_KEY};
+
+/// A source of the current time; tests and benchmarks may inject their own.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// Shared state of the controller.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Current time.
+    pub clock: Clock,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Errors a reconcile can end with; each becomes a retry with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A write failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// A read or status write failed.
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// Key generation failed.
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    /// The object has no namespace or uid (not read from the API server).
+    #[error("SigningKeySet has no {0}")]
+    Incomplete(&'static str),
+}
+
+impl Error {
+    /// A short reason label for metrics and conditions.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Write(WriteError::Foreign { .. }) => "ForeignObject",
+            Error::Write(WriteError::Api { .. }) => "WriteFailed",
+            Error::Kube(_) => "ApiError",
+            Error::Key(_) => "KeyGenerationFailed",
+            Error::Incomplete(_) => "Incomplete",
+        }
+    }
+}
+
+/// Why the set is not ready, when it is not.
+struct NotReady {
+    reason: &'static str,
+    message: String,
+}
+
+const MAX_STEPS: usize = 32;
+
+/// Reconciles one SigningKeySet.
+pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = sks.namespace().ok_or(Error::Incomplete("namespace"))?;
+    sks.uid().ok_or(Error::Incomplete("uid"))?;
+    ctx.metrics.reconcile_started();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // read
+    let mut internal = secrets.get_opt(&sks.internal_secret_name()).await?;
+    let mut signing = secrets.get_opt(&sks.secret_name()).await?;
+    let mut cm = cms.get_opt(&sks.config_map_name()).await?;
+
+    // validate
+    let token = sks.annotations().get(ROTATE_ANNOTATION).cloned();
+    let settings = match plan::validate(&sks.spec, token) {
+        Ok(s) => s,
+        Err(e) => {
+            let nr = NotReady { reason: "InvalidSpec", message: e.to_string() };
+            return refuse(&sks, &ctx, None, None, nr, None).await;
+        }
+    };
+    if sks.secret_name() == sks.internal_secret_name() {
+        let nr = NotReady {
+            reason: "InvalidSpec",
+            message: format!("spec.secretName: {:?} is reserved for keyturn's internal Secret", sks.secret_name()),
+        };
+        return refuse(&sks, &ctx, None, Some(&settings), nr, None).await;
+    }
+    for (kind, name, meta) in [
+        ("Secret", sks.internal_secret_name(), internal.as_ref().map(|o| &o.metadata)),
+        ("Secret", sks.secret_name(), signing.as_ref().map(|o| &o.metadata)),
+        ("ConfigMap", sks.config_map_name(), cm.as_ref().map(|o| &o.metadata)),
+    ] {
+        if let Some(meta) = meta {
+            if !publish::is_owned(meta, &sks) {
+                let nr = NotReady {
+                    reason: "ForeignObject",
+                    message: format!(
+                        "{kind} {ns}/{name} exists and is not managed by this SigningKeySet; keyturn leaves it untouched. Delete it or choose another name."
+                    ),
+                };
+                return refuse(&sks, &ctx, None, Some(&settings), nr, Some(StdDuration::from_secs(60))).await;
+            }
+        }
+    }
+    let state = match internal.as_ref() {
+        None => None,
+        Some(s) => {
+            let bytes = s.data.as_ref().and_then(|d| d.get(STATE_KEY)).map(|b| b.0.as_slice());
+            match bytes.ok_or(crate::state::StateError::Missing).and_then(SetState::from_bytes) {
+                Ok(st) => Some(st),
+                Err(e) => {
+                    let nr = NotReady {
+                        reason: "InternalStateCorrupt",
+                        message: format!(
+                            "Secret {ns}/{}: {e}. keyturn changes nothing until it is repaired or restored from backup; the published JWKS is left as it is.",
+                            sks.internal_secret_name()
+                        ),
+                    };
+                    return refuse(&sks, &ctx, None, Some(&settings), nr, Some(StdDuration::from_secs(300))).await;
+                }
+            }
+        }
+    };
+
+    // plan → apply, one step at a time
+    let mut obs = Observed { state, published: None, signing: None };
+    observe_published(&sks, &mut obs, cm.as_ref());
+    observe_signing(&mut obs, signing.as_ref());
+    let mut wake_at = None;
+    let mut steps = 0;
+    loop {
+        let now = (ctx.clock)();
+        let step = match plan::plan(&settings, &obs, now) {
+            Plan::Idle { wake_at: w } => {
+                wake_at = w;
+                break;
+            }
+            Plan::Do(step) => step,
+        };
+        steps += 1;
+        if steps > MAX_STEPS {
+            warn!(set = %sks.name_any(), namespace = %ns, "plan did not settle; will retry");
+            break;
+        }
+        match step {
+            Step::Generate { alg, rsa_bits, reason, rotate_token } => {
+                let kp = tokio::task::spawn_blocking(move || KeyPair::generate(alg, rsa_bits))
+                    .await
+                    .expect("key generation does not panic")?;
+                let next = plan::with_new_key(obs.state.as_ref(), &kp, reason, rotate_token, now);
+                let desired = publish::internal_secret(&sks, &next);
+                if let Some(o) = publish::write(&secrets, internal.as_ref(), desired, |m| publish::is_owned(m, &sks), publish::same_secret).await? {
+                    internal = Some(o);
+                }
+                info!(set = %sks.name_any(), namespace = %ns, kid = %kp.kid(), alg = %alg, ?reason, "stored new key");
+                ctx.metrics.write("internal_secret");
+                obs.state = Some(next);
+            }
+            Step::Publish(kids) => {
+                let state = obs.state.as_ref().expect("publish follows store");
+                let bytes = publish::jwks_bytes(state, &kids).expect("planner publishes stored keys only");
+                let desired = publish::jwks_config_map(&sks, None, &bytes);
+                if let Some(o) = publish::write(&cms, cm.as_ref(), desired, |m| publish::is_owned(m, &sks), publish::same_config_map).await? {
+                    cm = Some(o);
+                    ctx.metrics.write("configmap");
+                    ctx.metrics.published();
+                }
+                info!(set = %sks.name_any(), namespace = %ns, keys = kids.len(), "published JWKS");
+                obs.published = Some(kids);
+            }
+            Step::Sign(kid) => {
+                let state = obs.state.as_ref().expect("sign follows store");
+                let rec = state.keys.iter().find(|r| r.kid == kid).expect("planner signs with stored keys");
+                let desired = publish::signing_secret(&sks, rec).expect("Pending and Active records hold a valid private key");
+                if let Some(o) = publish::write(&secrets, signing.as_ref(), desired, |m| publish::is_owned(m, &sks), publish::same_secret).await? {
+                    signing = Some(o);
+                    ctx.metrics.write("signing_secret");
+                }
+                info!(set = %sks.name_any(), namespace = %ns, kid = %kid, "signing Secret holds key");
+                obs.signing = Some(kid);
+            }
+            Step::Store(next, transitions) => {
+                let desired = publish::internal_secret(&sks, &next);
+                if let Some(o) = publish::write(&secrets, internal.as_ref(), desired, |m| publish::is_owned(m, &sks), publish::same_secret).await? {
+                    internal = Some(o);
+                    ctx.metrics.write("internal_secret");
+                }
+                obs.state = Some(next);
+                for t in transitions {
+                    announce(&sks, &ctx, &t).await;
+                }
+            }
+        }
+    }
+
+    // status
+    let state = obs.state.as_ref().expect("a settled plan has state");
+    let now = (ctx.clock)();
+    let status = derive_status(&sks, &settings, state, now, None, &ns);
+    write_status(&sks, &ctx, status).await?;
+    ctx.metrics.observe_set(&ns, &sks.name_any(), state, wake_at.map(|w| w - now));
+
+    Ok(match wake_at {
+        Some(w) => {
+            let wait = (w - now).to_std().unwrap_or(StdDuration::ZERO);
+            // Wake just after the instant so the plan sees it as due.
+            Action::requeue(wait + StdDuration::from_millis(20))
+        }
+        None if steps > MAX_STEPS => Action::requeue(StdDuration::from_secs(1)),
+        None => Action::await_change(),
+    })
+}
+
+fn observe_published(sks: &SigningKeySet, obs: &mut Observed, cm: Option<&ConfigMap>) {
+    let (Some(cm), Some(state)) = (cm, obs.state.as_ref()) else { return };
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get(&sks.jwks_key())) else { return };
+    let Ok(kids) = crate::jwks::kids(text.as_bytes()) else { return };
+    if cm.data.as_ref().is_some_and(|d| d.len() == 1)
+        && publish::jwks_bytes(state, &kids).as_deref() == Some(text.as_bytes())
+    {
+        obs.published = Some(kids);
+    }
+}
+
+fn observe_signing(obs: &mut Observed, signing: Option<&Secret>) {
+    let (Some(sec), Some(state)) = (signing, obs.state.as_ref()) else { return };
+    let Some(kid) = sec.data.as_ref().and_then(|d| d.get("kid")) else { return };
+    let kid = String::from_utf8_lossy(&kid.0).to_string();
+    let Some(rec) = state.keys.iter().find(|r| r.kid == kid) else { return };
+    if publish::signing_data(rec).as_ref() == sec.data.as_ref() {
+        obs.signing = Some(kid);
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The status derived from the operator's state (pure apart from the set's identity).
+pub fn derive_status(
+    sks: &SigningKeySet,
+    s: &Settings,
+    state: &SetState,
+    now: DateTime<Utc>,
+    not_ready: Option<(&str, &str)>,
+    ns: &str,
+) -> SigningKeySetStatus {
+    let published = plan::published_order(state, s, now);
+    let keys: Vec<KeyStatus> = published
+        .iter()
+        .map(|r| KeyStatus {
+            kid: r.kid.clone(),
+            algorithm: r.alg.as_str().into(),
+            state: r.state().as_str().into(),
+            published_at: r.published_at.map(ts),
+            activated_at: r.activated_at.map(ts),
+            retired_at: r.retired_at.map(ts),
+            remove_at: plan::remove_at(r, s).map(ts),
+        })
+        .collect();
+    let active = state.keys.iter().find(|r| r.state() == KeyState::Active && !s.revoked.contains(&r.kid));
+    let (status, reason, message) = match not_ready {
+        Some((reason, message)) => ("False", reason.to_string(), message.to_string()),
+        None => match active {
+            Some(a) => ("True", "KeysPublished".to_string(), format!("key {} signs; {} key(s) published", a.kid, keys.len())),
+            None => ("False", "NoActiveKey".to_string(), "no key is signing yet".to_string()),
+        },
+    };
+    let mut conditions = vec![condition(sks, "Ready", status, &reason, &message)];
+    let revoked_here: Vec<&String> = s.revoked.iter().collect();
+    if !revoked_here.is_empty() {
+        conditions.push(condition(
+            sks,
+            "Revoked",
+            "True",
+            "KeysRevoked",
+            &format!(
+                "spec.revokedKeyIds lists {} key id(s); they are excluded from every JWKS and their private keys destroyed",
+                revoked_here.len()
+            ),
+        ));
+    }
+    SigningKeySetStatus {
+        observed_generation: sks.metadata.generation,
+        active_key_id: active.map(|a| a.kid.clone()),
+        next_rotation_time: plan::next_rotation(state, s).map(ts),
+        key_count: Some(keys.len() as i32),
+        keys,
+        published_namespaces: vec![ns.to_string()],
+        conditions,
+    }
+}
+
+fn condition(sks: &SigningKeySet, type_: &str, status: &str, reason: &str, message: &str) -> Condition {
+    // Keep the transition time when the status did not change: steady state writes nothing.
+    let previous = sks
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: sks.metadata.generation,
+        last_transition_time: previous.unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
+    }
+}
+
+async fn write_status(sks: &SigningKeySet, ctx: &Context, status: SigningKeySetStatus) -> Result<(), Error> {
+    if sks.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<SigningKeySet> = Api::namespaced(ctx.client.clone(), &sks.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "keyturn.dev/v1alpha1",
+        "kind": "SigningKeySet",
+        "status": status,
+    });
+    api.patch_status(&sks.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    ctx.metrics.write("status");
+    Ok(())
+}
+
+/// Reports a set keyturn will not act on: `Ready=False` with a reason, an Event on change.
+async fn refuse(
+    sks: &SigningKeySet,
+    ctx: &Context,
+    state: Option<&SetState>,
+    settings: Option<&Settings>,
+    nr: NotReady,
+    retry: Option<StdDuration>,
+) -> Result<Action, Error> {
+    let already = sks.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == nr.reason && c.message == nr.message)
+    });
+    if !already {
+        warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = nr.reason, message = %nr.message, "not ready");
+        publish_event(sks, ctx, EventType::Warning, nr.reason, "Reconcile", &nr.message).await;
+    }
+    ctx.metrics.refused(nr.reason);
+    let mut status = match (state, settings) {
+        (Some(st), Some(s)) => {
+            derive_status(sks, s, st, (ctx.clock)(), Some((nr.reason, &nr.message)), &sks.namespace().unwrap_or_default())
+        }
+        _ => sks.status.clone().unwrap_or_default(),
+    };
+    status.observed_generation = sks.metadata.generation;
+    let mut conds: Vec<Condition> = status.conditions.into_iter().filter(|c| c.type_ != "Ready").collect();
+    conds.insert(0, condition(sks, "Ready", "False", nr.reason, &nr.message));
+    status.conditions = conds;
+    write_status(sks, ctx, status).await?;
+    Ok(match retry {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    })
+}
+
+async fn announce(sks: &SigningKeySet, ctx: &Context, t: &Transition) {
+    let (type_, reason, note) = match t {
+        Transition::Published(k) => (EventType::Normal, "KeyPublished", format!("key {k} published in the JWKS")),
+        Transition::Activated(k) => (EventType::Normal, "KeyActivated", format!("key {k} is now the signing key")),
+        Transition::Retired(k) => (EventType::Normal, "KeyRetired", format!("key {k} stopped signing; it stays in the JWKS for the overlap window")),
+        Transition::Removed(k) => (EventType::Normal, "KeyRemoved", format!("key {k} left the JWKS after its overlap window")),
+        Transition::Revoked { kid, was_active: true } => (
+            EventType::Warning,
+            "ActiveKeyRevoked",
+            format!("key {kid} was revoked while signing; a replacement signs now and verifiers with stale caches will reject its tokens until they refresh"),
+        ),
+        Transition::Revoked { kid, was_active: false } => {
+            (EventType::Warning, "KeyRevoked", format!("key {kid} was revoked and left the JWKS"))
+        }
+    };
+    info!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason, "{note}");
+    ctx.metrics.transition(reason);
+    publish_event(sks, ctx, type_, reason, "Rotate", &note).await;
+}
+
+async fn publish_event(sks: &SigningKeySet, ctx: &Context, type_: EventType, reason: &str, action: &str, note: &str) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &sks.object_ref(&())).await {
+        warn!(error = %e, "could not record Event");
+    }
+}
+
+/// Retry policy: back off on errors, report them in the log and metrics.
+pub fn error_policy(sks: Arc<SigningKeySet>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = err.reason(), error = %err, "reconcile failed");
+    ctx.metrics.error(err.reason());
+    let n = ctx.metrics.consecutive_errors(&sks.namespace().unwrap_or_default(), &sks.name_any());
+    let secs = (1u64 << n.min(6)).min(60);
+    Action::requeue(StdDuration::from_secs(secs))
+}
