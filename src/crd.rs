@@ -167,7 +167,20 @@ pub struct JwksSpec {
 }
 
 /// A JWS signing algorithm keyturn can generate keys for.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema, PartialOrd, Ord)]
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    JsonSchema,
+    PartialOrd,
+    Ord,
+)]
 pub enum Algorithm {
     /// RSASSA-PKCS1-v1_5 with SHA-256.
     RS256,
@@ -320,7 +333,11 @@ impl SigningKeySet {
 
     /// Data key of the JWKS in the ConfigMap (default `jwks.json`).
     pub fn jwks_key(&self) -> String {
-        self.spec.jwks.key.clone().unwrap_or_else(|| "jwks.json".into())
+        self.spec
+            .jwks
+            .key
+            .clone()
+            .unwrap_or_else(|| "jwks.json".into())
     }
 
     fn name_or_empty(&self) -> &str {

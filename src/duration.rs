@@ -16,7 +16,10 @@ pub struct DurationError {
 /// Parses a Go duration string (`"1h30m"`, `"1.5s"`, `"250ms"`). Negative and sign-prefixed
 /// durations are rejected: keyturn has no use for them.
 pub fn parse(input: &str) -> Result<Duration, DurationError> {
-    let err = |why| DurationError { input: input.to_string(), why };
+    let err = |why| DurationError {
+        input: input.to_string(),
+        why,
+    };
     if input.is_empty() {
         return Err(err("empty"));
     }
@@ -56,13 +59,17 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         } else {
             int_part.parse().map_err(|_| err("number too large"))?
         };
-        let mut value = int.checked_mul(unit_ns).ok_or_else(|| err("number too large"))?;
+        let mut value = int
+            .checked_mul(unit_ns)
+            .ok_or_else(|| err("number too large"))?;
         let mut scale = unit_ns;
         for d in frac_part.bytes().take(18) {
             scale /= 10;
             value += i128::from(d - b'0') * scale;
         }
-        total_ns = total_ns.checked_add(value).ok_or_else(|| err("number too large"))?;
+        total_ns = total_ns
+            .checked_add(value)
+            .ok_or_else(|| err("number too large"))?;
         if total_ns > i128::from(i64::MAX) {
             return Err(err("number too large"));
         }
@@ -114,14 +121,27 @@ mod tests {
         assert_eq!(parse("720h").unwrap(), Duration::hours(720));
         assert_eq!(parse("1.5s").unwrap(), Duration::milliseconds(1500));
         assert_eq!(parse("250ms").unwrap(), Duration::milliseconds(250));
-        assert_eq!(parse("2h45m30.5s").unwrap(), Duration::milliseconds((2 * 3600 + 45 * 60 + 30) * 1000 + 500));
+        assert_eq!(
+            parse("2h45m30.5s").unwrap(),
+            Duration::milliseconds((2 * 3600 + 45 * 60 + 30) * 1000 + 500)
+        );
         assert_eq!(parse("0s").unwrap(), Duration::zero());
         assert_eq!(parse("1us").unwrap(), Duration::microseconds(1));
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "1", "h", "1x", "-1s", "1.2.3s", "1h 30m", "99999999999999999999h", ".s"] {
+        for bad in [
+            "",
+            "1",
+            "h",
+            "1x",
+            "-1s",
+            "1.2.3s",
+            "1h 30m",
+            "99999999999999999999h",
+            ".s",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -84,7 +84,10 @@ pub fn validate_key(jwk: &Value) -> Result<(), String> {
     let alg = m.get("alg").and_then(Value::as_str).ok_or("missing alg")?;
     match kty {
         "RSA" => {
-            if !matches!(alg, "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512") {
+            if !matches!(
+                alg,
+                "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512"
+            ) {
                 return Err(format!("alg {alg} does not fit kty RSA"));
             }
             let n = b64_member(m, "n")?;
@@ -92,7 +95,10 @@ pub fn validate_key(jwk: &Value) -> Result<(), String> {
                 return Err("n has a leading zero octet".into());
             }
             if n.len() * 8 < 2048 {
-                return Err(format!("n has {} bits; at least 2048 required", n.len() * 8));
+                return Err(format!(
+                    "n has {} bits; at least 2048 required",
+                    n.len() * 8
+                ));
             }
             let e = b64_member(m, "e")?;
             if e.is_empty() || e.first() == Some(&0) {
@@ -112,7 +118,10 @@ pub fn validate_key(jwk: &Value) -> Result<(), String> {
             for c in ["x", "y"] {
                 let v = b64_member(m, c)?;
                 if v.len() != len {
-                    return Err(format!("{c} is {} bytes; {crv} needs exactly {len}", v.len()));
+                    return Err(format!(
+                        "{c} is {} bytes; {crv} needs exactly {len}",
+                        v.len()
+                    ));
                 }
             }
         }
@@ -147,7 +156,10 @@ pub fn validate(bytes: &[u8]) -> Result<(), JwksError> {
         validate_key(k).map_err(|why| JwksError::Key { index, why })?;
         let kid = k["kid"].as_str().unwrap_or_default();
         if !seen.insert(kid.to_string()) {
-            return Err(JwksError::Key { index, why: format!("duplicate kid {kid}") });
+            return Err(JwksError::Key {
+                index,
+                why: format!("duplicate kid {kid}"),
+            });
         }
     }
     Ok(())
@@ -195,7 +207,10 @@ mod tests {
             validate(&to_bytes(&batch)).unwrap();
             if matches!(alg, Algorithm::ES256 | Algorithm::ES384) {
                 // 8000 coordinates, each zero-led with p = 1/256: expectation ~31; P(0) ~ e^-31.
-                assert!(leading_zero_coordinates > 0, "{alg}: no zero-led coordinate seen; the test proves nothing");
+                assert!(
+                    leading_zero_coordinates > 0,
+                    "{alg}: no zero-led coordinate seen; the test proves nothing"
+                );
             }
         }
     }
@@ -215,38 +230,90 @@ mod tests {
 
     #[test]
     fn rules_reject_bad_keys() {
-        let good = KeyPair::generate(Algorithm::ES256, None).unwrap().public_jwk();
+        let good = KeyPair::generate(Algorithm::ES256, None)
+            .unwrap()
+            .public_jwk();
         validate_key(&good).unwrap();
         let mutate = |f: &dyn Fn(&mut Map<String, Value>)| {
             let mut k = good.as_object().unwrap().clone();
             f(&mut k);
             validate_key(&Value::Object(k))
         };
-        assert!(mutate(&|k| { k.insert("d".into(), json!("AAAA")); }).unwrap_err().contains("private"));
-        assert!(mutate(&|k| { k.remove("use"); }).is_err());
-        assert!(mutate(&|k| { k.insert("use".into(), json!("enc")); }).is_err());
-        assert!(mutate(&|k| { k.remove("alg"); }).is_err());
-        assert!(mutate(&|k| { k.remove("kid"); }).is_err());
-        assert!(mutate(&|k| { k.insert("kid".into(), json!("other")); }).unwrap_err().contains("thumbprint"));
-        assert!(mutate(&|k| { k.insert("alg".into(), json!("ES384")); }).is_err());
+        assert!(
+            mutate(&|k| {
+                k.insert("d".into(), json!("AAAA"));
+            })
+            .unwrap_err()
+            .contains("private")
+        );
+        assert!(
+            mutate(&|k| {
+                k.remove("use");
+            })
+            .is_err()
+        );
+        assert!(
+            mutate(&|k| {
+                k.insert("use".into(), json!("enc"));
+            })
+            .is_err()
+        );
+        assert!(
+            mutate(&|k| {
+                k.remove("alg");
+            })
+            .is_err()
+        );
+        assert!(
+            mutate(&|k| {
+                k.remove("kid");
+            })
+            .is_err()
+        );
+        assert!(
+            mutate(&|k| {
+                k.insert("kid".into(), json!("other"));
+            })
+            .unwrap_err()
+            .contains("thumbprint")
+        );
+        assert!(
+            mutate(&|k| {
+                k.insert("alg".into(), json!("ES384"));
+            })
+            .is_err()
+        );
         // A coordinate with its leading zero stripped (31 bytes) is rejected.
-        assert!(mutate(&|k| {
-            let x = URL_SAFE_NO_PAD.decode(k["x"].as_str().unwrap()).unwrap();
-            k.insert("x".into(), json!(URL_SAFE_NO_PAD.encode(&x[1..])));
-        }).unwrap_err().contains("exactly 32"));
+        assert!(
+            mutate(&|k| {
+                let x = URL_SAFE_NO_PAD.decode(k["x"].as_str().unwrap()).unwrap();
+                k.insert("x".into(), json!(URL_SAFE_NO_PAD.encode(&x[1..])));
+            })
+            .unwrap_err()
+            .contains("exactly 32")
+        );
         // Padding is not base64url-without-padding.
-        assert!(mutate(&|k| {
-            let x = k["x"].as_str().unwrap().to_string();
-            k.insert("x".into(), json!(format!("{x}=")));
-        }).is_err());
+        assert!(
+            mutate(&|k| {
+                let x = k["x"].as_str().unwrap().to_string();
+                k.insert("x".into(), json!(format!("{x}=")));
+            })
+            .is_err()
+        );
 
-        let rsa = KeyPair::generate(Algorithm::RS256, None).unwrap().public_jwk();
+        let rsa = KeyPair::generate(Algorithm::RS256, None)
+            .unwrap()
+            .public_jwk();
         let mut k = rsa.as_object().unwrap().clone();
         let n = URL_SAFE_NO_PAD.decode(k["n"].as_str().unwrap()).unwrap();
         let mut padded = vec![0u8];
         padded.extend(&n);
         k.insert("n".into(), json!(URL_SAFE_NO_PAD.encode(&padded)));
-        assert!(validate_key(&Value::Object(k)).unwrap_err().contains("leading zero"));
+        assert!(
+            validate_key(&Value::Object(k))
+                .unwrap_err()
+                .contains("leading zero")
+        );
     }
 
     #[test]
@@ -254,24 +321,36 @@ mod tests {
         assert!(validate(b"{\"keys\":[]}").is_err());
         assert!(validate(b"[]").is_err());
         assert!(validate(b"not json").is_err());
-        let k = KeyPair::generate(Algorithm::EdDSA, None).unwrap().public_jwk();
-        assert!(matches!(validate(&to_bytes(&[k.clone(), k.clone()])), Err(JwksError::Key { index: 1, .. })));
-        let bytes = to_bytes(&[k.clone()]);
+        let k = KeyPair::generate(Algorithm::EdDSA, None)
+            .unwrap()
+            .public_jwk();
+        assert!(matches!(
+            validate(&to_bytes(&[k.clone(), k.clone()])),
+            Err(JwksError::Key { index: 1, .. })
+        ));
+        let bytes = to_bytes(std::slice::from_ref(&k));
         validate(&bytes).unwrap();
-        assert_eq!(kids(&bytes).unwrap(), vec![k["kid"].as_str().unwrap().to_string()]);
+        assert_eq!(
+            kids(&bytes).unwrap(),
+            vec![k["kid"].as_str().unwrap().to_string()]
+        );
     }
 
     #[test]
     fn bytes_are_deterministic_and_sorted() {
-        let k = KeyPair::generate(Algorithm::ES256, None).unwrap().public_jwk();
-        let a = to_bytes(&[k.clone()]);
+        let k = KeyPair::generate(Algorithm::ES256, None)
+            .unwrap()
+            .public_jwk();
+        let a = to_bytes(std::slice::from_ref(&k));
         let reparsed = parse(&a).unwrap();
         assert_eq!(to_bytes(&reparsed), a, "parse → serialize is byte-stable");
         let s = String::from_utf8(a).unwrap();
-        let order: Vec<usize> = ["\"alg\"", "\"crv\"", "\"kid\"", "\"kty\"", "\"use\"", "\"x\"", "\"y\""]
-            .iter()
-            .map(|m| s.find(m).unwrap())
-            .collect();
+        let order: Vec<usize> = [
+            "\"alg\"", "\"crv\"", "\"kid\"", "\"kty\"", "\"use\"", "\"x\"", "\"y\"",
+        ]
+        .iter()
+        .map(|m| s.find(m).unwrap())
+        .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "members sorted: {s}");
     }
 }

@@ -89,7 +89,8 @@ impl KeyPair {
     }
 
     fn from_inner(alg: Algorithm, inner: Inner) -> KeyPair {
-        let kid = thumbprint(&public_members(&inner)).expect("keyturn's own JWKs always have the thumbprint members");
+        let kid = thumbprint(&public_members(&inner))
+            .expect("keyturn's own JWKs always have the thumbprint members");
         KeyPair { alg, inner, kid }
     }
 
@@ -106,8 +107,12 @@ impl KeyPair {
                 key.validate().map_err(|_| bad())?;
                 Inner::Rsa(Box::new(key))
             }
-            Algorithm::ES256 => Inner::P256(p256::SecretKey::from_pkcs8_pem(pem).map_err(|_| bad())?),
-            Algorithm::ES384 => Inner::P384(p384::SecretKey::from_pkcs8_pem(pem).map_err(|_| bad())?),
+            Algorithm::ES256 => {
+                Inner::P256(p256::SecretKey::from_pkcs8_pem(pem).map_err(|_| bad())?)
+            }
+            Algorithm::ES384 => {
+                Inner::P384(p384::SecretKey::from_pkcs8_pem(pem).map_err(|_| bad())?)
+            }
             Algorithm::EdDSA => {
                 Inner::Ed25519(ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|_| bad())?)
             }
@@ -177,17 +182,25 @@ impl KeyPair {
                 }
             }
             Inner::P256(k) => {
-                m.insert("d".into(), json!(b64(&Zeroizing::new(k.to_bytes().to_vec()))));
+                m.insert(
+                    "d".into(),
+                    json!(b64(&Zeroizing::new(k.to_bytes().to_vec()))),
+                );
             }
             Inner::P384(k) => {
-                m.insert("d".into(), json!(b64(&Zeroizing::new(k.to_bytes().to_vec()))));
+                m.insert(
+                    "d".into(),
+                    json!(b64(&Zeroizing::new(k.to_bytes().to_vec()))),
+                );
             }
             Inner::Ed25519(k) => {
-                m.insert("d".into(), json!(b64(&Zeroizing::new(k.to_bytes().to_vec()))));
+                m.insert(
+                    "d".into(),
+                    json!(b64(&Zeroizing::new(k.to_bytes().to_vec()))),
+                );
             }
         }
-        let s = Zeroizing::new(serde_json::to_string(&Value::Object(m)).expect("JSON of strings"));
-        s
+        Zeroizing::new(serde_json::to_string(&Value::Object(m)).expect("JSON of strings"))
     }
 }
 
@@ -240,7 +253,10 @@ pub fn thumbprint(jwk: &Map<String, Value>) -> Option<String> {
     // lexicographic order, compact, as RFC 7638 §3.3 requires.
     let mut canonical = Map::new();
     for name in required {
-        canonical.insert((*name).into(), Value::String(jwk.get(*name)?.as_str()?.to_string()));
+        canonical.insert(
+            (*name).into(),
+            Value::String(jwk.get(*name)?.as_str()?.to_string()),
+        );
     }
     let bytes = serde_json::to_vec(&Value::Object(canonical)).ok()?;
     Some(b64(&Sha256::digest(&bytes)))
@@ -268,7 +284,9 @@ mod tests {
     #[test]
     fn rfc8037_a3_vector_and_key_derivation() {
         // RFC 8037 A.1: the private seed d derives the public x of A.2, whose thumbprint is A.3.
-        let d = URL_SAFE_NO_PAD.decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A").unwrap();
+        let d = URL_SAFE_NO_PAD
+            .decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A")
+            .unwrap();
         let sk = ed25519_dalek::SigningKey::from_bytes(&d.try_into().unwrap());
         let kp = KeyPair::from_inner(Algorithm::EdDSA, Inner::Ed25519(sk));
         let jwk = kp.public_jwk();
@@ -278,7 +296,14 @@ mod tests {
 
     #[test]
     fn thumbprint_needs_required_members() {
-        assert!(thumbprint(json!({"kty":"EC","crv":"P-256","x":"AA"}).as_object().unwrap()).is_none());
+        assert!(
+            thumbprint(
+                json!({"kty":"EC","crv":"P-256","x":"AA"})
+                    .as_object()
+                    .unwrap()
+            )
+            .is_none()
+        );
         assert!(thumbprint(json!({"kty":"oct","k":"AA"}).as_object().unwrap()).is_none());
         assert!(thumbprint(json!({"x":"AA"}).as_object().unwrap()).is_none());
     }
@@ -288,7 +313,10 @@ mod tests {
         for alg in Algorithm::ALL {
             let kp = KeyPair::generate(alg, None).unwrap();
             let pem = kp.to_pkcs8_pem();
-            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{alg}: PKCS#8 PEM");
+            assert!(
+                pem.starts_with("-----BEGIN PRIVATE KEY-----\n"),
+                "{alg}: PKCS#8 PEM"
+            );
             let back = KeyPair::from_pkcs8_pem(alg, &pem).unwrap();
             assert_eq!(back.kid(), kp.kid(), "{alg}: kid survives PEM round trip");
             assert_eq!(back.public_jwk(), kp.public_jwk());
@@ -301,7 +329,10 @@ mod tests {
         let pem = ec.to_pkcs8_pem();
         let err = KeyPair::from_pkcs8_pem(Algorithm::EdDSA, &pem).unwrap_err();
         let msg = err.to_string();
-        assert!(!msg.contains("PRIVATE KEY") && !msg.contains(&pem[40..60]), "{msg}");
+        assert!(
+            !msg.contains("PRIVATE KEY") && !msg.contains(&pem[40..60]),
+            "{msg}"
+        );
         assert!(KeyPair::from_pkcs8_pem(Algorithm::ES384, &pem).is_err());
         assert!(KeyPair::from_pkcs8_pem(Algorithm::RS256, &pem).is_err());
         assert!(KeyPair::from_pkcs8_pem(Algorithm::ES256, &pem[..pem.len() / 2]).is_err());
@@ -309,7 +340,10 @@ mod tests {
 
     #[test]
     fn unsupported_rsa_size_is_an_error() {
-        assert!(matches!(KeyPair::generate(Algorithm::RS256, Some(1024)), Err(KeyError::RsaSize(1024))));
+        assert!(matches!(
+            KeyPair::generate(Algorithm::RS256, Some(1024)),
+            Err(KeyError::RsaSize(1024))
+        ));
     }
 
     #[test]

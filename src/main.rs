@@ -34,7 +34,9 @@ enum Command {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -50,17 +52,31 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", keyturn::crd_yaml());
             Ok(())
         }
-        Command::Run { namespace, log_format, instance } => {
+        Command::Run {
+            namespace,
+            log_format,
+            instance,
+        } => {
             init_logging(&log_format);
-            let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?;
             let instance = instance
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| "keyturn".into());
             let clock: keyturn::reconcile::Clock = Arc::new(chrono::Utc::now);
             let metrics = Arc::new(keyturn::metrics::Metrics::new());
-            keyturn::controller::run(client, keyturn::controller::Options { namespace, instance }, clock, metrics)
-                .await
-                .context("running the controller")?;
+            keyturn::controller::run(
+                client,
+                keyturn::controller::Options {
+                    namespace,
+                    instance,
+                },
+                clock,
+                metrics,
+            )
+            .await
+            .context("running the controller")?;
             Ok(())
         }
     }

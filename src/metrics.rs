@@ -77,20 +77,41 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles started", m.reconciles.clone());
-        registry.register("reconcile_errors", "Reconciles that failed, by reason", m.errors.clone());
-        registry.register("not_ready", "Reconciles that reported Ready=False, by reason", m.refusals.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by reason",
+            m.errors.clone(),
+        );
+        registry.register(
+            "not_ready",
+            "Reconciles that reported Ready=False, by reason",
+            m.refusals.clone(),
+        );
         registry.register("writes", "API writes, by object", m.writes.clone());
-        registry.register("transitions", "Key lifecycle transitions, by reason", m.transitions.clone());
+        registry.register(
+            "transitions",
+            "Key lifecycle transitions, by reason",
+            m.transitions.clone(),
+        );
         registry.register("keys", "Keys by set and state", m.keys.clone());
-        registry.register("seconds_until_next_transition", "Seconds until the set's next planned transition", m.next_rotation.clone());
-        registry.register("last_publish_timestamp_seconds", "Unix time of the last JWKS write", m.last_publish.clone());
+        registry.register(
+            "seconds_until_next_transition",
+            "Seconds until the set's next planned transition",
+            m.next_rotation.clone(),
+        );
+        registry.register(
+            "last_publish_timestamp_seconds",
+            "Unix time of the last JWKS write",
+            m.last_publish.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
         out
     }
 
@@ -100,43 +121,78 @@ impl Metrics {
     }
     /// Counts a failed reconcile.
     pub fn error(&self, reason: &str) {
-        self.errors.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        self.errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
     /// Counts a Ready=False outcome.
     pub fn refused(&self, reason: &str) {
-        self.refusals.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        self.refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
     /// Counts one API write.
     pub fn write(&self, object: &str) {
-        self.writes.get_or_create(&ReasonLabels { reason: object.into() }).inc();
+        self.writes
+            .get_or_create(&ReasonLabels {
+                reason: object.into(),
+            })
+            .inc();
     }
     /// Counts a lifecycle transition.
     pub fn transition(&self, reason: &str) {
-        self.transitions.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        self.transitions
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
     /// Records a JWKS write now.
     pub fn published(&self) {
-        self.last_publish.set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        self.last_publish
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     }
 
     /// Records a successful reconcile's view of a set and resets its error streak.
-    pub fn observe_set(&self, namespace: &str, name: &str, state: &SetState, until_next: Option<Duration>) {
+    pub fn observe_set(
+        &self,
+        namespace: &str,
+        name: &str,
+        state: &SetState,
+        until_next: Option<Duration>,
+    ) {
         for st in [KeyState::Pending, KeyState::Active, KeyState::Retired] {
             let n = state.keys.iter().filter(|r| r.state() == st).count();
             self.keys
-                .get_or_create(&StateLabels { namespace: namespace.into(), name: name.into(), state: st.as_str().into() })
+                .get_or_create(&StateLabels {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    state: st.as_str().into(),
+                })
                 .set(n as i64);
         }
-        let labels = SetLabels { namespace: namespace.into(), name: name.into() };
+        let labels = SetLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
         match until_next {
             Some(d) => {
-                self.next_rotation.get_or_create(&labels).set(d.num_milliseconds() as f64 / 1000.0);
+                self.next_rotation
+                    .get_or_create(&labels)
+                    .set(d.num_milliseconds() as f64 / 1000.0);
             }
             None => {
                 self.next_rotation.remove(&labels);
             }
         }
-        self.consecutive.lock().expect("metrics lock").remove(&(namespace.into(), name.into()));
+        self.consecutive
+            .lock()
+            .expect("metrics lock")
+            .remove(&(namespace.into(), name.into()));
     }
 
     /// Increments and returns a set's consecutive error count (for backoff).

@@ -46,11 +46,20 @@ pub struct SpecError {
 /// Validates a spec (pure). The CRD schema catches most of this at `kubectl apply`; this is
 /// the operator's own check, for objects stored under an older schema and for rules the
 /// schema cannot express.
-pub fn validate(spec: &SigningKeySetSpec, rotate_token: Option<String>) -> Result<Settings, SpecError> {
+pub fn validate(
+    spec: &SigningKeySetSpec,
+    rotate_token: Option<String>,
+) -> Result<Settings, SpecError> {
     let dur = |field: &'static str, s: &str| -> Result<Duration, SpecError> {
-        let d = duration::parse(s).map_err(|e| SpecError { field, why: e.to_string() })?;
+        let d = duration::parse(s).map_err(|e| SpecError {
+            field,
+            why: e.to_string(),
+        })?;
         if d <= Duration::zero() {
-            return Err(SpecError { field, why: format!("must be greater than 0, got {s:?}") });
+            return Err(SpecError {
+                field,
+                why: format!("must be greater than 0, got {s:?}"),
+            });
         }
         Ok(d)
     };
@@ -74,7 +83,10 @@ pub fn validate(spec: &SigningKeySetSpec, rotate_token: Option<String>) -> Resul
             });
         }
         if ![2048, 3072, 4096].contains(&bits) {
-            return Err(SpecError { field: "spec.rsaKeySize", why: format!("must be 2048, 3072 or 4096, got {bits}") });
+            return Err(SpecError {
+                field: "spec.rsaKeySize",
+                why: format!("must be 2048, 3072 or 4096, got {bits}"),
+            });
         }
     }
     Ok(Settings {
@@ -175,7 +187,11 @@ pub fn remove_at(r: &KeyRecord, s: &Settings) -> Option<DateTime<Utc>> {
 
 /// The live (non-revoked, not yet removed) keys in JWKS order: Active, then Pending
 /// (oldest first), then Retired (most recently retired first); ties by kid.
-pub fn published_order<'a>(state: &'a SetState, s: &Settings, now: DateTime<Utc>) -> Vec<&'a KeyRecord> {
+pub fn published_order<'a>(
+    state: &'a SetState,
+    s: &Settings,
+    now: DateTime<Utc>,
+) -> Vec<&'a KeyRecord> {
     let mut keys: Vec<&KeyRecord> = state
         .keys
         .iter()
@@ -267,9 +283,21 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
     // 1. Generation comes first, so that a revocation's replacement is published in the
     //    same write that removes the revoked key.
     let manual_requested = s.rotate_token.is_some() && s.rotate_token != state.rotate_token;
-    if cand_i.is_none() {
+    if let Some(ci) = cand_i {
+        if manual_requested {
+            // A key is already pending: the manual rotation makes it activate after prePublish.
+            let mut next = state.clone();
+            next.keys[ci].manual = true;
+            next.rotate_token = s.rotate_token.clone();
+            return Plan::Do(Step::Store(next, vec![]));
+        }
+    } else {
         let reason = if active_i.is_none() {
-            Some(if state.keys.is_empty() { GenerateReason::First } else { GenerateReason::Revocation })
+            Some(if state.keys.is_empty() {
+                GenerateReason::First
+            } else {
+                GenerateReason::Revocation
+            })
         } else if manual_requested {
             Some(GenerateReason::Manual)
         } else if generate_at(state, s).is_some_and(|t| now >= t) {
@@ -283,27 +311,37 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
             } else {
                 state.rotate_token.clone()
             };
-            return Plan::Do(Step::Generate { alg: s.algorithm, rsa_bits: s.rsa_bits, reason, rotate_token });
+            return Plan::Do(Step::Generate {
+                alg: s.algorithm,
+                rsa_bits: s.rsa_bits,
+                reason,
+                rotate_token,
+            });
         }
-    } else if manual_requested {
-        // A key is already pending: the manual rotation makes it activate after prePublish.
-        let mut next = state.clone();
-        next.keys[cand_i.expect("checked")].manual = true;
-        next.rotate_token = s.rotate_token.clone();
-        return Plan::Do(Step::Store(next, vec![]));
     }
 
     // 2. Publish: the JWKS must hold exactly the live keys, in order.
-    let desired: Vec<String> = published_order(state, s, now).iter().map(|r| r.kid.clone()).collect();
+    let desired: Vec<String> = published_order(state, s, now)
+        .iter()
+        .map(|r| r.kid.clone())
+        .collect();
     if observed.published.as_ref() != Some(&desired) {
         return Plan::Do(Step::Publish(desired));
     }
 
     // 3. Record publication time of keys the JWKS now holds.
-    if state.keys.iter().any(|r| r.published_at.is_none() && desired.contains(&r.kid)) {
+    if state
+        .keys
+        .iter()
+        .any(|r| r.published_at.is_none() && desired.contains(&r.kid))
+    {
         let mut next = state.clone();
         let mut events = vec![];
-        for r in next.keys.iter_mut().filter(|r| r.published_at.is_none() && desired.contains(&r.kid)) {
+        for r in next
+            .keys
+            .iter_mut()
+            .filter(|r| r.published_at.is_none() && desired.contains(&r.kid))
+        {
             r.published_at = Some(now);
             events.push(Transition::Published(r.kid.clone()));
         }
@@ -311,8 +349,10 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
     }
 
     // 4. Activation.
-    if let (Some(ci), Some(due)) = (cand_i, activate_at(state, s)) {
-        if now >= due {
+    if let (Some(ci), Some(due)) = (cand_i, activate_at(state, s))
+        && now >= due
+    {
+        {
             let kid = state.keys[ci].kid.clone();
             if observed.signing.as_deref() != Some(kid.as_str()) {
                 return Plan::Do(Step::Sign(kid));
@@ -358,7 +398,10 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
         .any(|r| s.revoked.contains(&r.kid) && r.state() != KeyState::Active);
     if !expired.is_empty() || revoked_droppable {
         let mut next = state.clone();
-        let mut events: Vec<Transition> = expired.iter().map(|k| Transition::Removed(k.clone())).collect();
+        let mut events: Vec<Transition> = expired
+            .iter()
+            .map(|k| Transition::Removed(k.clone()))
+            .collect();
         next.keys.retain(|r| !expired.contains(&r.kid));
         let before = next.keys.len();
         drop_revoked(&mut next, s, &mut events, false);
@@ -374,12 +417,19 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
     }
     wake.extend(activate_at(state, s));
     wake.extend(state.keys.iter().filter_map(|r| remove_at(r, s)));
-    Plan::Idle { wake_at: wake.into_iter().filter(|t| *t > now).min() }
+    Plan::Idle {
+        wake_at: wake.into_iter().filter(|t| *t > now).min(),
+    }
 }
 
 /// Drops revoked records; a revoked Active record only when `with_active` (its
 /// replacement activates in the same store).
-fn drop_revoked(state: &mut SetState, s: &Settings, events: &mut Vec<Transition>, with_active: bool) {
+fn drop_revoked(
+    state: &mut SetState,
+    s: &Settings,
+    events: &mut Vec<Transition>,
+    with_active: bool,
+) {
     state.keys.retain(|r| {
         if !s.revoked.contains(&r.kid) {
             return true;
@@ -388,7 +438,10 @@ fn drop_revoked(state: &mut SetState, s: &Settings, events: &mut Vec<Transition>
         if was_active && !with_active {
             return true;
         }
-        events.push(Transition::Revoked { kid: r.kid.clone(), was_active });
+        events.push(Transition::Revoked {
+            kid: r.kid.clone(),
+            was_active,
+        });
         false
     });
 }
@@ -479,18 +532,34 @@ mod tests {
         fn apply(&mut self, step: Step, s: &Settings) {
             self.steps += 1;
             match step {
-                Step::Generate { alg, rsa_bits, reason, rotate_token } => {
+                Step::Generate {
+                    alg,
+                    rsa_bits,
+                    reason,
+                    rotate_token,
+                } => {
                     let kp = KeyPair::generate(alg, rsa_bits).unwrap();
                     if matches!(reason, GenerateReason::First | GenerateReason::Revocation) {
                         self.exempt_prepublish.insert(kp.kid().to_string());
                     }
-                    self.obs.state = Some(with_new_key(self.obs.state.as_ref(), &kp, reason, rotate_token, self.now));
+                    self.obs.state = Some(with_new_key(
+                        self.obs.state.as_ref(),
+                        &kp,
+                        reason,
+                        rotate_token,
+                        self.now,
+                    ));
                 }
                 Step::Publish(kids) => {
                     let state = self.obs.state.as_ref().expect("publish only after store");
                     for k in &kids {
-                        assert!(state.keys.iter().any(|r| &r.kid == k && r.public_jwk["kid"] == k.as_str()),
-                            "I6: published {k} whose record is not stored");
+                        assert!(
+                            state
+                                .keys
+                                .iter()
+                                .any(|r| &r.kid == k && r.public_jwk["kid"] == k.as_str()),
+                            "I6: published {k} whose record is not stored"
+                        );
                     }
                     // Removal check (I2) for every kid leaving the JWKS.
                     let old: Vec<String> = self.obs.published.clone().unwrap_or_default();
@@ -498,9 +567,14 @@ mod tests {
                         if !s.revoked.contains(k) {
                             let stopped = self.stopped_signing.get(k).copied();
                             match stopped {
-                                Some(t) => assert!(self.now >= t + s.overlap,
-                                    "I2: {k} removed at {} but stopped signing at {t}", self.now),
-                                None => panic!("I2: {k} removed from JWKS but never retired (never signed?)"),
+                                Some(t) => assert!(
+                                    self.now >= t + s.overlap,
+                                    "I2: {k} removed at {} but stopped signing at {t}",
+                                    self.now
+                                ),
+                                None => panic!(
+                                    "I2: {k} removed from JWKS but never retired (never signed?)"
+                                ),
                             }
                         }
                         self.published_since.remove(k);
@@ -512,20 +586,28 @@ mod tests {
                 }
                 Step::Sign(kid) => {
                     // DESIGN I1: after an emergency revocation the replacement signs at once.
-                    let replacing_revoked = self.obs.signing.as_ref().is_some_and(|p| s.revoked.contains(p));
+                    let replacing_revoked = self
+                        .obs
+                        .signing
+                        .as_ref()
+                        .is_some_and(|p| s.revoked.contains(p));
                     if replacing_revoked {
                         self.exempt_prepublish.insert(kid.clone());
                     }
-                    if let Some(prev) = self.obs.signing.replace(kid.clone()) {
-                        if prev != kid {
-                            self.stopped_signing.insert(prev, self.now);
-                        }
+                    if let Some(prev) = self.obs.signing.replace(kid.clone())
+                        && prev != kid
+                    {
+                        self.stopped_signing.insert(prev, self.now);
                     }
                     let since = self.published_since.get(&kid).copied();
-                    let since = since.unwrap_or_else(|| panic!("I1: {kid} signs but is not published"));
+                    let since =
+                        since.unwrap_or_else(|| panic!("I1: {kid} signs but is not published"));
                     if !self.exempt_prepublish.contains(&kid) {
-                        assert!(self.now >= since + s.pre_publish,
-                            "I1: {kid} signed at {} but published only since {since}", self.now);
+                        assert!(
+                            self.now >= since + s.pre_publish,
+                            "I1: {kid} signed at {} but published only since {since}",
+                            self.now
+                        );
                     }
                     self.signers.push((kid, self.now));
                 }
@@ -533,7 +615,11 @@ mod tests {
                     // Retired keys never keep private material.
                     for r in &st.keys {
                         if r.state() == KeyState::Retired {
-                            assert!(r.private_pem.is_none(), "retired key {} keeps its private key", r.kid);
+                            assert!(
+                                r.private_pem.is_none(),
+                                "retired key {} keeps its private key",
+                                r.kid
+                            );
                         }
                     }
                     self.events.extend(ev);
@@ -541,10 +627,10 @@ mod tests {
                 }
             }
             // Steady invariants after every write.
-            if let (Some(sig), Some(pub_)) = (&self.obs.signing, &self.obs.published) {
-                if !s.revoked.contains(sig) {
-                    assert!(pub_.contains(sig), "I1: signer {sig} not in JWKS {pub_:?}");
-                }
+            if let (Some(sig), Some(pub_)) = (&self.obs.signing, &self.obs.published)
+                && !s.revoked.contains(sig)
+            {
+                assert!(pub_.contains(sig), "I1: signer {sig} not in JWKS {pub_:?}");
             }
         }
 
@@ -564,10 +650,19 @@ mod tests {
         }
 
         fn active_kid(&self) -> Option<String> {
-            self.obs.state.as_ref()?.keys.iter().find(|r| r.state() == KeyState::Active).map(|r| r.kid.clone())
+            self.obs
+                .state
+                .as_ref()?
+                .keys
+                .iter()
+                .find(|r| r.state() == KeyState::Active)
+                .map(|r| r.kid.clone())
         }
         fn count(&self, st: KeyState) -> usize {
-            self.obs.state.as_ref().map_or(0, |x| x.keys.iter().filter(|r| r.state() == st).count())
+            self.obs
+                .state
+                .as_ref()
+                .map_or(0, |x| x.keys.iter().filter(|r| r.state() == st).count())
         }
     }
 
@@ -579,9 +674,16 @@ mod tests {
         let kid = w.active_kid().unwrap();
         assert_eq!(w.obs.signing.as_deref(), Some(kid.as_str()));
         assert_eq!(w.obs.published.as_deref(), Some(&[kid.clone()][..]));
-        assert_eq!(wake, t0() + Duration::hours(719), "next key generated at activation + interval − prePublish");
+        assert_eq!(
+            wake,
+            t0() + Duration::hours(719),
+            "next key generated at activation + interval − prePublish"
+        );
         assert!(w.events.contains(&Transition::Activated(kid)));
-        assert_eq!(w.steps, 5, "generate, publish, record publication, sign, record activation");
+        assert_eq!(
+            w.steps, 5,
+            "generate, publish, record publication, sign, record activation"
+        );
     }
 
     #[test]
@@ -597,7 +699,10 @@ mod tests {
             wakeups += 1;
             assert!(w.count(KeyState::Active) == 1);
             assert!(w.count(KeyState::Pending) <= 1);
-            assert!(w.count(KeyState::Retired) <= 1, "24h overlap < 720h interval: at most one retired key");
+            assert!(
+                w.count(KeyState::Retired) <= 1,
+                "24h overlap < 720h interval: at most one retired key"
+            );
         }
         let rotations = w.signers.len();
         // 3 years / 30 days ≈ 36.5 rotations (+ the first key).
@@ -605,10 +710,16 @@ mod tests {
         // Exactly one generation, activation and removal per rotation: no bursts.
         for pair in w.signers.windows(2) {
             let gap = pair[1].1 - pair[0].1;
-            assert!(gap >= Duration::hours(720) && gap < Duration::hours(721), "rotation gap {gap}");
+            assert!(
+                gap >= Duration::hours(720) && gap < Duration::hours(721),
+                "rotation gap {gap}"
+            );
         }
         // Per rotation: wake for generation, activation, removal — nothing else.
-        assert!(wakeups <= rotations * 3 + 1, "{wakeups} wake-ups for {rotations} rotations: the planner polls");
+        assert!(
+            wakeups <= rotations * 3 + 1,
+            "{wakeups} wake-ups for {rotations} rotations: the planner polls"
+        );
     }
 
     #[test]
@@ -618,21 +729,39 @@ mod tests {
         w.settle(&s);
         let first = w.active_kid().unwrap();
         w.now = t0() + Duration::hours(8) - Duration::seconds(1);
-        assert!(matches!(plan(&s, &w.obs, w.now), Plan::Idle { .. }), "nothing before activation + interval − prePublish");
+        assert!(
+            matches!(plan(&s, &w.obs, w.now), Plan::Idle { .. }),
+            "nothing before activation + interval − prePublish"
+        );
         w.now = t0() + Duration::hours(8);
         w.settle(&s);
         assert_eq!(w.count(KeyState::Pending), 1);
-        assert_eq!(w.obs.published.as_ref().unwrap().len(), 2, "next key published before it signs");
-        assert_eq!(w.obs.signing.as_deref(), Some(first.as_str()), "old key still signs");
+        assert_eq!(
+            w.obs.published.as_ref().unwrap().len(),
+            2,
+            "next key published before it signs"
+        );
+        assert_eq!(
+            w.obs.signing.as_deref(),
+            Some(first.as_str()),
+            "old key still signs"
+        );
         w.now = t0() + Duration::hours(10);
         w.settle(&s);
         let second = w.active_kid().unwrap();
         assert_ne!(first, second);
         assert_eq!(w.obs.signing.as_deref(), Some(second.as_str()));
-        assert_eq!(w.obs.published.as_ref().unwrap(), &vec![second.clone(), first.clone()], "active first, retired after");
+        assert_eq!(
+            w.obs.published.as_ref().unwrap(),
+            &vec![second.clone(), first.clone()],
+            "active first, retired after"
+        );
         w.now = t0() + Duration::hours(13) - Duration::seconds(1);
         w.settle(&s);
-        assert!(w.obs.published.as_ref().unwrap().contains(&first), "retired key kept for overlap");
+        assert!(
+            w.obs.published.as_ref().unwrap().contains(&first),
+            "retired key kept for overlap"
+        );
         w.now = t0() + Duration::hours(13);
         w.settle(&s);
         assert_eq!(w.obs.published.as_ref().unwrap(), &vec![second.clone()]);
@@ -646,10 +775,17 @@ mod tests {
         w.settle(&s);
         let first = w.active_kid().unwrap();
         w.now = t0() + Duration::hours(5);
-        assert!(matches!(w.settle(&s), Some(t) if t == t0() + Duration::hours(719)), "no token → no manual rotation");
+        assert!(
+            matches!(w.settle(&s), Some(t) if t == t0() + Duration::hours(719)),
+            "no token → no manual rotation"
+        );
         s.rotate_token = Some("now".into());
         let wake = w.settle(&s).unwrap();
-        assert_eq!(wake, t0() + Duration::hours(6), "manual key activates prePublish after publication");
+        assert_eq!(
+            wake,
+            t0() + Duration::hours(6),
+            "manual key activates prePublish after publication"
+        );
         assert_eq!(w.count(KeyState::Pending), 1);
         w.now = wake;
         w.settle(&s);
@@ -658,7 +794,11 @@ mod tests {
         w.now += Duration::hours(1);
         let wake = w.settle(&s).unwrap();
         assert_eq!(w.count(KeyState::Pending), 0);
-        assert_eq!(wake, t0() + Duration::hours(30), "first key removed at retirement (6h) + overlap (24h)");
+        assert_eq!(
+            wake,
+            t0() + Duration::hours(30),
+            "first key removed at retirement (6h) + overlap (24h)"
+        );
         s.rotate_token = Some("again".into());
         w.settle(&s);
         assert_eq!(w.count(KeyState::Pending), 1);
@@ -671,7 +811,10 @@ mod tests {
         let mut w = World::new();
         w.settle(&s);
         assert_eq!(w.count(KeyState::Pending), 0);
-        assert_eq!(w.obs.state.as_ref().unwrap().rotate_token.as_deref(), Some("initial"));
+        assert_eq!(
+            w.obs.state.as_ref().unwrap().rotate_token.as_deref(),
+            Some("initial")
+        );
     }
 
     #[test]
@@ -685,7 +828,11 @@ mod tests {
         s.rotate_token = Some("x".into());
         let wake = w.settle(&s).unwrap();
         assert_eq!(w.count(KeyState::Pending), 1, "no second pending key");
-        assert_eq!(wake, t0() + Duration::hours(10), "published at 6h + 4h prePublish");
+        assert_eq!(
+            wake,
+            t0() + Duration::hours(10),
+            "published at 6h + 4h prePublish"
+        );
     }
 
     #[test]
@@ -703,8 +850,20 @@ mod tests {
         assert_ne!(new, old);
         assert_eq!(w.obs.signing.as_deref(), Some(new.as_str()));
         assert_eq!(w.obs.published.as_ref().unwrap(), &vec![new.clone()]);
-        assert!(w.obs.state.as_ref().unwrap().keys.iter().all(|r| r.kid != old), "revoked record and private key destroyed");
-        assert!(w.events.contains(&Transition::Revoked { kid: old, was_active: true }));
+        assert!(
+            w.obs
+                .state
+                .as_ref()
+                .unwrap()
+                .keys
+                .iter()
+                .all(|r| r.kid != old),
+            "revoked record and private key destroyed"
+        );
+        assert!(w.events.contains(&Transition::Revoked {
+            kid: old,
+            was_active: true
+        }));
     }
 
     #[test]
@@ -719,21 +878,54 @@ mod tests {
         w.now = t0() + Duration::hours(18);
         w.settle(&s); // third pending
         let st = w.obs.state.clone().unwrap();
-        let pending = st.keys.iter().find(|r| r.state() == KeyState::Pending).unwrap().kid.clone();
+        let pending = st
+            .keys
+            .iter()
+            .find(|r| r.state() == KeyState::Pending)
+            .unwrap()
+            .kid
+            .clone();
         let active = w.active_kid().unwrap();
         s.revoked.insert(active.clone());
         w.settle(&s);
-        assert_eq!(w.active_kid().unwrap(), pending, "the published pending key replaces the revoked one");
+        assert_eq!(
+            w.active_kid().unwrap(),
+            pending,
+            "the published pending key replaces the revoked one"
+        );
         assert_eq!(w.obs.published.as_ref().unwrap(), &vec![pending.clone()]);
         // Revoke a pending key: it leaves the JWKS and a new one is generated on schedule.
         w.now = t0() + Duration::hours(18) + Duration::hours(8);
         w.settle(&s);
-        let p2 = w.obs.state.as_ref().unwrap().keys.iter().find(|r| r.state() == KeyState::Pending).unwrap().kid.clone();
+        let p2 = w
+            .obs
+            .state
+            .as_ref()
+            .unwrap()
+            .keys
+            .iter()
+            .find(|r| r.state() == KeyState::Pending)
+            .unwrap()
+            .kid
+            .clone();
         s.revoked.insert(p2.clone());
         w.settle(&s);
         assert!(!w.obs.published.as_ref().unwrap().contains(&p2));
-        let p3 = w.obs.state.as_ref().unwrap().keys.iter().find(|r| r.state() == KeyState::Pending).unwrap().kid.clone();
-        assert_ne!(p3, p2, "a fresh pending key replaces the revoked pending one");
+        let p3 = w
+            .obs
+            .state
+            .as_ref()
+            .unwrap()
+            .keys
+            .iter()
+            .find(|r| r.state() == KeyState::Pending)
+            .unwrap()
+            .kid
+            .clone();
+        assert_ne!(
+            p3, p2,
+            "a fresh pending key replaces the revoked pending one"
+        );
     }
 
     #[test]
@@ -746,11 +938,36 @@ mod tests {
         w.now = t0() + Duration::hours(9);
         w.settle(&s);
         let st = w.obs.state.as_ref().unwrap();
-        assert_eq!(st.keys.iter().find(|r| r.state() == KeyState::Active).unwrap().alg, Algorithm::RS256);
-        assert_eq!(st.keys.iter().find(|r| r.state() == KeyState::Pending).unwrap().alg, Algorithm::ES256);
+        assert_eq!(
+            st.keys
+                .iter()
+                .find(|r| r.state() == KeyState::Active)
+                .unwrap()
+                .alg,
+            Algorithm::RS256
+        );
+        assert_eq!(
+            st.keys
+                .iter()
+                .find(|r| r.state() == KeyState::Pending)
+                .unwrap()
+                .alg,
+            Algorithm::ES256
+        );
         w.now = t0() + Duration::hours(10);
         w.settle(&s);
-        assert_eq!(w.obs.state.as_ref().unwrap().keys.iter().find(|r| r.state() == KeyState::Active).unwrap().alg, Algorithm::ES256);
+        assert_eq!(
+            w.obs
+                .state
+                .as_ref()
+                .unwrap()
+                .keys
+                .iter()
+                .find(|r| r.state() == KeyState::Active)
+                .unwrap()
+                .alg,
+            Algorithm::ES256
+        );
     }
 
     #[test]
@@ -763,14 +980,26 @@ mod tests {
         s.interval = Duration::hours(10); // the current key is 90h overdue under the new interval
         w.settle(&s);
         assert_eq!(w.count(KeyState::Pending), 1);
-        assert_eq!(w.signers.len(), 1, "not activated in the same step as publication");
+        assert_eq!(
+            w.signers.len(),
+            1,
+            "not activated in the same step as publication"
+        );
         let wake = w.settle(&s).unwrap();
-        assert_eq!(wake, w.now + Duration::hours(1), "activates after prePublish");
+        assert_eq!(
+            wake,
+            w.now + Duration::hours(1),
+            "activates after prePublish"
+        );
         w.now = wake;
         w.settle(&s);
         assert_eq!(w.signers.len(), 2);
         let next = w.settle(&s).unwrap();
-        assert_eq!(next, w.now + Duration::hours(9), "then every 10h from the new activation");
+        assert_eq!(
+            next,
+            w.now + Duration::hours(9),
+            "then every 10h from the new activation"
+        );
     }
 
     #[test]
@@ -792,13 +1021,21 @@ mod tests {
         w.settle(&s);
         w.now = t0() + Duration::days(200);
         w.settle(&s);
-        assert_eq!(w.signers.len(), 1, "no publish-and-activate in one go after a jump");
+        assert_eq!(
+            w.signers.len(),
+            1,
+            "no publish-and-activate in one go after a jump"
+        );
         assert_eq!(w.count(KeyState::Pending), 1);
         let wake = w.settle(&s).unwrap();
         assert_eq!(wake, w.now + Duration::hours(1));
         w.now = wake;
         w.settle(&s);
-        assert_eq!(w.signers.len(), 2, "exactly one rotation, not one per missed interval");
+        assert_eq!(
+            w.signers.len(),
+            2,
+            "exactly one rotation, not one per missed interval"
+        );
     }
 
     #[test]
@@ -818,7 +1055,11 @@ mod tests {
         assert_eq!(w.signers.len(), 2);
         w.now = t0() + Duration::hours(1);
         w.settle(&s);
-        assert_eq!(w.count(KeyState::Retired), 1, "retired key kept; overlap counts from retirement");
+        assert_eq!(
+            w.count(KeyState::Retired),
+            1,
+            "retired key kept; overlap counts from retirement"
+        );
     }
 
     /// A deterministic PRNG for the randomized walk.
@@ -844,15 +1085,16 @@ mod tests {
             for _ in 0..400 {
                 match rng.next() % 10 {
                     0 => s.rotate_token = Some(format!("{}", rng.next() % 5)),
-                    1 if rng.next() % 8 == 0 => {
+                    1 if rng.next().is_multiple_of(8) => {
                         if let Some(a) = w.active_kid() {
                             s.revoked.insert(a.clone());
                             w.revoked_ever.insert(a);
                         }
                     }
-                    2 if rng.next() % 6 == 0 => {
+                    2 if rng.next().is_multiple_of(6) => {
                         s.interval = Duration::hours(3 + (rng.next() % 20) as i64);
-                        s.pre_publish = Duration::minutes(30 + (rng.next() % 120) as i64).min(s.interval - Duration::minutes(1));
+                        s.pre_publish = Duration::minutes(30 + (rng.next() % 120) as i64)
+                            .min(s.interval - Duration::minutes(1));
                     }
                     _ => {}
                 }
@@ -872,7 +1114,11 @@ mod tests {
                     }
                 }
             }
-            assert!(w.signers.len() > 5, "seed {seed}: the walk rotated only {} times", w.signers.len());
+            assert!(
+                w.signers.len() > 5,
+                "seed {seed}: the walk rotated only {} times",
+                w.signers.len()
+            );
         }
     }
 
@@ -889,12 +1135,21 @@ mod tests {
         };
         assert!(validate(&spec, None).is_ok());
         spec.rotation.pre_publish = "800h".into();
-        assert_eq!(validate(&spec, None).unwrap_err().field, "spec.rotation.prePublish");
+        assert_eq!(
+            validate(&spec, None).unwrap_err().field,
+            "spec.rotation.prePublish"
+        );
         spec.rotation.pre_publish = "1h".into();
         spec.rotation.overlap = "0s".into();
-        assert_eq!(validate(&spec, None).unwrap_err().field, "spec.rotation.overlap");
+        assert_eq!(
+            validate(&spec, None).unwrap_err().field,
+            "spec.rotation.overlap"
+        );
         spec.rotation.overlap = "soon".into();
-        assert_eq!(validate(&spec, None).unwrap_err().field, "spec.rotation.overlap");
+        assert_eq!(
+            validate(&spec, None).unwrap_err().field,
+            "spec.rotation.overlap"
+        );
         spec.rotation.overlap = "24h".into();
         spec.rsa_key_size = Some(2048);
         assert_eq!(validate(&spec, None).unwrap_err().field, "spec.rsaKeySize");

@@ -13,13 +13,15 @@ use serde::de::DeserializeOwned;
 
 use crate::crd::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
 use crate::keys::KeyPair;
-use crate::state::{KeyRecord, SetState, STATE_KEY};
+use crate::state::{KeyRecord, STATE_KEY, SetState};
 
 /// Why a write did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// The object exists and is not keyturn's; it was left untouched.
-    #[error("{kind} {namespace}/{name} exists and is not managed by this SigningKeySet; keyturn leaves it untouched")]
+    #[error(
+        "{kind} {namespace}/{name} exists and is not managed by this SigningKeySet; keyturn leaves it untouched"
+    )]
     Foreign {
         /// Object kind.
         kind: &'static str,
@@ -51,7 +53,8 @@ pub fn labels(sks: &SigningKeySet) -> BTreeMap<String, String> {
 
 /// The controller ownerReference to `sks` (same namespace only).
 pub fn owner_ref(sks: &SigningKeySet) -> OwnerReference {
-    sks.controller_owner_ref(&()).expect("a SigningKeySet read from the API server has a uid")
+    sks.controller_owner_ref(&())
+        .expect("a SigningKeySet read from the API server has a uid")
 }
 
 /// True when `meta` carries keyturn's labels for `sks` and an ownerReference to its uid.
@@ -83,10 +86,19 @@ pub fn signing_data(rec: &KeyRecord) -> Option<BTreeMap<String, ByteString>> {
     let pem = rec.private_pem.as_ref()?;
     let kp = KeyPair::from_pkcs8_pem(rec.alg, pem.expose()).ok()?;
     Some(BTreeMap::from([
-        ("alg".to_string(), ByteString(rec.alg.as_str().as_bytes().to_vec())),
+        (
+            "alg".to_string(),
+            ByteString(rec.alg.as_str().as_bytes().to_vec()),
+        ),
         ("kid".to_string(), ByteString(rec.kid.as_bytes().to_vec())),
-        ("private.jwk.json".to_string(), ByteString(kp.private_jwk_json().as_bytes().to_vec())),
-        ("private.pem".to_string(), ByteString(pem.expose().as_bytes().to_vec())),
+        (
+            "private.jwk.json".to_string(),
+            ByteString(kp.private_jwk_json().as_bytes().to_vec()),
+        ),
+        (
+            "private.pem".to_string(),
+            ByteString(pem.expose().as_bytes().to_vec()),
+        ),
     ]))
 }
 
@@ -105,7 +117,10 @@ pub fn internal_secret(sks: &SigningKeySet, state: &SetState) -> Secret {
     Secret {
         metadata: meta(sks, sks.internal_secret_name()),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(STATE_KEY.to_string(), ByteString(state.to_bytes()))])),
+        data: Some(BTreeMap::from([(
+            STATE_KEY.to_string(),
+            ByteString(state.to_bytes()),
+        )])),
         ..Default::default()
     }
 }
@@ -115,7 +130,13 @@ pub fn internal_secret(sks: &SigningKeySet, state: &SetState) -> Secret {
 pub fn jwks_bytes(state: &SetState, kids: &[String]) -> Option<Vec<u8>> {
     let keys: Option<Vec<_>> = kids
         .iter()
-        .map(|k| state.keys.iter().find(|r| &r.kid == k).map(|r| r.public_jwk.clone()))
+        .map(|k| {
+            state
+                .keys
+                .iter()
+                .find(|r| &r.kid == k)
+                .map(|r| r.public_jwk.clone())
+        })
         .collect();
     Some(crate::jwks::to_bytes(&keys?))
 }
@@ -163,10 +184,17 @@ where
         _ => "object",
     };
     let name = desired.name_any();
-    let api_err = |source| WriteError::Api { kind, name: name.clone(), source };
+    let api_err = |source| WriteError::Api {
+        kind,
+        name: name.clone(),
+        source,
+    };
     match existing {
         None => {
-            let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            let pp = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
             api.create(&pp, &desired).await.map(Some).map_err(api_err)
         }
         Some(cur) => {
@@ -185,24 +213,33 @@ where
             value["apiVersion"] = K::api_version(&()).as_ref().into();
             value["kind"] = K::kind(&()).as_ref().into();
             let pp = PatchParams::apply(FIELD_MANAGER).force();
-            api.patch(&name, &pp, &Patch::Apply(&value)).await.map(Some).map_err(api_err)
+            api.patch(&name, &pp, &Patch::Apply(&value))
+                .await
+                .map(Some)
+                .map_err(api_err)
         }
     }
 }
 
 fn labels_and_owner_match(cur: &ObjectMeta, want: &ObjectMeta) -> bool {
-    let labels_ok = want.labels.iter().flatten().all(|(k, v)| cur.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
-    let owners_ok = want
-        .owner_references
+    let labels_ok = want
+        .labels
         .iter()
         .flatten()
-        .all(|w| cur.owner_references.iter().flatten().any(|c| c.uid == w.uid));
+        .all(|(k, v)| cur.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
+    let owners_ok = want.owner_references.iter().flatten().all(|w| {
+        cur.owner_references
+            .iter()
+            .flatten()
+            .any(|c| c.uid == w.uid)
+    });
     labels_ok && owners_ok
 }
 
 /// Secrets compare by type and data.
 pub fn same_secret(a: &Secret, b: &Secret) -> bool {
-    a.data == b.data && a.type_.as_deref().unwrap_or("Opaque") == b.type_.as_deref().unwrap_or("Opaque")
+    a.data == b.data
+        && a.type_.as_deref().unwrap_or("Opaque") == b.type_.as_deref().unwrap_or("Opaque")
 }
 
 /// ConfigMaps compare by data.

@@ -13,12 +13,12 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::crd::{FIELD_MANAGER, ROTATE_ANNOTATION, SigningKeySet, SigningKeySetStatus, KeyStatus};
+use crate::crd::{FIELD_MANAGER, KeyStatus, ROTATE_ANNOTATION, SigningKeySet, SigningKeySetStatus};
 use crate::keys::KeyPair;
 use crate::metrics::Metrics;
 use crate::plan::{self, Observed, Plan, Settings, Step, Transition};
 use crate::publish::{self, WriteError};
-use crate::state::{KeyState, SetState, STATE_KEY};
+use crate::state::{KeyState, STATE_KEY, SetState};
 
 /// A source of the current time; tests and benchmarks may inject their own.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -91,39 +91,74 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
     let settings = match plan::validate(&sks.spec, token) {
         Ok(s) => s,
         Err(e) => {
-            let nr = NotReady { reason: "InvalidSpec", message: e.to_string() };
+            let nr = NotReady {
+                reason: "InvalidSpec",
+                message: e.to_string(),
+            };
             return refuse(&sks, &ctx, None, None, nr, None).await;
         }
     };
     if sks.secret_name() == sks.internal_secret_name() {
         let nr = NotReady {
             reason: "InvalidSpec",
-            message: format!("spec.secretName: {:?} is reserved for keyturn's internal Secret", sks.secret_name()),
+            message: format!(
+                "spec.secretName: {:?} is reserved for keyturn's internal Secret",
+                sks.secret_name()
+            ),
         };
         return refuse(&sks, &ctx, None, Some(&settings), nr, None).await;
     }
     for (kind, name, meta) in [
-        ("Secret", sks.internal_secret_name(), internal.as_ref().map(|o| &o.metadata)),
-        ("Secret", sks.secret_name(), signing.as_ref().map(|o| &o.metadata)),
-        ("ConfigMap", sks.config_map_name(), cm.as_ref().map(|o| &o.metadata)),
+        (
+            "Secret",
+            sks.internal_secret_name(),
+            internal.as_ref().map(|o| &o.metadata),
+        ),
+        (
+            "Secret",
+            sks.secret_name(),
+            signing.as_ref().map(|o| &o.metadata),
+        ),
+        (
+            "ConfigMap",
+            sks.config_map_name(),
+            cm.as_ref().map(|o| &o.metadata),
+        ),
     ] {
-        if let Some(meta) = meta {
-            if !publish::is_owned(meta, &sks) {
+        if let Some(meta) = meta
+            && !publish::is_owned(meta, &sks)
+        {
+            {
                 let nr = NotReady {
                     reason: "ForeignObject",
                     message: format!(
                         "{kind} {ns}/{name} exists and is not managed by this SigningKeySet; keyturn leaves it untouched. Delete it or choose another name."
                     ),
                 };
-                return refuse(&sks, &ctx, None, Some(&settings), nr, Some(StdDuration::from_secs(60))).await;
+                return refuse(
+                    &sks,
+                    &ctx,
+                    None,
+                    Some(&settings),
+                    nr,
+                    Some(StdDuration::from_secs(60)),
+                )
+                .await;
             }
         }
     }
     let state = match internal.as_ref() {
         None => None,
         Some(s) => {
-            let bytes = s.data.as_ref().and_then(|d| d.get(STATE_KEY)).map(|b| b.0.as_slice());
-            match bytes.ok_or(crate::state::StateError::Missing).and_then(SetState::from_bytes) {
+            let bytes = s
+                .data
+                .as_ref()
+                .and_then(|d| d.get(STATE_KEY))
+                .map(|b| b.0.as_slice());
+            match bytes
+                .ok_or(crate::state::StateError::Missing)
+                .and_then(SetState::from_bytes)
+            {
                 Ok(st) => Some(st),
                 Err(e) => {
                     let nr = NotReady {
@@ -133,14 +168,26 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                             sks.internal_secret_name()
                         ),
                     };
-                    return refuse(&sks, &ctx, None, Some(&settings), nr, Some(StdDuration::from_secs(300))).await;
+                    return refuse(
+                        &sks,
+                        &ctx,
+                        None,
+                        Some(&settings),
+                        nr,
+                        Some(StdDuration::from_secs(300)),
+                    )
+                    .await;
                 }
             }
         }
     };
 
     // plan → apply, one step at a time
-    let mut obs = Observed { state, published: None, signing: None };
+    let mut obs = Observed {
+        state,
+        published: None,
+        signing: None,
+    };
     observe_published(&sks, &mut obs, cm.as_ref());
     observe_signing(&mut obs, signing.as_ref());
     let mut wake_at = None;
@@ -160,13 +207,26 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
             break;
         }
         match step {
-            Step::Generate { alg, rsa_bits, reason, rotate_token } => {
+            Step::Generate {
+                alg,
+                rsa_bits,
+                reason,
+                rotate_token,
+            } => {
                 let kp = tokio::task::spawn_blocking(move || KeyPair::generate(alg, rsa_bits))
                     .await
                     .expect("key generation does not panic")?;
                 let next = plan::with_new_key(obs.state.as_ref(), &kp, reason, rotate_token, now);
                 let desired = publish::internal_secret(&sks, &next);
-                if let Some(o) = publish::write(&secrets, internal.as_ref(), desired, |m| publish::is_owned(m, &sks), publish::same_secret).await? {
+                if let Some(o) = publish::write(
+                    &secrets,
+                    internal.as_ref(),
+                    desired,
+                    |m| publish::is_owned(m, &sks),
+                    publish::same_secret,
+                )
+                .await?
+                {
                     internal = Some(o);
                 }
                 info!(set = %sks.name_any(), namespace = %ns, kid = %kp.kid(), alg = %alg, ?reason, "stored new key");
@@ -175,9 +235,18 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
             }
             Step::Publish(kids) => {
                 let state = obs.state.as_ref().expect("publish follows store");
-                let bytes = publish::jwks_bytes(state, &kids).expect("planner publishes stored keys only");
+                let bytes =
+                    publish::jwks_bytes(state, &kids).expect("planner publishes stored keys only");
                 let desired = publish::jwks_config_map(&sks, None, &bytes);
-                if let Some(o) = publish::write(&cms, cm.as_ref(), desired, |m| publish::is_owned(m, &sks), publish::same_config_map).await? {
+                if let Some(o) = publish::write(
+                    &cms,
+                    cm.as_ref(),
+                    desired,
+                    |m| publish::is_owned(m, &sks),
+                    publish::same_config_map,
+                )
+                .await?
+                {
                     cm = Some(o);
                     ctx.metrics.write("configmap");
                     ctx.metrics.published();
@@ -187,9 +256,22 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
             }
             Step::Sign(kid) => {
                 let state = obs.state.as_ref().expect("sign follows store");
-                let rec = state.keys.iter().find(|r| r.kid == kid).expect("planner signs with stored keys");
-                let desired = publish::signing_secret(&sks, rec).expect("Pending and Active records hold a valid private key");
-                if let Some(o) = publish::write(&secrets, signing.as_ref(), desired, |m| publish::is_owned(m, &sks), publish::same_secret).await? {
+                let rec = state
+                    .keys
+                    .iter()
+                    .find(|r| r.kid == kid)
+                    .expect("planner signs with stored keys");
+                let desired = publish::signing_secret(&sks, rec)
+                    .expect("Pending and Active records hold a valid private key");
+                if let Some(o) = publish::write(
+                    &secrets,
+                    signing.as_ref(),
+                    desired,
+                    |m| publish::is_owned(m, &sks),
+                    publish::same_secret,
+                )
+                .await?
+                {
                     signing = Some(o);
                     ctx.metrics.write("signing_secret");
                 }
@@ -198,7 +280,15 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
             }
             Step::Store(next, transitions) => {
                 let desired = publish::internal_secret(&sks, &next);
-                if let Some(o) = publish::write(&secrets, internal.as_ref(), desired, |m| publish::is_owned(m, &sks), publish::same_secret).await? {
+                if let Some(o) = publish::write(
+                    &secrets,
+                    internal.as_ref(),
+                    desired,
+                    |m| publish::is_owned(m, &sks),
+                    publish::same_secret,
+                )
+                .await?
+                {
                     internal = Some(o);
                     ctx.metrics.write("internal_secret");
                 }
@@ -215,7 +305,8 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
     let now = (ctx.clock)();
     let status = derive_status(&sks, &settings, state, now, None, &ns);
     write_status(&sks, &ctx, status).await?;
-    ctx.metrics.observe_set(&ns, &sks.name_any(), state, wake_at.map(|w| w - now));
+    ctx.metrics
+        .observe_set(&ns, &sks.name_any(), state, wake_at.map(|w| w - now));
 
     Ok(match wake_at {
         Some(w) => {
@@ -229,9 +320,15 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
 }
 
 fn observe_published(sks: &SigningKeySet, obs: &mut Observed, cm: Option<&ConfigMap>) {
-    let (Some(cm), Some(state)) = (cm, obs.state.as_ref()) else { return };
-    let Some(text) = cm.data.as_ref().and_then(|d| d.get(&sks.jwks_key())) else { return };
-    let Ok(kids) = crate::jwks::kids(text.as_bytes()) else { return };
+    let (Some(cm), Some(state)) = (cm, obs.state.as_ref()) else {
+        return;
+    };
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get(&sks.jwks_key())) else {
+        return;
+    };
+    let Ok(kids) = crate::jwks::kids(text.as_bytes()) else {
+        return;
+    };
     if cm.data.as_ref().is_some_and(|d| d.len() == 1)
         && publish::jwks_bytes(state, &kids).as_deref() == Some(text.as_bytes())
     {
@@ -240,10 +337,16 @@ fn observe_published(sks: &SigningKeySet, obs: &mut Observed, cm: Option<&Config
 }
 
 fn observe_signing(obs: &mut Observed, signing: Option<&Secret>) {
-    let (Some(sec), Some(state)) = (signing, obs.state.as_ref()) else { return };
-    let Some(kid) = sec.data.as_ref().and_then(|d| d.get("kid")) else { return };
+    let (Some(sec), Some(state)) = (signing, obs.state.as_ref()) else {
+        return;
+    };
+    let Some(kid) = sec.data.as_ref().and_then(|d| d.get("kid")) else {
+        return;
+    };
     let kid = String::from_utf8_lossy(&kid.0).to_string();
-    let Some(rec) = state.keys.iter().find(|r| r.kid == kid) else { return };
+    let Some(rec) = state.keys.iter().find(|r| r.kid == kid) else {
+        return;
+    };
     if publish::signing_data(rec).as_ref() == sec.data.as_ref() {
         obs.signing = Some(kid);
     }
@@ -275,12 +378,23 @@ pub fn derive_status(
             remove_at: plan::remove_at(r, s).map(ts),
         })
         .collect();
-    let active = state.keys.iter().find(|r| r.state() == KeyState::Active && !s.revoked.contains(&r.kid));
+    let active = state
+        .keys
+        .iter()
+        .find(|r| r.state() == KeyState::Active && !s.revoked.contains(&r.kid));
     let (status, reason, message) = match not_ready {
         Some((reason, message)) => ("False", reason.to_string(), message.to_string()),
         None => match active {
-            Some(a) => ("True", "KeysPublished".to_string(), format!("key {} signs; {} key(s) published", a.kid, keys.len())),
-            None => ("False", "NoActiveKey".to_string(), "no key is signing yet".to_string()),
+            Some(a) => (
+                "True",
+                "KeysPublished".to_string(),
+                format!("key {} signs; {} key(s) published", a.kid, keys.len()),
+            ),
+            None => (
+                "False",
+                "NoActiveKey".to_string(),
+                "no key is signing yet".to_string(),
+            ),
         },
     };
     let mut conditions = vec![condition(sks, "Ready", status, &reason, &message)];
@@ -308,7 +422,13 @@ pub fn derive_status(
     }
 }
 
-fn condition(sks: &SigningKeySet, type_: &str, status: &str, reason: &str, message: &str) -> Condition {
+fn condition(
+    sks: &SigningKeySet,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> Condition {
     // Keep the transition time when the status did not change: steady state writes nothing.
     let previous = sks
         .status
@@ -326,18 +446,27 @@ fn condition(sks: &SigningKeySet, type_: &str, status: &str, reason: &str, messa
     }
 }
 
-async fn write_status(sks: &SigningKeySet, ctx: &Context, status: SigningKeySetStatus) -> Result<(), Error> {
+async fn write_status(
+    sks: &SigningKeySet,
+    ctx: &Context,
+    status: SigningKeySetStatus,
+) -> Result<(), Error> {
     if sks.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<SigningKeySet> = Api::namespaced(ctx.client.clone(), &sks.namespace().unwrap_or_default());
+    let api: Api<SigningKeySet> =
+        Api::namespaced(ctx.client.clone(), &sks.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": "keyturn.dev/v1alpha1",
         "kind": "SigningKeySet",
         "status": status,
     });
-    api.patch_status(&sks.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    api.patch_status(
+        &sks.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     ctx.metrics.write("status");
     Ok(())
 }
@@ -352,21 +481,43 @@ async fn refuse(
     retry: Option<StdDuration>,
 ) -> Result<Action, Error> {
     let already = sks.status.as_ref().is_some_and(|s| {
-        s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == nr.reason && c.message == nr.message)
+        s.conditions.iter().any(|c| {
+            c.type_ == "Ready"
+                && c.status == "False"
+                && c.reason == nr.reason
+                && c.message == nr.message
+        })
     });
     if !already {
         warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = nr.reason, message = %nr.message, "not ready");
-        publish_event(sks, ctx, EventType::Warning, nr.reason, "Reconcile", &nr.message).await;
+        publish_event(
+            sks,
+            ctx,
+            EventType::Warning,
+            nr.reason,
+            "Reconcile",
+            &nr.message,
+        )
+        .await;
     }
     ctx.metrics.refused(nr.reason);
     let mut status = match (state, settings) {
-        (Some(st), Some(s)) => {
-            derive_status(sks, s, st, (ctx.clock)(), Some((nr.reason, &nr.message)), &sks.namespace().unwrap_or_default())
-        }
+        (Some(st), Some(s)) => derive_status(
+            sks,
+            s,
+            st,
+            (ctx.clock)(),
+            Some((nr.reason, &nr.message)),
+            &sks.namespace().unwrap_or_default(),
+        ),
         _ => sks.status.clone().unwrap_or_default(),
     };
     status.observed_generation = sks.metadata.generation;
-    let mut conds: Vec<Condition> = status.conditions.into_iter().filter(|c| c.type_ != "Ready").collect();
+    let mut conds: Vec<Condition> = status
+        .conditions
+        .into_iter()
+        .filter(|c| c.type_ != "Ready")
+        .collect();
     conds.insert(0, condition(sks, "Ready", "False", nr.reason, &nr.message));
     status.conditions = conds;
     write_status(sks, ctx, status).await?;
@@ -378,25 +529,58 @@ async fn refuse(
 
 async fn announce(sks: &SigningKeySet, ctx: &Context, t: &Transition) {
     let (type_, reason, note) = match t {
-        Transition::Published(k) => (EventType::Normal, "KeyPublished", format!("key {k} published in the JWKS")),
-        Transition::Activated(k) => (EventType::Normal, "KeyActivated", format!("key {k} is now the signing key")),
-        Transition::Retired(k) => (EventType::Normal, "KeyRetired", format!("key {k} stopped signing; it stays in the JWKS for the overlap window")),
-        Transition::Removed(k) => (EventType::Normal, "KeyRemoved", format!("key {k} left the JWKS after its overlap window")),
-        Transition::Revoked { kid, was_active: true } => (
+        Transition::Published(k) => (
+            EventType::Normal,
+            "KeyPublished",
+            format!("key {k} published in the JWKS"),
+        ),
+        Transition::Activated(k) => (
+            EventType::Normal,
+            "KeyActivated",
+            format!("key {k} is now the signing key"),
+        ),
+        Transition::Retired(k) => (
+            EventType::Normal,
+            "KeyRetired",
+            format!("key {k} stopped signing; it stays in the JWKS for the overlap window"),
+        ),
+        Transition::Removed(k) => (
+            EventType::Normal,
+            "KeyRemoved",
+            format!("key {k} left the JWKS after its overlap window"),
+        ),
+        Transition::Revoked {
+            kid,
+            was_active: true,
+        } => (
             EventType::Warning,
             "ActiveKeyRevoked",
-            format!("key {kid} was revoked while signing; a replacement signs now and verifiers with stale caches will reject its tokens until they refresh"),
+            format!(
+                "key {kid} was revoked while signing; a replacement signs now and verifiers with stale caches will reject its tokens until they refresh"
+            ),
         ),
-        Transition::Revoked { kid, was_active: false } => {
-            (EventType::Warning, "KeyRevoked", format!("key {kid} was revoked and left the JWKS"))
-        }
+        Transition::Revoked {
+            kid,
+            was_active: false,
+        } => (
+            EventType::Warning,
+            "KeyRevoked",
+            format!("key {kid} was revoked and left the JWKS"),
+        ),
     };
     info!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason, "{note}");
     ctx.metrics.transition(reason);
     publish_event(sks, ctx, type_, reason, "Rotate", &note).await;
 }
 
-async fn publish_event(sks: &SigningKeySet, ctx: &Context, type_: EventType, reason: &str, action: &str, note: &str) {
+async fn publish_event(
+    sks: &SigningKeySet,
+    ctx: &Context,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -413,7 +597,9 @@ async fn publish_event(sks: &SigningKeySet, ctx: &Context, type_: EventType, rea
 pub fn error_policy(sks: Arc<SigningKeySet>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = err.reason(), error = %err, "reconcile failed");
     ctx.metrics.error(err.reason());
-    let n = ctx.metrics.consecutive_errors(&sks.namespace().unwrap_or_default(), &sks.name_any());
+    let n = ctx
+        .metrics
+        .consecutive_errors(&sks.namespace().unwrap_or_default(), &sks.name_any());
     let secs = (1u64 << n.min(6)).min(60);
     Action::requeue(StdDuration::from_secs(secs))
 }

@@ -140,7 +140,11 @@ pub enum StateError {
 impl SetState {
     /// An empty state.
     pub fn new() -> Self {
-        SetState { version: STATE_VERSION, keys: Vec::new(), rotate_token: None }
+        SetState {
+            version: STATE_VERSION,
+            keys: Vec::new(),
+            rotate_token: None,
+        }
     }
 
     /// Deterministic bytes for the internal Secret.
@@ -153,14 +157,23 @@ impl SetState {
     pub fn from_bytes(bytes: &[u8]) -> Result<SetState, StateError> {
         let state: SetState = serde_json::from_slice(bytes).map_err(|e| {
             // serde_json errors quote no input, only line/column and a category.
-            StateError::Parse(format!("{} at line {} column {}", classify(&e), e.line(), e.column()))
+            StateError::Parse(format!(
+                "{} at line {} column {}",
+                classify(&e),
+                e.line(),
+                e.column()
+            ))
         })?;
         if state.version != STATE_VERSION {
             return Err(StateError::Version(state.version));
         }
         for r in &state.keys {
-            let bad = |why: &str| StateError::Record { kid: r.kid.clone(), why: why.into() };
-            crate::jwks::validate_key(&r.public_jwk).map_err(|e| bad(&format!("public JWK: {e}")))?;
+            let bad = |why: &str| StateError::Record {
+                kid: r.kid.clone(),
+                why: why.into(),
+            };
+            crate::jwks::validate_key(&r.public_jwk)
+                .map_err(|e| bad(&format!("public JWK: {e}")))?;
             if r.public_jwk.get("kid").and_then(Value::as_str) != Some(r.kid.as_str()) {
                 return Err(bad("public JWK kid differs from record kid"));
             }

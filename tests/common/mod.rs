@@ -1,0 +1,280 @@
+//! Shared integration-test support: a client for the harness's control plane, a fresh
+//! namespace per test, the CRD, an operator process per test, and event-driven waits.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, Config};
+use tokio::sync::OnceCell;
+
+/// Path of the kubeconfig the harness wrote. Panics with instructions when none is set:
+/// integration tests never pass silently without a control plane.
+pub fn kubeconfig_path() -> PathBuf {
+    let path = std::env::var("KEYTURN_TEST_KUBECONFIG").unwrap_or_else(|_| {
+        panic!(
+            "no test control plane configured: KEYTURN_TEST_KUBECONFIG is not set.\n\
+             Run `hack/test.sh`, or start one with `hack/control-plane start` and\n\
+             `export KEYTURN_TEST_KUBECONFIG=$PWD/.control-plane/kubeconfig`."
+        )
+    });
+    let path = PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "KEYTURN_TEST_KUBECONFIG={} does not exist; is the control plane running?",
+        path.display()
+    );
+    path
+}
+
+/// The admin kube config of the harness (client certificate in `system:masters`).
+pub async fn config() -> Config {
+    let kc = Kubeconfig::read_from(kubeconfig_path()).expect("readable kubeconfig");
+    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("valid kubeconfig")
+}
+
+/// An admin client.
+pub async fn client() -> Client {
+    Client::try_from(config().await).expect("client from kubeconfig")
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Creates a fresh namespace for one test, `kt-<prefix>-<pid>-<n>`.
+pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 100_000;
+    let name = format!("kt-{prefix}-{}-{n}-{nanos}", std::process::id());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
+/// For conditions that no single watch can express; object conditions use [`wait_object`].
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits, with a watch (no polling), until the named object satisfies `cond`.
+pub async fn wait_object<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl kube::runtime::wait::Condition<K>,
+) -> Option<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    match tokio::time::timeout(timeout, await_condition(api.clone(), name, cond)).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => panic!("watch failed while waiting for {what}: {e}"),
+        Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Waits until the named object is gone.
+pub async fn wait_deleted<K>(api: &Api<K>, name: &str, uid: &str, timeout: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    wait_object(
+        api,
+        name,
+        &format!("{name} to be deleted"),
+        timeout,
+        conditions::is_deleted(uid),
+    )
+    .await;
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+static CRD: OnceCell<()> = OnceCell::const_new();
+
+/// Installs the CRD from `crds/` (server-side apply) and waits until it is established.
+pub async fn ensure_crd(client: &Client) {
+    CRD.get_or_init(|| async {
+        let text = std::fs::read_to_string(root().join("crds/signingkeyset.yaml"))
+            .expect("crds/signingkeyset.yaml");
+        let crd: CustomResourceDefinition = serde_norway::from_str(&text).expect("CRD YAML parses");
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("keyturn-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
+        wait_object(
+            &api,
+            &name,
+            "CRD established",
+            Duration::from_secs(30),
+            conditions::is_crd_established(),
+        )
+        .await;
+    })
+    .await;
+}
+
+/// A `keyturn run` process watching one namespace; killed (SIGKILL) on drop.
+pub struct Operator {
+    child: Option<Child>,
+    /// Where its stderr (JSON logs) goes.
+    pub log: PathBuf,
+    namespace: String,
+    extra: Vec<String>,
+}
+
+impl Operator {
+    /// Starts the operator binary for `namespace`.
+    pub fn start(namespace: &str) -> Operator {
+        Self::start_with(namespace, &[])
+    }
+
+    /// Starts the operator with extra arguments.
+    pub fn start_with(namespace: &str, extra: &[&str]) -> Operator {
+        let dir = std::env::var("KEYTURN_TEST_LOG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| std::env::temp_dir());
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("operator-{namespace}.log"));
+        let mut op = Operator {
+            child: None,
+            log,
+            namespace: namespace.into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        op.spawn();
+        op
+    }
+
+    fn spawn(&mut self) {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+            .args([
+                "run",
+                "--namespace",
+                &self.namespace,
+                "--log-format",
+                "json",
+            ])
+            .args(&self.extra)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start keyturn");
+        self.child = Some(child);
+    }
+
+    /// SIGKILLs the operator (a crash) and waits for it to die.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again after [`Operator::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The operator's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics when the process has exited (a crash or a crash loop).
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Some(status) = c.try_wait().unwrap()
+        {
+            panic!(
+                "operator exited with {status}; log:\n{}",
+                tail(&self.log, 40)
+            );
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `kubectl` from the harness (same version as the API server), with the test kubeconfig.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let bin = std::env::var("KEYTURN_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
