@@ -201,7 +201,7 @@ impl Operator {
             ])
             .args(&self.extra)
             .env("KUBECONFIG", kubeconfig_path())
-            .env("RUST_LOG", "info,kube=warn")
+            .env("RUST_LOG", "info,keyturn=debug,kube=warn")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

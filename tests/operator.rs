@@ -1,0 +1,984 @@
+//! The SigningKeySet operator against the real control plane: rotations observed from the
+//! objects themselves (not the operator's status), tokens verified by an independent JWT
+//! library, I3/I4/I5/I7, bad input, and clean-up.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use keyturn::crd::{Algorithm, SigningKeySet};
+
+const MANAGED: &str = "app.kubernetes.io/managed-by=keyturn";
+
+async fn create_set(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> SigningKeySet {
+    let api: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
+    let obj: SigningKeySet = serde_json::from_value(json!({
+        "apiVersion": "keyturn.dev/v1alpha1",
+        "kind": "SigningKeySet",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create SigningKeySet")
+}
+
+fn ready(reason: Option<&'static str>) -> impl Fn(Option<&SigningKeySet>) -> bool {
+    move |o: Option<&SigningKeySet>| {
+        o.and_then(|s| s.status.as_ref())
+            .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| match reason {
+                None => c.status == "True",
+                Some(r) => c.status == "False" && c.reason == r,
+            })
+    }
+}
+
+async fn wait_ready(client: &Client, ns: &str, name: &str) -> SigningKeySet {
+    let api: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
+    common::wait_object(
+        &api,
+        name,
+        &format!("{ns}/{name} Ready"),
+        Duration::from_secs(60),
+        ready(None),
+    )
+    .await
+    .unwrap()
+}
+
+fn jwks_of(cm: &ConfigMap) -> Vec<u8> {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get("jwks.json"))
+        .unwrap_or_else(|| panic!("no jwks.json in ConfigMap {cm:?}"))
+        .as_bytes()
+        .to_vec()
+}
+
+fn kids_of(cm: &ConfigMap) -> Vec<String> {
+    keyturn::jwks::kids(&jwks_of(cm)).unwrap()
+}
+
+fn secret_str(s: &Secret, key: &str) -> String {
+    String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
+    use jsonwebtoken::Algorithm as J;
+    match alg {
+        Algorithm::RS256 => J::RS256,
+        Algorithm::RS384 => J::RS384,
+        Algorithm::RS512 => J::RS512,
+        Algorithm::PS256 => J::PS256,
+        Algorithm::PS384 => J::PS384,
+        Algorithm::PS512 => J::PS512,
+        Algorithm::ES256 => J::ES256,
+        Algorithm::ES384 => J::ES384,
+        Algorithm::EdDSA => J::EdDSA,
+    }
+}
+
+/// Signs a token with the signing Secret's `private.pem`, as an issuer would.
+fn sign_with_secret(s: &Secret) -> (String, String) {
+    let alg = Algorithm::parse(&secret_str(s, "alg")).unwrap();
+    let kid = secret_str(s, "kid");
+    let pem = secret_str(s, "private.pem");
+    let key = match alg {
+        a if a.is_rsa() => EncodingKey::from_rsa_pem(pem.as_bytes()),
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem.as_bytes()),
+        _ => EncodingKey::from_ed_pem(pem.as_bytes()),
+    }
+    .expect("issuer can load private.pem");
+    let mut header = Header::new(jwt_alg(alg));
+    header.kid = Some(kid.clone());
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    let token =
+        jsonwebtoken::encode(&header, &json!({"sub": "test", "exp": exp}), &key).expect("sign");
+    (token, kid)
+}
+
+/// Verifies a token against a JWKS document, as a verifier would: find the key by kid.
+fn verify_with_jwks(token: &str, jwks: &[u8]) -> Result<(), String> {
+    let set: JwkSet =
+        serde_json::from_slice(jwks).map_err(|e| format!("JWKS does not parse: {e}"))?;
+    let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+    let kid = header.kid.ok_or("token has no kid")?;
+    let jwk = set.find(&kid).ok_or(format!("kid {kid} not in JWKS"))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWK unusable: {e}"))?;
+    let mut v = Validation::new(header.alg);
+    v.set_required_spec_claims(&["exp"]);
+    jsonwebtoken::decode::<serde_json::Value>(token, &key, &v)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// One observed write to a set's ConfigMap or signing Secret, ordered by the etcd revision
+/// the API server gave it (resourceVersion), so that two watch streams need no clock.
+enum Seen {
+    Jwks {
+        rv: u64,
+        at: Instant,
+        kids: Vec<String>,
+        bytes: Vec<u8>,
+    },
+    Signer {
+        rv: u64,
+        at: Instant,
+        kid: String,
+        token: String,
+    },
+}
+
+impl Seen {
+    fn rv(&self) -> u64 {
+        match self {
+            Seen::Jwks { rv, .. } | Seen::Signer { rv, .. } => *rv,
+        }
+    }
+}
+
+/// Watch-delivery jitter of arrival times on loopback. Ordering comes from resourceVersions;
+/// only the durations (prePublish, overlap) are measured with arrival instants, which the
+/// API server's watch cache delivers within milliseconds. 300 ms is 10% of the 3 s prePublish.
+const JITTER: Duration = Duration::from_millis(300);
+
+/// Checks I1 and I2 and token verification over one set's observed history.
+fn check_history(
+    mut seen: Vec<Seen>,
+    pre: Duration,
+    overlap: Duration,
+) -> (Vec<String>, usize, Vec<String>) {
+    seen.sort_by_key(Seen::rv);
+    let mut v = vec![];
+    let mut published: Vec<String> = vec![];
+    let mut jwks: Vec<u8> = vec![];
+    let mut first_published: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut signer: Option<String> = None;
+    let mut signers: Vec<String> = vec![];
+    let mut stopped: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut tokens: Vec<(String, String)> = vec![];
+    let mut verified = 0;
+    for ev in seen {
+        match ev {
+            Seen::Jwks {
+                at, kids, bytes, ..
+            } => {
+                if let Err(e) = keyturn::jwks::validate(&bytes) {
+                    v.push(format!("JWKS breaks the rules: {e}"));
+                }
+                for k in &kids {
+                    first_published.entry(k.clone()).or_insert(at);
+                }
+                for gone in published.iter().filter(|k| !kids.contains(k)) {
+                    match stopped.get(gone) {
+                        Some(stop) if at + JITTER >= *stop + overlap => {}
+                        Some(stop) => v.push(format!(
+                            "I2: {gone} removed {:?} after it stopped signing",
+                            at - *stop
+                        )),
+                        None => v.push(format!("I2: {gone} removed but it never stopped signing")),
+                    }
+                }
+                if let Some(s) = &signer
+                    && !kids.contains(s)
+                {
+                    v.push(format!("I1: JWKS lost the signer {s}"));
+                }
+                for (token, kid) in &tokens {
+                    if kids.contains(kid)
+                        && let Err(e) = verify_with_jwks(token, &bytes)
+                    {
+                        v.push(format!("token of {kid} fails against a later JWKS: {e}"));
+                    }
+                }
+                published = kids;
+                jwks = bytes;
+            }
+            Seen::Signer { at, kid, token, .. } => {
+                if signer.as_deref() == Some(kid.as_str()) {
+                    continue;
+                }
+                match first_published.get(&kid) {
+                    None => v.push(format!("I1: {kid} signs but was never published before")),
+                    Some(p) if !signers.is_empty() && at + JITTER < *p + pre => {
+                        v.push(format!("I1: {kid} signs {:?} after publication", at - *p))
+                    }
+                    _ => {}
+                }
+                if !published.contains(&kid) {
+                    v.push(format!("I1: {kid} signs but is not in the current JWKS"));
+                }
+                match verify_with_jwks(&token, &jwks) {
+                    Ok(()) => verified += 1,
+                    Err(e) => v.push(format!("token of new signer {kid} fails: {e}")),
+                }
+                if let Some(prev) = signer.replace(kid.clone()) {
+                    stopped.insert(prev, at);
+                }
+                signers.push(kid.clone());
+                tokens.push((token, kid));
+            }
+        }
+    }
+    (v, verified, signers)
+}
+
+fn rv_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> u64 {
+    meta.resource_version
+        .as_deref()
+        .unwrap()
+        .parse()
+        .expect("etcd3 resourceVersions are revisions")
+}
+
+#[tokio::test]
+async fn rotations_keep_i1_i2_i3_and_tokens_verify_for_every_algorithm() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "rotate").await;
+    let mut op = common::Operator::start(&ns);
+    let pre = Duration::from_secs(3);
+    let overlap = Duration::from_secs(4);
+    let name_of = |a: Algorithm| format!("set-{}", a.as_str().to_lowercase());
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let cfg = watcher::Config::default().labels(MANAGED);
+    let mut events = futures::stream::select(
+        watcher::watcher(cms.clone(), cfg.clone())
+            .map_ok(either::Either::Left)
+            .boxed(),
+        watcher::watcher(secrets.clone(), cfg)
+            .map_ok(either::Either::Right)
+            .boxed(),
+    );
+    // Both watches are established before anything exists, so every write is seen.
+    let mut init_done = 0;
+    while init_done < 2 {
+        match events.next().await.unwrap().unwrap() {
+            either::Either::Left(watcher::Event::InitDone)
+            | either::Either::Right(watcher::Event::InitDone) => init_done += 1,
+            _ => {}
+        }
+    }
+    for alg in Algorithm::ALL {
+        create_set(
+            &client,
+            &ns,
+            &name_of(alg),
+            json!({
+                "algorithm": alg.as_str(),
+                "rotation": {"interval": "8s", "prePublish": "3s", "overlap": "4s"}
+            }),
+        )
+        .await;
+    }
+
+    let mut history: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
+    let mut signers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut seen_pems: BTreeSet<String> = BTreeSet::new();
+    let mut seen_private_jwks: BTreeSet<String> = BTreeSet::new();
+    let start = Instant::now();
+    let want_signers = 4; // first key + 3 rotations
+    while signers.len() < Algorithm::ALL.len() || signers.values().any(|s| s.len() < want_signers) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "not enough rotations within 120s: {:?}",
+            signers
+                .iter()
+                .map(|(k, s)| (k.clone(), s.len()))
+                .collect::<Vec<_>>()
+        );
+        let ev = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .expect("an event within 30s");
+        let ev = ev.expect("stream open").expect("watch ok");
+        let at = Instant::now();
+        match ev {
+            either::Either::Left(watcher::Event::Apply(cm)) => {
+                let set = cm.labels()["keyturn.dev/signing-key-set"].clone();
+                let bytes = jwks_of(&cm);
+                history.entry(set).or_default().push(Seen::Jwks {
+                    rv: rv_of(&cm.metadata),
+                    at,
+                    kids: kids_of(&cm),
+                    bytes,
+                });
+            }
+            either::Either::Right(watcher::Event::Apply(sec)) => {
+                if sec.name_any().ends_with("-keyturn-keys") {
+                    continue; // the internal Secret
+                }
+                let set = sec.labels()["keyturn.dev/signing-key-set"].clone();
+                seen_pems.insert(secret_str(&sec, "private.pem"));
+                seen_private_jwks.insert(secret_str(&sec, "private.jwk.json"));
+                let kid = secret_str(&sec, "kid");
+                let pj: serde_json::Value =
+                    serde_json::from_str(&secret_str(&sec, "private.jwk.json")).unwrap();
+                assert_eq!(pj["kid"], kid.as_str(), "private.jwk.json matches kid");
+                assert_eq!(pj["alg"].as_str().unwrap(), secret_str(&sec, "alg"));
+                let (token, tkid) = sign_with_secret(&sec);
+                assert_eq!(tkid, kid);
+                signers.entry(set.clone()).or_default().insert(kid.clone());
+                history.entry(set).or_default().push(Seen::Signer {
+                    rv: rv_of(&sec.metadata),
+                    at,
+                    kid,
+                    token,
+                });
+            }
+            _ => {}
+        }
+    }
+    op.assert_running();
+    for (set, seen) in history {
+        let (violations, verified, order) = check_history(seen, pre, overlap);
+        assert!(violations.is_empty(), "{set}: {violations:#?}");
+        assert!(
+            verified >= want_signers,
+            "{set}: verified {verified} tokens"
+        );
+        let distinct: BTreeSet<_> = order.iter().collect();
+        assert_eq!(distinct.len(), order.len(), "{set}: a key signed twice");
+    }
+    // The algorithms are what the specs asked for.
+    for alg in Algorithm::ALL {
+        let cm = cms.get(&format!("{}-jwks", name_of(alg))).await.unwrap();
+        let keys = keyturn::jwks::parse(&jwks_of(&cm)).unwrap();
+        assert!(
+            keys.iter().all(|k| k["alg"] == alg.as_str()),
+            "{alg}: {keys:?}"
+        );
+    }
+
+    // I3: no private material outside the operator's Secrets.
+    let mut haystack = String::new();
+    for cm in cms.list(&ListParams::default().labels(MANAGED)).await.unwrap() {
+        haystack.push_str(&serde_json::to_string(&cm).unwrap());
+    }
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    for s in sets.list(&ListParams::default()).await.unwrap() {
+        haystack.push_str(&serde_json::to_string(&s).unwrap());
+    }
+    let evs: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let evs = evs.list(&ListParams::default()).await.unwrap();
+    assert!(!evs.items.is_empty(), "the operator records Events");
+    haystack.push_str(&serde_json::to_string(&evs).unwrap());
+    haystack.push_str(&op.log_text());
+    assert!(!haystack.contains("PRIVATE KEY"), "a PEM block leaked");
+    for pem in &seen_pems {
+        for line in pem.lines().filter(|l| l.len() >= 40) {
+            assert!(!haystack.contains(line), "private key bytes leaked");
+        }
+    }
+    for pj in &seen_private_jwks {
+        let v: serde_json::Value = serde_json::from_str(pj).unwrap();
+        for m in ["d", "p", "q", "dp", "dq", "qi"] {
+            if let Some(x) = v.get(m).and_then(|x| x.as_str()) {
+                assert!(!haystack.contains(x), "private member {m} leaked");
+            }
+        }
+    }
+    for cm in cms.list(&ListParams::default().labels(MANAGED)).await.unwrap() {
+        keyturn::jwks::validate(&jwks_of(&cm)).unwrap();
+    }
+}
+
+/// Counts "reconciled" log lines for one set.
+fn reconciles(op: &common::Operator, set: &str) -> usize {
+    op.log_text()
+        .lines()
+        .filter(|l| l.contains("\"reconciled\"") && l.contains(&format!("\"set\":\"{set}\"")))
+        .count()
+}
+
+fn rvs(objs: &[Option<String>]) -> Vec<Option<String>> {
+    objs.to_vec()
+}
+
+#[tokio::test]
+async fn steady_state_reconciles_write_nothing() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "steady").await;
+    let mut op = common::Operator::start(&ns);
+    create_set(&client, &ns, "idle", json!({})).await;
+    wait_ready(&client, &ns, "idle").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let snapshot = || async {
+        rvs(&[
+            secrets
+                .get("idle-signing-key")
+                .await
+                .unwrap()
+                .resource_version(),
+            secrets
+                .get("idle-keyturn-keys")
+                .await
+                .unwrap()
+                .resource_version(),
+            cms.get("idle-jwks").await.unwrap().resource_version(),
+            sets.get_status("idle")
+                .await
+                .unwrap()
+                .status
+                .map(|s| serde_json::to_string(&s).unwrap()),
+        ])
+    };
+    // Let the self-triggered reconciles after the last write settle.
+    let settled = reconciles(&op, "idle");
+    common::wait_for(
+        "a reconcile after the last write",
+        Duration::from_secs(20),
+        || async { (reconciles(&op, "idle") > settled).then_some(()) },
+    )
+    .await;
+    let before = snapshot().await;
+
+    // Trigger reconciles: an unrelated annotation, then a full restart (initial list).
+    let n = reconciles(&op, "idle");
+    sets.patch(
+        "idle",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"example.com/poke": "1"}}})),
+    )
+    .await
+    .unwrap();
+    common::wait_for(
+        "a reconcile after the annotation",
+        Duration::from_secs(20),
+        || async { (reconciles(&op, "idle") > n).then_some(()) },
+    )
+    .await;
+    op.restart();
+    let n = reconciles(&op, "idle");
+    common::wait_for(
+        "a reconcile after restart",
+        Duration::from_secs(30),
+        || async { (reconciles(&op, "idle") > n).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        snapshot().await,
+        before,
+        "I5: a steady-state reconcile wrote something"
+    );
+    op.assert_running();
+}
+
+#[tokio::test]
+async fn status_configmap_and_signing_secret_are_rebuilt_without_losing_keys() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "rebuild").await;
+    let _op = common::Operator::start(&ns);
+    create_set(
+        &client,
+        &ns,
+        "auth",
+        json!({"rotation": {"interval": "1h", "prePublish": "30m", "overlap": "1h"}}),
+    )
+    .await;
+    wait_ready(&client, &ns, "auth").await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // A manual rotation gives two published keys (Active + Pending).
+    sets.patch(
+        "auth",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"keyturn.dev/rotate": "1"}}})),
+    )
+    .await
+    .unwrap();
+    let cm = common::wait_object(
+        &cms,
+        "auth-jwks",
+        "two keys published",
+        Duration::from_secs(30),
+        |o: Option<&ConfigMap>| o.is_some_and(|c| kids_of(c).len() == 2),
+    )
+    .await
+    .unwrap();
+    let kids = kids_of(&cm);
+    let signing = secrets.get("auth-signing-key").await.unwrap();
+    let active = secret_str(&signing, "kid");
+    assert_eq!(kids[0], active, "Active key first");
+
+    // ConfigMap deleted → rebuilt with the same keys.
+    cms.delete("auth-jwks", &DeleteParams::default())
+        .await
+        .unwrap();
+    let old_uid = cm.uid().unwrap();
+    let rebuilt = common::wait_object(
+        &cms,
+        "auth-jwks",
+        "ConfigMap rebuilt",
+        Duration::from_secs(30),
+        move |o: Option<&ConfigMap>| {
+            o.is_some_and(|c| c.uid().as_deref() != Some(old_uid.as_str()))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(kids_of(&rebuilt), kids, "I7: no published key lost");
+    assert_eq!(jwks_of(&rebuilt), jwks_of(&cm), "same bytes");
+
+    // Signing Secret deleted → rebuilt with the same Active key.
+    secrets
+        .delete("auth-signing-key", &DeleteParams::default())
+        .await
+        .unwrap();
+    let old_uid = signing.uid().unwrap();
+    let rebuilt = common::wait_object(
+        &secrets,
+        "auth-signing-key",
+        "signing Secret rebuilt",
+        Duration::from_secs(30),
+        move |o: Option<&Secret>| o.is_some_and(|c| c.uid().as_deref() != Some(old_uid.as_str())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(secret_str(&rebuilt, "kid"), active);
+    assert_eq!(rebuilt.data, signing.data, "same key material");
+
+    // Status wiped → rebuilt from the operator's Secrets.
+    sets.patch_status(
+        "auth",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": null})),
+    )
+    .await
+    .unwrap();
+    let back = common::wait_object(
+        &sets,
+        "auth",
+        "status rebuilt",
+        Duration::from_secs(30),
+        ready(None),
+    )
+    .await
+    .unwrap();
+    let st = back.status.unwrap();
+    assert_eq!(st.active_key_id.as_deref(), Some(active.as_str()));
+    assert_eq!(
+        st.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(),
+        kids
+    );
+    assert_eq!(st.keys[1].state, "Pending");
+}
+
+#[tokio::test]
+async fn deleting_the_set_garbage_collects_its_objects() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "gcset").await;
+    let op = common::Operator::start(&ns);
+    create_set(&client, &ns, "gone", json!({})).await;
+    wait_ready(&client, &ns, "gone").await;
+    drop(op); // the garbage collector, not the operator, cleans up
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let uids = (
+        secrets
+            .get("gone-signing-key")
+            .await
+            .unwrap()
+            .uid()
+            .unwrap(),
+        secrets
+            .get("gone-keyturn-keys")
+            .await
+            .unwrap()
+            .uid()
+            .unwrap(),
+        cms.get("gone-jwks").await.unwrap().uid().unwrap(),
+    );
+    Api::<SigningKeySet>::namespaced(client.clone(), &ns)
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::wait_deleted(
+        &secrets,
+        "gone-signing-key",
+        &uids.0,
+        Duration::from_secs(90),
+    )
+    .await;
+    common::wait_deleted(
+        &secrets,
+        "gone-keyturn-keys",
+        &uids.1,
+        Duration::from_secs(90),
+    )
+    .await;
+    common::wait_deleted(&cms, "gone-jwks", &uids.2, Duration::from_secs(90)).await;
+}
+
+#[tokio::test]
+async fn kubectl_rejects_invalid_specs_naming_the_field() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "invalid").await;
+    let cases: [(&str, &str); 7] = [
+        (
+            "rotation: {interval: 1h, prePublish: 2h}",
+            "spec.rotation.prePublish",
+        ),
+        (
+            "rotation: {interval: 1h, prePublish: 1h}",
+            "spec.rotation.prePublish",
+        ),
+        ("algorithm: ES256\n  rsaKeySize: 2048", "spec.rsaKeySize"),
+        ("algorithm: HS256", "spec.algorithm"),
+        ("rotation: {interval: 1 hour}", "spec.rotation.interval"),
+        ("rotation: {overlap: 0s}", "spec.rotation.overlap"),
+        ("algorithm: RS256\n  rsaKeySize: 1024", "spec.rsaKeySize"),
+    ];
+    for (i, (spec, field)) in cases.iter().enumerate() {
+        let manifest = format!(
+            "apiVersion: keyturn.dev/v1alpha1\nkind: SigningKeySet\nmetadata: {{name: bad-{i}, namespace: {ns}}}\nspec:\n  {spec}\n"
+        );
+        let out = common::kubectl(&["apply", "-f", "-"], Some(&manifest));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} ({spec}) was accepted");
+        assert!(
+            stderr.contains(field),
+            "case {i}: message does not name {field}: {stderr}"
+        );
+    }
+    // A valid one is accepted, with defaults filled in.
+    let ok = format!(
+        "apiVersion: keyturn.dev/v1alpha1\nkind: SigningKeySet\nmetadata: {{name: fine, namespace: {ns}}}\nspec: {{}}\n"
+    );
+    let out = common::kubectl(&["apply", "-f", "-"], Some(&ok));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Api::<SigningKeySet>::namespaced(client, &ns)
+        .get("fine")
+        .await
+        .unwrap();
+    assert_eq!(s.spec.algorithm, Algorithm::ES256);
+    assert_eq!(s.spec.rotation.interval, "720h");
+    assert_eq!(s.spec.rotation.pre_publish, "1h");
+    assert_eq!(s.spec.rotation.overlap, "24h");
+}
+
+async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> usize {
+    let evs: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    evs.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .count()
+}
+
+#[tokio::test]
+async fn what_the_schema_cannot_catch_becomes_ready_false_with_an_event() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "notready").await;
+    let mut op = common::Operator::start(&ns);
+    create_set(
+        &client,
+        &ns,
+        "clash",
+        json!({"secretName": "clash-keyturn-keys"}),
+    )
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let s = common::wait_object(
+        &sets,
+        "clash",
+        "Ready=False InvalidSpec",
+        Duration::from_secs(30),
+        ready(Some("InvalidSpec")),
+    )
+    .await
+    .unwrap();
+    let c = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(c.message.contains("spec.secretName"), "{}", c.message);
+    common::wait_for("an InvalidSpec Event", Duration::from_secs(20), || async {
+        (events_with_reason(&client, &ns, "InvalidSpec").await > 0).then_some(())
+    })
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        secrets
+            .list(&ListParams::default().labels(MANAGED))
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing generated"
+    );
+    op.assert_running();
+}
+
+#[tokio::test]
+async fn foreign_objects_with_the_target_name_are_left_byte_identical() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "foreign").await;
+    let mut op = common::Operator::start(&ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let foreign_cm = cms
+        .create(&PostParams::default(), &serde_json::from_value(json!({
+            "metadata": {"name": "mine-jwks"}, "data": {"jwks.json": "{\"keys\":[]}", "other": "x"}
+        })).unwrap())
+        .await
+        .unwrap();
+    let foreign_secret = secrets
+        .create(&PostParams::default(), &serde_json::from_value(json!({
+            "metadata": {"name": "theirs-signing-key", "labels": {"app.kubernetes.io/managed-by": "keyturn"}},
+            "stringData": {"kid": "not-yours"}
+        })).unwrap())
+        .await
+        .unwrap();
+    create_set(&client, &ns, "mine", json!({})).await;
+    create_set(&client, &ns, "theirs", json!({})).await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    for (set, what) in [("mine", "ConfigMap"), ("theirs", "Secret")] {
+        let s = common::wait_object(
+            &sets,
+            set,
+            "Ready=False ForeignObject",
+            Duration::from_secs(30),
+            ready(Some("ForeignObject")),
+        )
+        .await
+        .unwrap();
+        let c = s
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert!(
+            c.message.contains(what) && c.message.contains(&format!("{set}-")),
+            "{}",
+            c.message
+        );
+    }
+    common::wait_for("ForeignObject Events", Duration::from_secs(20), || async {
+        (events_with_reason(&client, &ns, "ForeignObject").await >= 2).then_some(())
+    })
+    .await;
+    let cm_now = cms.get("mine-jwks").await.unwrap();
+    assert_eq!(
+        cm_now.resource_version(),
+        foreign_cm.resource_version(),
+        "I4: foreign ConfigMap untouched"
+    );
+    assert_eq!(cm_now.data, foreign_cm.data);
+    let sec_now = secrets.get("theirs-signing-key").await.unwrap();
+    assert_eq!(
+        sec_now.resource_version(),
+        foreign_secret.resource_version(),
+        "I4: foreign Secret untouched"
+    );
+    op.assert_running();
+}
+
+#[tokio::test]
+async fn corrupted_internal_secret_is_reported_and_no_published_key_is_dropped() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "corrupt").await;
+    let mut op = common::Operator::start(&ns);
+    create_set(
+        &client,
+        &ns,
+        "auth",
+        json!({"rotation": {"interval": "20s", "prePublish": "5s", "overlap": "5s"}}),
+    )
+    .await;
+    wait_ready(&client, &ns, "auth").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let cm_before = cms.get("auth-jwks").await.unwrap();
+    let signing_before = secrets.get("auth-signing-key").await.unwrap();
+    // Truncate the state document, as a bad restore or a bug elsewhere might.
+    let internal = secrets.get("auth-keyturn-keys").await.unwrap();
+    let state = internal.data.as_ref().unwrap()["state.json"].0.clone();
+    let truncated = String::from_utf8_lossy(&state[..state.len() / 2]).to_string();
+    secrets
+        .patch(
+            "auth-keyturn-keys",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"state.json": truncated}})),
+        )
+        .await
+        .unwrap();
+    let s = common::wait_object(
+        &sets,
+        "auth",
+        "Ready=False InternalStateCorrupt",
+        Duration::from_secs(30),
+        ready(Some("InternalStateCorrupt")),
+    )
+    .await
+    .unwrap();
+    let msg = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(msg.contains("auth-keyturn-keys"), "{msg}");
+    assert!(!msg.contains("PRIVATE"), "{msg}");
+    // Past the time a rotation was due, nothing published has changed.
+    tokio::time::sleep(Duration::from_secs(25)).await; // longer than interval: a rotation would have happened
+    let cm_after = cms.get("auth-jwks").await.unwrap();
+    assert_eq!(cm_after.data, cm_before.data, "published JWKS untouched");
+    assert_eq!(
+        secrets.get("auth-signing-key").await.unwrap().data,
+        signing_before.data
+    );
+    assert!(events_with_reason(&client, &ns, "InternalStateCorrupt").await > 0);
+    op.assert_running();
+}
+
+#[tokio::test]
+async fn manual_rotation_and_emergency_revocation() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "manual").await;
+    let _op = common::Operator::start(&ns);
+    create_set(&client, &ns, "auth", json!({"algorithm": "EdDSA", "rotation": {"interval": "720h", "prePublish": "3s", "overlap": "1h"}})).await;
+    wait_ready(&client, &ns, "auth").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let first = secret_str(&secrets.get("auth-signing-key").await.unwrap(), "kid");
+
+    let t0 = Instant::now();
+    sets.patch(
+        "auth",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"keyturn.dev/rotate": "now"}}})),
+    )
+    .await
+    .unwrap();
+    let cm = common::wait_object(
+        &cms,
+        "auth-jwks",
+        "pending key published",
+        Duration::from_secs(30),
+        |o: Option<&ConfigMap>| o.is_some_and(|c| kids_of(c).len() == 2),
+    )
+    .await
+    .unwrap();
+    let published_at = Instant::now();
+    let second = kids_of(&cm)[1].clone();
+    assert_eq!(
+        secret_str(&secrets.get("auth-signing-key").await.unwrap(), "kid"),
+        first,
+        "old key still signs"
+    );
+    let f2 = first.clone();
+    let signing = common::wait_object(
+        &secrets,
+        "auth-signing-key",
+        "manual key active",
+        Duration::from_secs(30),
+        move |o: Option<&Secret>| o.is_some_and(|s| secret_str(s, "kid") != f2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(secret_str(&signing, "kid"), second);
+    assert!(
+        published_at.elapsed() + JITTER >= Duration::from_secs(3),
+        "activated only after prePublish"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(30));
+
+    // Revoke the Active key: it leaves the JWKS and a replacement signs at once.
+    sets.patch(
+        "auth",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"revokedKeyIds": [second]}})),
+    )
+    .await
+    .unwrap();
+    let s2 = second.clone();
+    let signing = common::wait_object(
+        &secrets,
+        "auth-signing-key",
+        "replacement signs",
+        Duration::from_secs(30),
+        move |o: Option<&Secret>| o.is_some_and(|s| secret_str(s, "kid") != s2),
+    )
+    .await
+    .unwrap();
+    let third = secret_str(&signing, "kid");
+    let cm = cms.get("auth-jwks").await.unwrap();
+    assert!(!kids_of(&cm).contains(&second), "revoked key left the JWKS");
+    assert!(
+        kids_of(&cm).contains(&third) && kids_of(&cm).contains(&first),
+        "replacement published, retired key kept"
+    );
+    let s = common::wait_object(
+        &sets,
+        "auth",
+        "status shows revocation",
+        Duration::from_secs(30),
+        |o: Option<&SigningKeySet>| {
+            o.and_then(|s| s.status.as_ref())
+                .is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Revoked"))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.status.unwrap().active_key_id.as_deref(),
+        Some(third.as_str())
+    );
+    common::wait_for(
+        "an ActiveKeyRevoked Event",
+        Duration::from_secs(20),
+        || async { (events_with_reason(&client, &ns, "ActiveKeyRevoked").await > 0).then_some(()) },
+    )
+    .await;
+    let internal = secrets.get("auth-keyturn-keys").await.unwrap();
+    let state = String::from_utf8(internal.data.unwrap()["state.json"].0.clone()).unwrap();
+    assert!(
+        !state.contains(&second),
+        "revoked key's record and private key destroyed"
+    );
+}
