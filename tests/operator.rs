@@ -370,7 +370,11 @@ async fn rotations_keep_i1_i2_i3_and_tokens_verify_for_every_algorithm() {
 
     // I3: no private material outside the operator's Secrets.
     let mut haystack = String::new();
-    for cm in cms.list(&ListParams::default().labels(MANAGED)).await.unwrap() {
+    for cm in cms
+        .list(&ListParams::default().labels(MANAGED))
+        .await
+        .unwrap()
+    {
         haystack.push_str(&serde_json::to_string(&cm).unwrap());
     }
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
@@ -396,7 +400,11 @@ async fn rotations_keep_i1_i2_i3_and_tokens_verify_for_every_algorithm() {
             }
         }
     }
-    for cm in cms.list(&ListParams::default().labels(MANAGED)).await.unwrap() {
+    for cm in cms
+        .list(&ListParams::default().labels(MANAGED))
+        .await
+        .unwrap()
+    {
         keyturn::jwks::validate(&jwks_of(&cm)).unwrap();
     }
 }
