@@ -39,15 +39,16 @@ mod tests {
 
     #[test]
     fn crd_has_cel_rules_and_printer_columns() {
-        let y = super::crd_yaml();
+        use kube::CustomResourceExt;
+        let y = serde_json::to_string(&super::crd::SigningKeySet::crd()).unwrap();
         for needle in [
             "x-kubernetes-validations",
             "duration(self.prePublish) < duration(self.interval)",
             "self.algorithm.startsWith('RS')",
-            "shortNames:\n    - sks",
-            "subresources:\n      status: {}",
-            "name: Active kid",
-            "name: Next rotation",
+            r#""shortNames":["sks"]"#,
+            r#""subresources":{"status":{}}"#,
+            r#""name":"Active kid""#,
+            r#""name":"Next rotation""#,
         ] {
             assert!(y.contains(needle), "CRD lacks {needle:?}");
         }
