@@ -44,4 +44,4 @@ export KEYTURN_TEST_LOG_DIR="$PLANE/test-logs"
 mkdir -p "$KEYTURN_TEST_LOG_DIR"
 
 step "integration tests (real kube-apiserver + etcd + kube-controller-manager)"
-cargo test --tests --test '*' -- --test-threads 4
+cargo test --test '*' -- --test-threads 4
