@@ -3,15 +3,17 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::Client;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
+use kube::{Client, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SigningKeySet};
+use crate::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
 use crate::metrics::Metrics;
+use crate::publish::SOURCE_NAMESPACE_LABEL;
 use crate::reconcile::{Clock, Context, error_policy, reconcile};
 
 /// Options for [`run`].
@@ -46,12 +48,9 @@ pub async fn run(
     sets.list(&ListParams::default().limit(1))
         .await
         .map_err(StartError::NoCrd)?;
-    let (secrets, cms): (Api<Secret>, Api<ConfigMap>) = match &opts.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let secrets: Api<Secret> = match &opts.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
     // Only keyturn's own objects are watched: never every Secret of the cluster.
     let owned =
@@ -60,6 +59,7 @@ pub async fn run(
         controller: "keyturn".into(),
         instance: Some(opts.instance.clone()),
     };
+    let client_for_watch = client.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -67,9 +67,37 @@ pub async fn run(
         metrics,
     });
     info!(namespace = ?opts.namespace, "keyturn controller starting");
-    Controller::new(sets, watcher::Config::default())
+    let controller = Controller::new(sets, watcher::Config::default());
+    let store = controller.store();
+    // JWKS copies live in many namespaces and cannot carry ownerReferences: map them back by label.
+    let copies: Api<ConfigMap> = Api::all(client_for_watch.clone());
+    let store_ns = store.clone();
+    controller
         .owns(secrets, owned.clone())
-        .owns(cms, owned)
+        .watches(copies, owned, |cm| {
+            let labels = cm.labels();
+            match (labels.get(SET_LABEL), labels.get(SOURCE_NAMESPACE_LABEL)) {
+                (Some(set), Some(ns)) => Some(ObjectRef::new(set).within(ns)),
+                _ => None,
+            }
+        })
+        // A namespace created, labelled or deleted may change where a set's JWKS belongs.
+        .watches(
+            Api::<Namespace>::all(client_for_watch),
+            watcher::Config::default(),
+            move |ns| {
+                let name = ns.name_any();
+                store_ns
+                    .state()
+                    .into_iter()
+                    .filter(|s| {
+                        s.spec.jwks.namespace_selector.is_some()
+                            || s.spec.jwks.namespaces.contains(&name)
+                    })
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            },
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

@@ -43,6 +43,40 @@ pub enum WriteError {
     },
 }
 
+/// Label on JWKS copies naming the SigningKeySet's namespace.
+pub const SOURCE_NAMESPACE_LABEL: &str = "keyturn.dev/source-namespace";
+/// Annotation on JWKS copies naming the SigningKeySet's uid (copies in other namespaces
+/// cannot carry an ownerReference).
+pub const OWNER_UID_ANNOTATION: &str = "keyturn.dev/owner-uid";
+
+/// Label selector that finds every JWKS copy of `sks`, in any namespace.
+pub fn copies_selector(sks: &SigningKeySet) -> String {
+    format!(
+        "{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{SET_LABEL}={},{SOURCE_NAMESPACE_LABEL}={}",
+        sks.name_any(),
+        sks.namespace().unwrap_or_default()
+    )
+}
+
+/// True when `meta` is a JWKS copy of `sks`: keyturn's labels plus the owner-uid annotation
+/// (in the set's own namespace the ownerReference counts too).
+pub fn is_owned_copy(meta: &ObjectMeta, sks: &SigningKeySet) -> bool {
+    if meta.namespace == sks.namespace() {
+        return is_owned(meta, sks);
+    }
+    let labels_ok = meta.labels.as_ref().is_some_and(|l| {
+        l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+            && l.get(SET_LABEL) == Some(&sks.name_any())
+            && l.get(SOURCE_NAMESPACE_LABEL) == sks.namespace().as_ref()
+    });
+    let uid_ok = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(OWNER_UID_ANNOTATION))
+        .is_some_and(|u| Some(u) == sks.uid().as_ref());
+    labels_ok && uid_ok
+}
+
 /// Labels on every object keyturn creates for `sks`.
 pub fn labels(sks: &SigningKeySet) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -142,12 +176,20 @@ pub fn jwks_bytes(state: &SetState, kids: &[String]) -> Option<Vec<u8>> {
 }
 
 /// The JWKS ConfigMap object in `namespace`.
-pub fn jwks_config_map(sks: &SigningKeySet, namespace: Option<String>, bytes: &[u8]) -> ConfigMap {
+pub fn jwks_config_map(sks: &SigningKeySet, namespace: &str, bytes: &[u8]) -> ConfigMap {
     let mut m = meta(sks, sks.config_map_name());
-    if namespace.is_some() && namespace != sks.namespace() {
-        // ownerReferences cannot cross namespaces; copies are cleaned up by label.
+    m.labels.get_or_insert_default().insert(
+        SOURCE_NAMESPACE_LABEL.into(),
+        sks.namespace().unwrap_or_default(),
+    );
+    m.annotations = Some(BTreeMap::from([(
+        OWNER_UID_ANNOTATION.into(),
+        sks.uid().unwrap_or_default(),
+    )]));
+    if Some(namespace) != sks.namespace().as_deref() {
+        // ownerReferences cannot cross namespaces; copies are removed by the finalizer.
         m.owner_references = None;
-        m.namespace = namespace;
+        m.namespace = Some(namespace.to_string());
     }
     ConfigMap {
         metadata: m,

@@ -4,9 +4,13 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
@@ -47,6 +51,9 @@ pub enum Error {
     /// Key generation failed.
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
+    /// The JWKS could not be written to every selected namespace.
+    #[error("JWKS not published everywhere: {0}")]
+    Publish(String),
     /// The object has no namespace or uid (not read from the API server).
     #[error("SigningKeySet has no {0}")]
     Incomplete(&'static str),
@@ -61,6 +68,7 @@ impl Error {
             Error::Kube(_) => "ApiError",
             Error::Key(_) => "KeyGenerationFailed",
             Error::Incomplete(_) => "Incomplete",
+            Error::Publish(_) => "PublishFailed",
         }
     }
 }
@@ -81,10 +89,14 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
 
+    if sks.metadata.deletion_timestamp.is_some() {
+        return finalize(&sks, &ctx).await;
+    }
+
     // read
     let mut internal = secrets.get_opt(&sks.internal_secret_name()).await?;
     let mut signing = secrets.get_opt(&sks.secret_name()).await?;
-    let mut cm = cms.get_opt(&sks.config_map_name()).await?;
+    let cm = cms.get_opt(&sks.config_map_name()).await?;
 
     // validate
     let token = sks.annotations().get(ROTATE_ANNOTATION).cloned();
@@ -147,6 +159,38 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
             }
         }
     }
+    let fan_out =
+        !sks.spec.jwks.namespaces.is_empty() || sks.spec.jwks.namespace_selector.is_some();
+    let targets = match target_namespaces(&sks, &ctx.client, &ns).await? {
+        Ok(t) => t,
+        Err(why) => {
+            let nr = NotReady {
+                reason: "InvalidSpec",
+                message: why,
+            };
+            return refuse(&sks, &ctx, None, Some(&settings), nr, None).await;
+        }
+    };
+    let mut copies: BTreeMap<String, ConfigMap> = BTreeMap::new();
+    if fan_out || has_finalizer(&sks) {
+        let all: Api<ConfigMap> = Api::all(ctx.client.clone());
+        for c in all
+            .list(&ListParams::default().labels(&publish::copies_selector(&sks)))
+            .await?
+        {
+            if let Some(cns) = c.namespace()
+                && cns != ns
+            {
+                copies.insert(cns, c);
+            }
+        }
+    }
+    if fan_out && !has_finalizer(&sks) {
+        set_finalizer(&sks, &ctx, true).await?;
+    }
+    if let Some(c) = cm.clone() {
+        copies.insert(ns.clone(), c);
+    }
     let state = match internal.as_ref() {
         None => None,
         Some(s) => {
@@ -188,7 +232,8 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
         published: None,
         signing: None,
     };
-    observe_published(&sks, &mut obs, cm.as_ref());
+    observe_published(&sks, &mut obs, &copies, &targets);
+    let mut publish_failures: Vec<String> = vec![];
     observe_signing(&mut obs, signing.as_ref());
     let mut wake_at = None;
     let mut steps = 0;
@@ -237,21 +282,67 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                 let state = obs.state.as_ref().expect("publish follows store");
                 let bytes =
                     publish::jwks_bytes(state, &kids).expect("planner publishes stored keys only");
-                let desired = publish::jwks_config_map(&sks, None, &bytes);
-                if let Some(o) = publish::write(
-                    &cms,
-                    cm.as_ref(),
-                    desired,
-                    |m| publish::is_owned(m, &sks),
-                    publish::same_config_map,
-                )
-                .await?
-                {
-                    cm = Some(o);
+                if bytes.len() > MAX_CONFIGMAP_BYTES {
+                    let nr = NotReady {
+                        reason: "JwksTooLarge",
+                        message: format!(
+                            "the JWKS would be {} bytes; a ConfigMap holds at most {MAX_CONFIGMAP_BYTES}. Revoke or let old keys expire (shorter spec.rotation.overlap).",
+                            bytes.len()
+                        ),
+                    };
+                    return refuse(
+                        &sks,
+                        &ctx,
+                        obs.state.as_ref(),
+                        Some(&settings),
+                        nr,
+                        Some(StdDuration::from_secs(60)),
+                    )
+                    .await;
+                }
+                let client = ctx.client.clone();
+                let sks_ref = &sks;
+                let copies_ref = &copies;
+                let bytes_ref = &bytes;
+                let results: Vec<(String, Result<Option<ConfigMap>, WriteError>)> =
+                    futures::stream::iter(targets.iter().cloned())
+                        .map(|t| {
+                            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &t);
+                            async move {
+                                let desired = publish::jwks_config_map(sks_ref, &t, bytes_ref);
+                                let r = publish::write(
+                                    &api,
+                                    copies_ref.get(&t),
+                                    desired,
+                                    |m| publish::is_owned_copy(m, sks_ref),
+                                    publish::same_config_map,
+                                )
+                                .await;
+                                (t, r)
+                            }
+                        })
+                        .buffer_unordered(PUBLISH_CONCURRENCY)
+                        .collect()
+                        .await;
+                let mut wrote = 0;
+                for (t, r) in results {
+                    match r {
+                        Ok(Some(o)) => {
+                            wrote += 1;
+                            copies.insert(t, o);
+                        }
+                        Ok(None) => {}
+                        Err(e) => publish_failures.push(format!("{t}: {e}")),
+                    }
+                }
+                if wrote > 0 {
                     ctx.metrics.write("configmap");
                     ctx.metrics.published();
                 }
-                info!(set = %sks.name_any(), namespace = %ns, keys = kids.len(), "published JWKS");
+                info!(set = %sks.name_any(), namespace = %ns, keys = kids.len(), copies = targets.len(), wrote, "published JWKS");
+                if !publish_failures.is_empty() {
+                    break;
+                }
                 obs.published = Some(kids);
             }
             Step::Sign(kid) => {
@@ -300,10 +391,62 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
         }
     }
 
+    // Copies in namespaces no longer selected are removed (owned ones only).
+    for (cns, c) in copies.iter().filter(|(cns, _)| !targets.contains(*cns)) {
+        if publish::is_owned_copy(&c.metadata, &sks) {
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), cns);
+            match api.delete(&c.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {
+                    info!(set = %sks.name_any(), namespace = %ns, from = %cns, "removed JWKS copy from a deselected namespace")
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            ctx.metrics.write("configmap_delete");
+        }
+    }
+    if !fan_out && has_finalizer(&sks) && copies.keys().all(|c| *c == ns) {
+        set_finalizer(&sks, &ctx, false).await?;
+    }
+
     // status
     let state = obs.state.as_ref().expect("a settled plan has state");
     let now = (ctx.clock)();
-    let status = derive_status(&sks, &settings, state, now, None, &ns);
+    if !publish_failures.is_empty() {
+        let nr = NotReady {
+            reason: "PublishFailed",
+            message: format!(
+                "the JWKS could not be written everywhere, so no key activates until it is: {}",
+                publish_failures.join("; ")
+            ),
+        };
+        return refuse(
+            &sks,
+            &ctx,
+            Some(state),
+            Some(&settings),
+            nr,
+            Some(StdDuration::from_secs(30)),
+        )
+        .await;
+    }
+    let mut status = derive_status(&sks, &settings, state, now, None, &ns);
+    let current = obs
+        .published
+        .as_ref()
+        .and_then(|k| publish::jwks_bytes(state, k));
+    status.published_namespaces = targets
+        .iter()
+        .filter(|t| {
+            copies
+                .get(*t)
+                .and_then(|c| c.data.as_ref())
+                .and_then(|d| d.get(&sks.jwks_key()))
+                .map(|s| s.as_bytes())
+                == current.as_deref()
+        })
+        .cloned()
+        .collect();
     write_status(&sks, &ctx, status).await?;
     ctx.metrics
         .observe_set(&ns, &sks.name_any(), state, wake_at.map(|w| w - now));
@@ -319,21 +462,136 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
     })
 }
 
-fn observe_published(sks: &SigningKeySet, obs: &mut Observed, cm: Option<&ConfigMap>) {
-    let (Some(cm), Some(state)) = (cm, obs.state.as_ref()) else {
+fn observe_published(
+    sks: &SigningKeySet,
+    obs: &mut Observed,
+    copies: &BTreeMap<String, ConfigMap>,
+    targets: &BTreeSet<String>,
+) {
+    let Some(state) = obs.state.as_ref() else {
         return;
     };
-    let Some(text) = cm.data.as_ref().and_then(|d| d.get(&sks.jwks_key())) else {
+    let ns = sks.namespace().unwrap_or_default();
+    let Some(own) = copies.get(&ns) else { return };
+    let Some(text) = own.data.as_ref().and_then(|d| d.get(&sks.jwks_key())) else {
         return;
     };
     let Ok(kids) = crate::jwks::kids(text.as_bytes()) else {
         return;
     };
-    if cm.data.as_ref().is_some_and(|d| d.len() == 1)
-        && publish::jwks_bytes(state, &kids).as_deref() == Some(text.as_bytes())
+    if own.data.as_ref().is_none_or(|d| d.len() != 1)
+        || publish::jwks_bytes(state, &kids).as_deref() != Some(text.as_bytes())
     {
+        return;
+    }
+    // Published means: every selected copy holds exactly these bytes.
+    let everywhere = targets.iter().all(|t| {
+        copies
+            .get(t)
+            .is_some_and(|c| publish::is_owned_copy(&c.metadata, sks) && c.data == own.data)
+    });
+    if everywhere {
         obs.published = Some(kids);
     }
+}
+
+/// Namespaces that get a JWKS copy: the set's own, the listed ones that exist, and those the
+/// selector matches; terminating namespaces are skipped. `Ok(Err(why))` for a bad selector.
+async fn target_namespaces(
+    sks: &SigningKeySet,
+    client: &Client,
+    own: &str,
+) -> Result<Result<BTreeSet<String>, String>, Error> {
+    let mut t = BTreeSet::from([own.to_string()]);
+    let jwks = &sks.spec.jwks;
+    if jwks.namespaces.is_empty() && jwks.namespace_selector.is_none() {
+        return Ok(Ok(t));
+    }
+    let selector = match &jwks.namespace_selector {
+        None => None,
+        Some(sel) => match Selector::try_from(sel.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => return Ok(Err(format!("spec.jwks.namespaceSelector: {e}"))),
+        },
+    };
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let listed: BTreeSet<&String> = jwks.namespaces.iter().collect();
+    for n in nss.list(&ListParams::default()).await? {
+        let active = n.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
+            && n.metadata.deletion_timestamp.is_none();
+        let name = n.name_any();
+        let chosen = listed.contains(&name)
+            || selector
+                .as_ref()
+                .is_some_and(|s| s.matches(n.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())));
+        if active && chosen {
+            t.insert(name);
+        }
+    }
+    Ok(Ok(t))
+}
+
+const FINALIZER: &str = "keyturn.dev/jwks-copies";
+const MAX_CONFIGMAP_BYTES: usize = 1024 * 1024 - 4096; // 1 MiB less room for metadata
+const PUBLISH_CONCURRENCY: usize = 16;
+
+fn has_finalizer(sks: &SigningKeySet) -> bool {
+    sks.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+async fn set_finalizer(sks: &SigningKeySet, ctx: &Context, present: bool) -> Result<(), Error> {
+    let mut fins: Vec<String> = sks
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        fins.push(FINALIZER.into());
+    }
+    let api: Api<SigningKeySet> =
+        Api::namespaced(ctx.client.clone(), &sks.namespace().unwrap_or_default());
+    // resourceVersion makes this a compare-and-swap: other finalizers are never lost.
+    let patch =
+        json!({"metadata": {"finalizers": fins, "resourceVersion": sks.resource_version()}});
+    api.patch(
+        &sks.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    ctx.metrics.write("finalizer");
+    Ok(())
+}
+
+/// Deletion: remove the JWKS copies in other namespaces (ownerReferences cannot reach
+/// them), then release the finalizer. Objects in the set's namespace go with the GC.
+async fn finalize(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
+    if !has_finalizer(sks) {
+        return Ok(Action::await_change());
+    }
+    let own = sks.namespace().unwrap_or_default();
+    let all: Api<ConfigMap> = Api::all(ctx.client.clone());
+    for c in all
+        .list(&ListParams::default().labels(&publish::copies_selector(sks)))
+        .await?
+    {
+        let cns = c.namespace().unwrap_or_default();
+        if cns == own || !publish::is_owned_copy(&c.metadata, sks) {
+            continue;
+        }
+        match Api::<ConfigMap>::namespaced(ctx.client.clone(), &cns)
+            .delete(&c.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    set_finalizer(sks, ctx, false).await?;
+    info!(set = %sks.name_any(), namespace = %own, "removed JWKS copies; finalizer released");
+    Ok(Action::await_change())
 }
 
 fn observe_signing(obs: &mut Observed, signing: Option<&Secret>) {
