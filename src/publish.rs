@@ -237,7 +237,18 @@ where
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..Default::default()
             };
-            api.create(&pp, &desired).await.map(Some).map_err(api_err)
+            match api.create(&pp, &desired).await {
+                Ok(o) => Ok(Some(o)),
+                // Someone else's object with this name (not visible to our labelled read).
+                Err(kube::Error::Api(e)) if e.code == 409 && e.reason == "AlreadyExists" => {
+                    Err(WriteError::Foreign {
+                        kind,
+                        namespace: desired.namespace().unwrap_or_default(),
+                        name: name.clone(),
+                    })
+                }
+                Err(e) => Err(api_err(e)),
+            }
         }
         Some(cur) => {
             if !owned(cur.meta()) {

@@ -426,7 +426,7 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
             Some(state),
             Some(&settings),
             nr,
-            Some(StdDuration::from_secs(30)),
+            Some(StdDuration::from_secs(10)),
         )
         .await;
     }

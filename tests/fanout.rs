@@ -1,0 +1,243 @@
+//! Namespace fan-out against the real control plane: copies appear in listed and selected
+//! namespaces (also ones created later), disappear when deselected, stay byte-identical to
+//! the source, never overwrite a foreign ConfigMap, and block activation until published.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use keyturn::crd::SigningKeySet;
+
+async fn namespace(client: &Client, name: &str, labels: serde_json::Value) {
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+async fn copy_in(client: &Client, ns: &str, name: &str) -> Option<ConfigMap> {
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+fn data(cm: &ConfigMap) -> BTreeMap<String, String> {
+    cm.data.clone().unwrap_or_default()
+}
+
+/// Waits until the copy in `ns` holds the same data as the source in `src`.
+async fn wait_identical(client: &Client, src: &str, ns: &str, name: &str) {
+    common::wait_for(
+        &format!("copy in {ns} identical to the source"),
+        Duration::from_secs(30),
+        || async {
+            let s = copy_in(client, src, name).await?;
+            let c = copy_in(client, ns, name).await?;
+            let managed = c
+                .labels()
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str)
+                == Some("keyturn");
+            (managed && data(&s) == data(&c)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let src = common::fresh_namespace(&client, "fan").await;
+    let label = format!("jwks-{src}");
+    let listed = format!("{src}-listed");
+    let before = format!("{src}-before");
+    let later = format!("{src}-later");
+    namespace(&client, &listed, json!({})).await;
+    namespace(&client, &before, json!({label.clone(): "on"})).await;
+    let _op = common::Operator::start(&src);
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
+    let obj: SigningKeySet = serde_json::from_value(json!({
+        "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
+        "metadata": {"name": "fan"},
+        "spec": {
+            "rotation": {"interval": "10s", "prePublish": "3s", "overlap": "3s"},
+            "jwks": {"namespaces": [listed, "does-not-exist-yet"], "namespaceSelector": {"matchLabels": {label.clone(): "on"}}}
+        }
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &obj).await.unwrap();
+    wait_identical(&client, &src, &listed, "fan-jwks").await;
+    wait_identical(&client, &src, &before, "fan-jwks").await;
+
+    // A namespace created later with the label gets its copy.
+    namespace(&client, &later, json!({label.clone(): "on"})).await;
+    wait_identical(&client, &src, &later, "fan-jwks").await;
+
+    // Through a rotation, every copy keeps matching the source.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
+    let first = secrets.get("fan-signing-key").await.unwrap().data.unwrap()["kid"]
+        .0
+        .clone();
+    common::wait_object(
+        &secrets,
+        "fan-signing-key",
+        "a rotation",
+        Duration::from_secs(40),
+        move |o: Option<&Secret>| o.is_some_and(|s| s.data.as_ref().unwrap()["kid"].0 != first),
+    )
+    .await;
+    for ns in [&listed, &before, &later] {
+        wait_identical(&client, &src, ns, "fan-jwks").await;
+    }
+    let mut want = vec![src.clone(), listed.clone(), before.clone(), later.clone()];
+    want.sort();
+    common::wait_object(
+        &sets,
+        "fan",
+        "status lists the namespaces",
+        Duration::from_secs(20),
+        move |o: Option<&SigningKeySet>| {
+            o.and_then(|s| s.status.as_ref())
+                .is_some_and(|st| st.published_namespaces == want)
+        },
+    )
+    .await;
+
+    // Deselect by label: that copy goes away; the others stay.
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &before,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {label.clone(): null}}})),
+        )
+        .await
+        .unwrap();
+    common::wait_for(
+        "copy removed from the deselected namespace",
+        Duration::from_secs(30),
+        || async {
+            copy_in(&client, &before, "fan-jwks")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(copy_in(&client, &listed, "fan-jwks").await.is_some());
+
+    // Deleting the set removes copies in other namespaces (finalizer), then the set goes.
+    let uid = sets.get("fan").await.unwrap().uid().unwrap();
+    sets.delete("fan", &DeleteParams::default()).await.unwrap();
+    common::wait_deleted(&sets, "fan", &uid, Duration::from_secs(30)).await;
+    for ns in [&listed, &later] {
+        assert!(
+            copy_in(&client, ns, "fan-jwks").await.is_none(),
+            "copy left behind in {ns}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_configmap_blocks_activation_and_is_never_touched() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let src = common::fresh_namespace(&client, "block").await;
+    let other = format!("{src}-other");
+    namespace(&client, &other, json!({})).await;
+    let foreign_api: Api<ConfigMap> = Api::namespaced(client.clone(), &other);
+    let foreign = foreign_api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "blk-jwks"}, "data": {"jwks.json": "theirs"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let _op = common::Operator::start(&src);
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
+    let obj: SigningKeySet = serde_json::from_value(json!({
+        "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
+        "metadata": {"name": "blk"},
+        "spec": {"rotation": {"interval": "10s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [other]}}
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &obj).await.unwrap();
+    let s = common::wait_object(
+        &sets,
+        "blk",
+        "Ready=False PublishFailed",
+        Duration::from_secs(30),
+        |o: Option<&SigningKeySet>| {
+            o.and_then(|s| s.status.as_ref())
+                .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
+                .is_some_and(|c| c.status == "False" && c.reason == "PublishFailed")
+        },
+    )
+    .await
+    .unwrap();
+    let msg = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(msg.contains(&other) && msg.contains("not managed"), "{msg}");
+    // No key signs while one copy cannot hold it: I1 wins over the schedule.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
+    tokio::time::sleep(Duration::from_secs(4)).await; // twice prePublish: an activation would have happened
+    assert!(
+        secrets.get_opt("blk-signing-key").await.unwrap().is_none(),
+        "a key signs before every copy has it"
+    );
+    let now = foreign_api.get("blk-jwks").await.unwrap();
+    assert_eq!(
+        now.resource_version(),
+        foreign.resource_version(),
+        "I4: foreign ConfigMap untouched"
+    );
+    assert_eq!(now.data, foreign.data);
+    let evs: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &src);
+    assert!(
+        evs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("PublishFailed")),
+        "an Event names the failure"
+    );
+
+    // Once the foreign object is gone, the set publishes everywhere and its key signs.
+    foreign_api
+        .delete("blk-jwks", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::wait_object(
+        &secrets,
+        "blk-signing-key",
+        "first key signs",
+        Duration::from_secs(40),
+        |o: Option<&Secret>| o.is_some(),
+    )
+    .await;
+    let src_cm = Api::<ConfigMap>::namespaced(client.clone(), &src)
+        .get("blk-jwks")
+        .await
+        .unwrap();
+    let copy = foreign_api.get("blk-jwks").await.unwrap();
+    assert_eq!(copy.data, src_cm.data);
+}
