@@ -26,6 +26,13 @@ enum Command {
         /// Instance name reported on Events (defaults to the host name).
         #[arg(long, env = "POD_NAME")]
         instance: Option<String>,
+        /// Address of the HTTP endpoint (JWKS, discovery, /metrics, /healthz, /readyz).
+        #[arg(long, env = "KEYTURN_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+        http_addr: std::net::SocketAddr,
+        /// Base URL clients use to reach the HTTP endpoint, for `jwks_uri` in discovery
+        /// documents (default: http://<Host header>).
+        #[arg(long, env = "KEYTURN_PUBLIC_URL")]
+        public_url: Option<String>,
     },
     /// Print the SigningKeySet CustomResourceDefinition as YAML.
     Crd,
@@ -56,6 +63,8 @@ async fn main() -> anyhow::Result<()> {
             namespace,
             log_format,
             instance,
+            http_addr,
+            public_url,
         } => {
             init_logging(&log_format);
             let client = kube::Client::try_default()
@@ -66,7 +75,14 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "keyturn".into());
             let clock: keyturn::reconcile::Clock = Arc::new(chrono::Utc::now);
             let metrics = Arc::new(keyturn::metrics::Metrics::new());
-            keyturn::controller::run(
+            let http = keyturn::http::serve(
+                http_addr,
+                client.clone(),
+                namespace.clone(),
+                metrics.clone(),
+                public_url,
+            );
+            let controller = keyturn::controller::run(
                 client,
                 keyturn::controller::Options {
                     namespace,
@@ -74,9 +90,11 @@ async fn main() -> anyhow::Result<()> {
                 },
                 clock,
                 metrics,
-            )
-            .await
-            .context("running the controller")?;
+            );
+            tokio::select! {
+                r = http => r.with_context(|| format!("serving HTTP on {http_addr}"))?,
+                r = controller => r.context("running the controller")?,
+            }
             Ok(())
         }
     }

@@ -51,6 +51,7 @@ pub struct Metrics {
     keys: Family<StateLabels, Gauge>,
     next_rotation: Family<SetLabels, Gauge<f64, AtomicU64>>,
     last_publish: Gauge<f64, AtomicU64>,
+    http: Family<ReasonLabels, Counter>,
     consecutive: Mutex<HashMap<(String, String), u32>>,
 }
 
@@ -73,6 +74,7 @@ impl Metrics {
             keys: Family::default(),
             next_rotation: Family::default(),
             last_publish: Gauge::default(),
+            http: Family::default(),
             consecutive: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -104,6 +106,7 @@ impl Metrics {
             "Unix time of the last JWKS write",
             m.last_publish.clone(),
         );
+        registry.register("http_requests", "HTTP requests, by route", m.http.clone());
         Metrics { registry, ..m }
     }
 
@@ -148,6 +151,14 @@ impl Metrics {
         self.transitions
             .get_or_create(&ReasonLabels {
                 reason: reason.into(),
+            })
+            .inc();
+    }
+    /// Counts an HTTP request.
+    pub fn http(&self, route: &str) {
+        self.http
+            .get_or_create(&ReasonLabels {
+                reason: route.into(),
             })
             .inc();
     }

@@ -160,6 +160,8 @@ pub struct Operator {
     pub log: PathBuf,
     namespace: String,
     extra: Vec<String>,
+    /// Loopback port of its HTTP endpoint.
+    pub http_port: u16,
 }
 
 impl Operator {
@@ -175,11 +177,13 @@ impl Operator {
             .unwrap_or_else(|_| std::env::temp_dir());
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("operator-{namespace}.log"));
+        let http_port = free_port();
         let mut op = Operator {
             child: None,
             log,
             namespace: namespace.into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            http_port,
         };
         op.spawn();
         op
@@ -199,6 +203,7 @@ impl Operator {
                 "--log-format",
                 "json",
             ])
+            .args(["--http-addr", &format!("127.0.0.1:{}", self.http_port)])
             .args(&self.extra)
             .env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", "info,keyturn=debug,kube=warn")
@@ -245,6 +250,15 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The last `n` lines of a file.
