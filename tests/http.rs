@@ -1,0 +1,404 @@
+//! The HTTP endpoint against the real control plane: real verifier libraries that nobody
+//! here wrote (Node's jose, Python's PyJWT) verify every token through rotations, and the
+//! edge cases of the protocol.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use keyturn::crd::SigningKeySet;
+
+async fn create_set(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
+    let api: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
+    let obj: SigningKeySet = serde_json::from_value(json!({
+        "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+}
+
+async fn wait_published(client: &Client, ns: &str, cm: &str) -> ConfigMap {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    common::wait_object(
+        &api,
+        cm,
+        "JWKS published",
+        Duration::from_secs(30),
+        |o: Option<&ConfigMap>| o.is_some(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A parsed HTTP/1.1 response.
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends raw request bytes (exactly as given: no path normalization) and reads the reply.
+async fn raw(port: u16, request: &[u8]) -> std::io::Result<Resp> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(request).await?;
+    let mut buf = vec![];
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("server answers within 10s")?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    Ok(Resp {
+        status,
+        headers,
+        body: buf[split + 4..].to_vec(),
+    })
+}
+
+async fn get(port: u16, path: &str, extra: &str) -> Resp {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{extra}\r\n"
+    );
+    raw(port, req.as_bytes()).await.expect("response")
+}
+
+async fn wait_http_200(port: u16, path: &str) -> Resp {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = raw(
+            port,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+            && r.status == 200
+        {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{path} never answered 200"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn http_edge_cases() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "http").await;
+    let op = common::Operator::start(&ns);
+    let port = op.http_port;
+    create_set(&client, &ns, "web", json!({"rotation": {"interval": "720h", "prePublish": "10m", "overlap": "1h"}, "issuer": "https://auth.example.com"})).await;
+    create_set(&client, &ns, "plain", json!({})).await;
+    let cm = wait_published(&client, &ns, "web-jwks").await;
+    wait_published(&client, &ns, "plain-jwks").await;
+    let path = format!("/jwks/{ns}/web");
+    let ok = wait_http_200(port, &path).await;
+    // Same bytes as the ConfigMap, with the JWK Set media type.
+    let cm_bytes = cm.data.unwrap()["jwks.json"].clone().into_bytes();
+    let ok = if ok.body == cm_bytes {
+        ok
+    } else {
+        wait_http_200(port, &path).await
+    };
+    assert_eq!(ok.body, cm_bytes, "HTTP serves the ConfigMap's bytes");
+    assert_eq!(ok.header("content-type"), Some("application/jwk-set+json"));
+    let cache = ok.header("cache-control").unwrap();
+    let max_age: i64 = cache
+        .strip_prefix("public, max-age=")
+        .expect(cache)
+        .parse()
+        .unwrap();
+    assert!(
+        (0..=600).contains(&max_age),
+        "max-age {max_age} exceeds prePublish (600 s)"
+    );
+    let tag = ok.header("etag").unwrap().to_string();
+
+    // Conditional GET.
+    let not_modified = get(port, &path, &format!("If-None-Match: {tag}\r\n")).await;
+    assert_eq!(not_modified.status, 304);
+    assert!(not_modified.body.is_empty());
+    assert_eq!(not_modified.header("etag"), Some(tag.as_str()));
+    assert_eq!(
+        get(port, &path, "If-None-Match: \"stale\"\r\n")
+            .await
+            .status,
+        200
+    );
+
+    // HEAD: headers, no body.
+    let head = raw(
+        port,
+        format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(cm_bytes.len().to_string().as_str())
+    );
+
+    // Unknown sets: 404 with a JSON error.
+    for p in [
+        format!("/jwks/{ns}/nope"),
+        "/jwks/no-such-namespace/web".to_string(),
+        "/nothing/here".to_string(),
+    ] {
+        let r = get(port, &p, "").await;
+        assert_eq!(r.status, 404, "{p}");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON error body");
+        assert!(v["error"].is_string(), "{p}: {v}");
+    }
+    // Traversal attempts never reach anything.
+    for p in [
+        "/jwks/../../etc/passwd".to_string(),
+        "/jwks/%2e%2e/%2e%2e".to_string(),
+        format!("/jwks/{ns}/..%2fweb"),
+        format!("/jwks/{ns}/web/../../etc"),
+        "/jwks/..;/x".to_string(),
+        format!("/jwks/{}/web", ns.to_uppercase()),
+    ] {
+        let r = get(port, &p, "").await;
+        assert!((400..500).contains(&r.status), "{p} answered {}", r.status);
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains("\"keys\""),
+            "{p} leaked a JWKS"
+        );
+    }
+    // Wrong method.
+    let post = raw(
+        port,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(post.status, 405);
+    // Oversized headers: refused (431) or the connection is dropped; the server lives on.
+    let huge = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    // A dropped connection (Err) is also a refusal.
+    if let Ok(r) = raw(port, huge.as_bytes()).await {
+        assert!(
+            (400..500).contains(&r.status),
+            "oversized headers answered {}",
+            r.status
+        );
+    }
+    assert_eq!(
+        get(port, &path, "").await.status,
+        200,
+        "still serving after the oversized request"
+    );
+
+    // Discovery document.
+    let d = get(
+        port,
+        &format!("/{ns}/web/.well-known/openid-configuration"),
+        "",
+    )
+    .await;
+    assert_eq!(d.status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
+    assert_eq!(doc["issuer"], "https://auth.example.com");
+    let jwks_uri = doc["jwks_uri"].as_str().unwrap();
+    assert!(jwks_uri.ends_with(&path), "{jwks_uri}");
+    assert_eq!(
+        doc["id_token_signing_alg_values_supported"],
+        json!(["ES256"])
+    );
+    let no_issuer = get(
+        port,
+        &format!("/{ns}/plain/.well-known/openid-configuration"),
+        "",
+    )
+    .await;
+    assert_eq!(no_issuer.status, 404);
+
+    // Health and metrics.
+    assert_eq!(get(port, "/healthz", "").await.status, 200);
+    assert_eq!(get(port, "/readyz", "").await.status, 200);
+    let m = get(port, "/metrics", "").await;
+    let text = String::from_utf8(m.body).unwrap();
+    assert!(
+        text.contains("keyturn_http_requests_total{reason=\"jwks\"}"),
+        "{text}"
+    );
+    assert!(text.contains("keyturn_reconciles_total"), "{text}");
+}
+
+/// A verifier process: one token per line in, "ok <kid>" / "fail ..." per line out.
+struct Verifier {
+    name: &'static str,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Verifier {
+    fn start(
+        name: &'static str,
+        program: &str,
+        args: &[&str],
+        pythonpath: Option<&str>,
+    ) -> Verifier {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(p) = pythonpath {
+            cmd.env("PYTHONPATH", p);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name} verifier ({program}): {e}"));
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Verifier {
+            name,
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn verify(&mut self, token: &str) -> String {
+        writeln!(self.stdin, "{token}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "{} verifier exited", self.name);
+        line.trim().to_string()
+    }
+}
+
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sign(secret: &Secret) -> (String, String) {
+    let d = secret.data.as_ref().unwrap();
+    let s = |k: &str| String::from_utf8(d[k].0.clone()).unwrap();
+    let kid = s("kid");
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(s("private.pem").as_bytes()).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.clone());
+    let exp = chrono::Utc::now().timestamp() + 600;
+    (
+        jsonwebtoken::encode(&header, &json!({"sub": "svc", "exp": exp}), &key).unwrap(),
+        kid,
+    )
+}
+
+#[tokio::test]
+async fn jose_and_pyjwt_verify_every_token_through_three_rotations() {
+    let dir = std::env::var("KEYTURN_TEST_VERIFIERS").unwrap_or_else(|_| {
+        panic!("KEYTURN_TEST_VERIFIERS is not set: run hack/test.sh, or hack/test-deps.sh DIR and export it")
+    });
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "verify").await;
+    let op = common::Operator::start(&ns);
+    // prePublish 4 s against verifiers that refresh every 1 s (see tests/verifiers/).
+    create_set(&client, &ns, "iss", json!({"algorithm": "ES256", "rotation": {"interval": "8s", "prePublish": "4s", "overlap": "4s"}})).await;
+    wait_published(&client, &ns, "iss-jwks").await;
+    let url = format!("http://127.0.0.1:{}/jwks/{ns}/iss", op.http_port);
+    wait_http_200(op.http_port, &format!("/jwks/{ns}/iss")).await;
+    let mut verifiers = [
+        Verifier::start("jose", "node", &[&format!("{dir}/verify.mjs"), &url], None),
+        Verifier::start(
+            "pyjwt",
+            "python3",
+            &[&format!("{dir}/verify.py"), &url],
+            Some(&format!("{dir}/python")),
+        ),
+    ];
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secrets = &secrets;
+    common::wait_object(
+        secrets,
+        "iss-signing-key",
+        "signing key",
+        Duration::from_secs(30),
+        |o: Option<&Secret>| o.is_some(),
+    )
+    .await;
+    let mut kids = BTreeSet::new();
+    let mut failures = vec![];
+    let mut checked = 0;
+    let start = Instant::now();
+    // Issue tokens with whatever key the signing Secret holds, as an issuer would, and
+    // verify each at once with both libraries, until three rotations have happened.
+    while kids.len() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "only {} keys signed within 90 s",
+            kids.len()
+        );
+        let secret = secrets.get("iss-signing-key").await.unwrap();
+        let (token, kid) = sign(&secret);
+        kids.insert(kid.clone());
+        for v in verifiers.iter_mut() {
+            let answer = v.verify(&token);
+            checked += 1;
+            if answer != format!("ok {kid}") {
+                failures.push(format!("{} at {:?}: {answer}", v.name, start.elapsed()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} verifications failed: {failures:#?}",
+        failures.len()
+    );
+    assert!(checked > 100, "only {checked} verifications");
+    drop(op);
+}
