@@ -402,3 +402,24 @@ async fn jose_and_pyjwt_verify_every_token_through_three_rotations() {
     assert!(checked > 100, "only {checked} verifications");
     drop(op);
 }
+
+#[tokio::test]
+async fn the_jwks_service_manifest_is_accepted_by_the_api_server() {
+    let client = common::client().await;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/service-jwks.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    // The manifest names keyturn-system; apply it with a server-side dry run into a fresh
+    // namespace of that role so the API server validates it for real.
+    let ns = common::fresh_namespace(&client, "svc").await;
+    let manifest = text.replace("namespace: keyturn-system", &format!("namespace: {ns}"));
+    let out = common::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&manifest));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("service/keyturn-jwks created (server dry run)")
+    );
+}
