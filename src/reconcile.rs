@@ -191,6 +191,28 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
     if let Some(c) = cm.clone() {
         copies.insert(ns.clone(), c);
     }
+    if internal.is_none() && (signing.is_some() || cm.as_ref().is_some_and(|c| c.data.is_some())) {
+        // The source of truth is gone but what was derived from it is still there: starting
+        // a fresh key set would drop keys that verifiers and issuers use. Say so instead.
+        let nr = NotReady {
+            reason: "InternalStateMissing",
+            message: format!(
+                "Secret {ns}/{} is missing while the signing Secret or JWKS ConfigMap still exist; keyturn will not replace published keys. Restore it from backup, or delete {ns}/{} and {ns}/{} to start a new key set.",
+                sks.internal_secret_name(),
+                sks.secret_name(),
+                sks.config_map_name()
+            ),
+        };
+        return refuse(
+            &sks,
+            &ctx,
+            None,
+            Some(&settings),
+            nr,
+            Some(StdDuration::from_secs(60)),
+        )
+        .await;
+    }
     let state = match internal.as_ref() {
         None => None,
         Some(s) => {
@@ -262,20 +284,8 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                     .await
                     .expect("key generation does not panic")?;
                 let next = plan::with_new_key(obs.state.as_ref(), &kp, reason, rotate_token, now);
-                let desired = publish::internal_secret(&sks, &next);
-                if let Some(o) = publish::write(
-                    &secrets,
-                    internal.as_ref(),
-                    desired,
-                    |m| publish::is_owned(m, &sks),
-                    publish::same_secret,
-                )
-                .await?
-                {
-                    internal = Some(o);
-                }
+                store_state(&secrets, &mut internal, &sks, &next, &ctx.metrics).await?;
                 info!(set = %sks.name_any(), namespace = %ns, kid = %kp.kid(), alg = %alg, ?reason, "stored new key");
-                ctx.metrics.write("internal_secret");
                 obs.state = Some(next);
             }
             Step::Publish(kids) => {
@@ -370,19 +380,7 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                 obs.signing = Some(kid);
             }
             Step::Store(next, transitions) => {
-                let desired = publish::internal_secret(&sks, &next);
-                if let Some(o) = publish::write(
-                    &secrets,
-                    internal.as_ref(),
-                    desired,
-                    |m| publish::is_owned(m, &sks),
-                    publish::same_secret,
-                )
-                .await?
-                {
-                    internal = Some(o);
-                    ctx.metrics.write("internal_secret");
-                }
+                store_state(&secrets, &mut internal, &sks, &next, &ctx.metrics).await?;
                 obs.state = Some(next);
                 for t in transitions {
                     announce(&sks, &ctx, &t).await;
@@ -460,6 +458,30 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
         None if steps > MAX_STEPS => Action::requeue(StdDuration::from_secs(1)),
         None => Action::await_change(),
     })
+}
+
+/// Writes the internal Secret with `state` (the operator's source of truth).
+async fn store_state(
+    secrets: &Api<Secret>,
+    internal: &mut Option<Secret>,
+    sks: &SigningKeySet,
+    state: &SetState,
+    metrics: &Metrics,
+) -> Result<(), Error> {
+    let desired = publish::internal_secret(sks, state);
+    if let Some(o) = publish::write(
+        secrets,
+        internal.as_ref(),
+        desired,
+        |m| publish::is_owned(m, sks),
+        publish::same_secret,
+    )
+    .await?
+    {
+        *internal = Some(o);
+        metrics.write("internal_secret");
+    }
+    Ok(())
 }
 
 fn observe_published(

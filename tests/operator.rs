@@ -990,3 +990,59 @@ async fn manual_rotation_and_emergency_revocation() {
         "revoked key's record and private key destroyed"
     );
 }
+
+#[tokio::test]
+async fn a_deleted_internal_secret_never_replaces_published_keys() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "nostate").await;
+    let mut op = common::Operator::start(&ns);
+    create_set(&client, &ns, "auth", json!({})).await;
+    wait_ready(&client, &ns, "auth").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let cm_before = cms.get("auth-jwks").await.unwrap();
+    let signing_before = secrets.get("auth-signing-key").await.unwrap();
+    secrets
+        .delete("auth-keyturn-keys", &DeleteParams::default())
+        .await
+        .unwrap();
+    let s = common::wait_object(
+        &sets,
+        "auth",
+        "Ready=False InternalStateMissing",
+        Duration::from_secs(30),
+        ready(Some("InternalStateMissing")),
+    )
+    .await
+    .unwrap();
+    let msg = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(msg.contains("auth-keyturn-keys"), "{msg}");
+    assert_eq!(
+        cms.get("auth-jwks").await.unwrap().data,
+        cm_before.data,
+        "published keys kept"
+    );
+    assert_eq!(
+        secrets.get("auth-signing-key").await.unwrap().data,
+        signing_before.data,
+        "signing key kept"
+    );
+    assert!(
+        secrets
+            .get_opt("auth-keyturn-keys")
+            .await
+            .unwrap()
+            .is_none(),
+        "no fresh key set started"
+    );
+    op.assert_running();
+}
