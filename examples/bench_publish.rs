@@ -39,13 +39,13 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
 
-    // Baseline: a plain client updating one ConfigMap per namespace (create first, then time
-    // the update, as keyturn updates existing copies on a key change).
+    // Baseline: a plain client updating one ConfigMap per namespace (created first, then the
+    // update is timed, as keyturn updates existing copies on a key change). Both sides are
+    // timed the same way: from the trigger until a LIST shows every copy changed.
     let write_all = |payload: String| {
         let client = client.clone();
         let names = names.clone();
         async move {
-            let start = Instant::now();
             futures::stream::iter(names)
                 .for_each_concurrent(CONCURRENCY, |ns| {
                     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -56,11 +56,30 @@ async fn main() -> anyhow::Result<()> {
                     }
                 })
                 .await;
-            start.elapsed()
         }
     };
     write_all("{\"keys\":[1]}".into()).await;
-    let baseline = write_all("{\"keys\":[1,2]}".into()).await;
+    let all_cms: Api<ConfigMap> = Api::all(client.clone());
+    let baseline_done = |payload: &'static str| {
+        let all_cms = all_cms.clone();
+        async move {
+            let list = all_cms
+                .list(&ListParams::default().fields("metadata.name=baseline-jwks"))
+                .await
+                .unwrap();
+            list.items
+                .iter()
+                .filter(|c| c.data.as_ref().unwrap()["jwks.json"] == payload)
+                .count()
+        }
+    };
+    let start = Instant::now();
+    let writer = tokio::spawn(write_all("{\"keys\":[1,2]}".into()));
+    while baseline_done("{\"keys\":[1,2]}").await < n {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let baseline = start.elapsed();
+    writer.await?;
 
     // keyturn: a set fanning out to every labelled namespace.
     let sets: Api<kube::api::DynamicObject> = Api::namespaced_with(
