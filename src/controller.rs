@@ -34,12 +34,25 @@ pub enum StartError {
     NoCrd(#[source] kube::Error),
 }
 
-/// Runs the controller until SIGTERM/SIGINT.
+/// Fails with a clear message when the CRD is not installed or the API is unreachable.
+pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), StartError> {
+    let sets: Api<SigningKeySet> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    sets.list(&ListParams::default().limit(1))
+        .await
+        .map_err(StartError::NoCrd)?;
+    Ok(())
+}
+
+/// Runs the controller until `stop` resolves; in-flight reconciles finish first.
 pub async fn run(
     client: Client,
     opts: Options,
     clock: Clock,
     metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     let sets: Api<SigningKeySet> = match &opts.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -98,7 +111,7 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             match res {

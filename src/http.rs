@@ -7,7 +7,6 @@
 //! Every replica serves from its own watch caches (label-filtered), so the endpoint works
 //! on leaders and followers alike.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -44,9 +43,10 @@ pub struct AppState {
     public_url: Option<String>,
 }
 
-/// Starts the watch caches and serves HTTP on `addr` until the process ends.
+/// Starts the watch caches and serves HTTP on `listener` until `shutdown` resolves.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     client: Client,
     namespace: Option<String>,
     metrics: Arc<Metrics>,
@@ -89,9 +89,10 @@ pub async fn serve(
         ready,
         public_url,
     };
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "HTTP endpoint listening");
-    axum::serve(listener, router(state)).await
+    tracing::info!(addr = %listener.local_addr()?, "HTTP endpoint listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// The routes, for tests that bring their own stores.

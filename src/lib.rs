@@ -10,6 +10,7 @@ pub mod duration;
 pub mod http;
 pub mod jwks;
 pub mod keys;
+pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod publish;

@@ -1,13 +1,24 @@
-//! The `keyturn` binary: `keyturn run`, `keyturn crd`.
+//! The `keyturn` binary: `keyturn run`, `keyturn crd`, `keyturn --version`.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-/// keyturn: rotates JWT signing keys in Kubernetes and publishes their JWKS.
+/// keyturn rotates JWT signing keys in Kubernetes and publishes their JWKS.
 #[derive(Parser)]
-#[command(name = "keyturn", version, about, long_about = None)]
+#[command(
+    name = "keyturn",
+    version,
+    about,
+    long_about = "keyturn rotates JWT signing keys in Kubernetes and publishes their JWKS.\n\n\
+A SigningKeySet (keyturn.dev/v1alpha1) names an algorithm and a schedule; keyturn keeps the\n\
+signing key in a Secret for issuers to mount, the public keys in a ConfigMap (and over HTTP)\n\
+for verifiers, publishes each new key before it signs and keeps old keys for an overlap.\n\n\
+Start here:\n  keyturn crd | kubectl apply -f -     install the CRD\n  keyturn run                           run the operator with your KUBECONFIG\n\n\
+Every flag of `run` can also be set by the environment variable shown in `keyturn run --help`."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,27 +26,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the operator against the cluster in KUBECONFIG or the in-cluster config.
-    Run {
-        /// Watch only this namespace (default: every namespace).
-        #[arg(long, env = "KEYTURN_NAMESPACE")]
-        namespace: Option<String>,
-        /// Log format: text or json.
-        #[arg(long, env = "KEYTURN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-        log_format: String,
-        /// Instance name reported on Events (defaults to the host name).
-        #[arg(long, env = "POD_NAME")]
-        instance: Option<String>,
-        /// Address of the HTTP endpoint (JWKS, discovery, /metrics, /healthz, /readyz).
-        #[arg(long, env = "KEYTURN_HTTP_ADDR", default_value = "0.0.0.0:8080")]
-        http_addr: std::net::SocketAddr,
-        /// Base URL clients use to reach the HTTP endpoint, for `jwks_uri` in discovery
-        /// documents (default: http://<Host header>).
-        #[arg(long, env = "KEYTURN_PUBLIC_URL")]
-        public_url: Option<String>,
-    },
+    /// Run the operator against the cluster in KUBECONFIG (or the in-cluster config).
+    Run(RunArgs),
     /// Print the SigningKeySet CustomResourceDefinition as YAML.
     Crd,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace's SigningKeySets (default: every namespace).
+    #[arg(long, env = "KEYTURN_NAMESPACE")]
+    namespace: Option<String>,
+    /// Log format.
+    #[arg(long, env = "KEYTURN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// This replica's name, for Events and the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
+    /// Address of the HTTP endpoint: /jwks/{namespace}/{name}, discovery, /metrics, /healthz, /readyz.
+    #[arg(long, env = "KEYTURN_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: std::net::SocketAddr,
+    /// Base URL clients use to reach the HTTP endpoint, for `jwks_uri` in discovery documents
+    /// (default: http://<Host header>).
+    #[arg(long, env = "KEYTURN_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Elect a leader among replicas with a coordination.k8s.io Lease; only the leader writes.
+    #[arg(long, env = "KEYTURN_LEADER_ELECT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: the Pod's namespace, else keyturn-system).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "keyturn-system")]
+    lease_namespace: String,
+    /// Seconds a Lease is valid without renewal; a dead leader is replaced within this time.
+    #[arg(long, env = "KEYTURN_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    lease_seconds: u64,
 }
 
 fn init_logging(format: &str) {
@@ -51,50 +74,95 @@ fn init_logging(format: &str) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit()
+        }
+        Err(e) => {
+            // One line, not clap's screenful: what is wrong and where to look.
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("keyturn: {first} (see keyturn --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyturn: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => {
             print!("{}", keyturn::crd_yaml());
             Ok(())
         }
-        Command::Run {
-            namespace,
-            log_format,
-            instance,
-            http_addr,
-            public_url,
-        } => {
-            init_logging(&log_format);
+        Command::Run(a) => {
+            init_logging(&a.log_format);
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API")?;
-            let instance = instance
+            keyturn::controller::check_crd(&client, a.namespace.as_deref()).await?;
+            let instance = a
+                .instance
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| "keyturn".into());
-            let clock: keyturn::reconcile::Clock = Arc::new(chrono::Utc::now);
             let metrics = Arc::new(keyturn::metrics::Metrics::new());
+            let shutdown = keyturn::leader::Shutdown::on_signals();
+            let listener = tokio::net::TcpListener::bind(a.http_addr)
+                .await
+                .with_context(|| format!("binding the HTTP endpoint to {}", a.http_addr))?;
             let http = keyturn::http::serve(
-                http_addr,
+                listener,
+                shutdown.clone().wait(),
                 client.clone(),
-                namespace.clone(),
+                a.namespace.clone(),
                 metrics.clone(),
-                public_url,
+                a.public_url,
             );
-            let controller = keyturn::controller::run(
-                client,
-                keyturn::controller::Options {
-                    namespace,
-                    instance,
-                },
-                clock,
-                metrics,
-            );
-            tokio::select! {
-                r = http => r.with_context(|| format!("serving HTTP on {http_addr}"))?,
-                r = controller => r.context("running the controller")?,
-            }
+            let election = a.leader_elect.then(|| keyturn::leader::Election {
+                namespace: a.lease_namespace.clone(),
+                identity: instance.clone(),
+                duration_secs: a.lease_seconds,
+            });
+            let (ns, inst, m, c) = (a.namespace, instance, metrics.clone(), client.clone());
+            let controller =
+                keyturn::leader::run_as_leader(client, election, shutdown, metrics, move |stop| {
+                    let opts = keyturn::controller::Options {
+                        namespace: ns.clone(),
+                        instance: inst.clone(),
+                    };
+                    let clock: keyturn::reconcile::Clock = Arc::new(chrono::Utc::now);
+                    let (m, c) = (m.clone(), c.clone());
+                    async move {
+                        if let Err(e) = keyturn::controller::run(c, opts, clock, m, stop).await {
+                            tracing::error!(error = %e, "controller stopped");
+                        }
+                    }
+                });
+            let (h, l) = tokio::join!(http, controller);
+            h.context("serving HTTP")?;
+            l.context("leader election")?;
+            tracing::info!("keyturn stopped");
             Ok(())
         }
     }

@@ -52,6 +52,7 @@ pub struct Metrics {
     next_rotation: Family<SetLabels, Gauge<f64, AtomicU64>>,
     last_publish: Gauge<f64, AtomicU64>,
     http: Family<ReasonLabels, Counter>,
+    leader: Gauge,
     consecutive: Mutex<HashMap<(String, String), u32>>,
 }
 
@@ -75,6 +76,7 @@ impl Metrics {
             next_rotation: Family::default(),
             last_publish: Gauge::default(),
             http: Family::default(),
+            leader: Gauge::default(),
             consecutive: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -107,6 +109,11 @@ impl Metrics {
             m.last_publish.clone(),
         );
         registry.register("http_requests", "HTTP requests, by route", m.http.clone());
+        registry.register(
+            "leader",
+            "1 when this replica holds the Lease and runs the controller",
+            m.leader.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -153,6 +160,10 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
     /// Counts an HTTP request.
     pub fn http(&self, route: &str) {

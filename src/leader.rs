@@ -1,0 +1,122 @@
+//! Leader election and shutdown: only the Lease holder runs the controller (and so writes);
+//! every replica serves HTTP. SIGTERM/SIGINT stop the controller after in-flight reconciles,
+//! release the Lease, and end the process.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+
+/// Name of the Lease the replicas compete for.
+pub const LEASE_NAME: &str = "keyturn-leader";
+
+/// Leader-election settings.
+pub struct Election {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// This replica's identity (the Pod name).
+    pub identity: String,
+    /// Lease duration in seconds: a dead holder is replaced within this time.
+    pub duration_secs: u64,
+}
+
+/// A shutdown signal every part of the process can wait on.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Listens for SIGTERM and SIGINT.
+    pub fn on_signals() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+            }
+            let _ = tx.send(true);
+        });
+        Shutdown(rx)
+    }
+
+    /// Resolves once shutdown was requested.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|s| *s).await;
+    }
+
+    /// True once shutdown was requested.
+    pub fn requested(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Runs `controller` while this replica holds the Lease (or always, without an election),
+/// until shutdown. `controller(stop)` must return when `stop` resolves.
+pub async fn run_as_leader<F, Fut>(
+    client: Client,
+    election: Option<Election>,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+    controller: F,
+) -> Result<(), kube_lease_manager::LeaseManagerError>
+where
+    F: Fn(std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(e) = election else {
+        metrics.set_leader(true);
+        controller(Box::pin(shutdown.wait())).await;
+        return Ok(());
+    };
+    let grace = (e.duration_secs / 3).max(1);
+    let manager = LeaseManagerBuilder::new(client, LEASE_NAME)
+        .with_namespace(&e.namespace)
+        .with_identity(&e.identity)
+        .with_duration(e.duration_secs)
+        .with_grace(grace)
+        .with_field_manager(format!("keyturn-lease-{}", e.identity))
+        .build()
+        .await?;
+    let (mut leading, task) = manager.watch().await;
+    info!(lease = LEASE_NAME, namespace = %e.namespace, identity = %e.identity, "waiting for leadership");
+    loop {
+        // Wait until this replica leads, or shutdown.
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => if r.is_err() { break },
+            _ = shutdown.clone().wait() => break,
+        }
+        info!(identity = %e.identity, "acquired leadership; starting the controller");
+        metrics.set_leader(true);
+        let mut lost = leading.clone();
+        let stop_shutdown = shutdown.clone();
+        let stop = Box::pin(async move {
+            tokio::select! {
+                _ = lost.wait_for(|l| !*l) => {},
+                _ = stop_shutdown.wait() => {},
+            }
+        });
+        controller(stop).await;
+        metrics.set_leader(false);
+        if shutdown.requested() {
+            break;
+        }
+        warn!(identity = %e.identity, "lost leadership; the controller stopped, waiting to lead again");
+    }
+    // Dropping the receiver makes the manager release the Lease for the other replica.
+    drop(leading);
+    match tokio::time::timeout(Duration::from_secs(5), task).await {
+        Ok(Ok(Ok(_))) => info!("Lease released"),
+        Ok(Ok(Err(err))) => warn!(error = %err, "could not release the Lease"),
+        Ok(Err(err)) => warn!(error = %err, "lease task failed"),
+        Err(_) => warn!("Lease release timed out; the other replica takes over when it expires"),
+    }
+    Ok(())
+}
