@@ -85,11 +85,14 @@ pub async fn run(
     // JWKS copies live in many namespaces and cannot carry ownerReferences: map them back by label.
     let copies: Api<ConfigMap> = Api::all(client_for_watch.clone());
     let store_ns = store.clone();
+    let scope = opts.namespace.clone();
     controller
         .owns(secrets, owned.clone())
-        .watches(copies, owned, |cm| {
+        .watches(copies, owned, move |cm| {
             let labels = cm.labels();
             match (labels.get(SET_LABEL), labels.get(SOURCE_NAMESPACE_LABEL)) {
+                // Sets outside this controller's scope are another operator's business.
+                (Some(_), Some(ns)) if scope.as_ref().is_some_and(|s| s != ns) => None,
                 (Some(set), Some(ns)) => Some(ObjectRef::new(set).within(ns)),
                 _ => None,
             }

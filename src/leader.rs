@@ -58,6 +58,20 @@ impl Shutdown {
     }
 }
 
+/// How long in-flight reconciles may run after shutdown before the controller is dropped;
+/// well within the Deployment's 30 s termination grace period.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `fut` to completion, but at most [`SHUTDOWN_GRACE`] past a shutdown request.
+async fn bounded(fut: impl Future<Output = ()>, shutdown: Shutdown) {
+    tokio::select! {
+        _ = fut => {}
+        _ = async { shutdown.wait().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            warn!("in-flight work did not finish within the shutdown grace; stopping anyway");
+        }
+    }
+}
+
 /// Runs `controller` while this replica holds the Lease (or always, without an election),
 /// until shutdown. `controller(stop)` must return when `stop` resolves.
 pub async fn run_as_leader<F, Fut>(
@@ -73,7 +87,7 @@ where
 {
     let Some(e) = election else {
         metrics.set_leader(true);
-        controller(Box::pin(shutdown.wait())).await;
+        bounded(controller(Box::pin(shutdown.clone().wait())), shutdown).await;
         return Ok(());
     };
     let grace = (e.duration_secs / 3).max(1);
@@ -93,6 +107,9 @@ where
             r = leading.wait_for(|l| *l) => if r.is_err() { break },
             _ = shutdown.clone().wait() => break,
         }
+        if shutdown.requested() {
+            break;
+        }
         info!(identity = %e.identity, "acquired leadership; starting the controller");
         metrics.set_leader(true);
         let mut lost = leading.clone();
@@ -103,7 +120,7 @@ where
                 _ = stop_shutdown.wait() => {},
             }
         });
-        controller(stop).await;
+        bounded(controller(stop), shutdown.clone()).await;
         metrics.set_leader(false);
         if shutdown.requested() {
             break;

@@ -162,6 +162,7 @@ pub struct Operator {
     extra: Vec<String>,
     /// Loopback port of its HTTP endpoint.
     pub http_port: u16,
+    kubeconfig: PathBuf,
 }
 
 impl Operator {
@@ -184,6 +185,7 @@ impl Operator {
             namespace: namespace.into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             http_port,
+            kubeconfig: kubeconfig_path(),
         };
         op.spawn();
         op
@@ -205,13 +207,75 @@ impl Operator {
             ])
             .args(["--http-addr", &format!("127.0.0.1:{}", self.http_port)])
             .args(&self.extra)
-            .env("KUBECONFIG", kubeconfig_path())
+            .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,keyturn=debug,kube=warn")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .expect("start keyturn");
         self.child = Some(child);
+    }
+
+    /// Starts the operator with its own name (log file), kubeconfig and arguments.
+    pub fn start_as(label: &str, namespace: &str, kubeconfig: PathBuf, extra: &[&str]) -> Operator {
+        let dir = std::env::var("KEYTURN_TEST_LOG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| std::env::temp_dir());
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut op = Operator {
+            child: None,
+            log: dir.join(format!("operator-{namespace}-{label}.log")),
+            namespace: namespace.into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            http_port: free_port(),
+            kubeconfig,
+        };
+        op.spawn();
+        op
+    }
+
+    /// Sends SIGTERM (a graceful stop) and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(st) = c.try_wait().unwrap() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// GETs a path on its HTTP endpoint; `None` when it does not answer.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let status = buf.split(' ').nth(1)?.parse().ok()?;
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// True when its /metrics says it holds the Lease.
+    pub fn is_leader(&self) -> bool {
+        self.http_get("/metrics")
+            .is_some_and(|(_, body)| body.lines().any(|l| l.trim() == "keyturn_leader 1"))
     }
 
     /// SIGKILLs the operator (a crash) and waits for it to die.

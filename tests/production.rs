@@ -1,0 +1,462 @@
+//! Running keyturn in production, checked against the real control plane: the kustomize
+//! base, the restricted Pod Security Standard, least-privilege RBAC with a real ServiceAccount
+//! token, leader election between two processes, and graceful shutdown.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+use keyturn::crd::SigningKeySet;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn create_namespace(client: &Client, name: &str, labels: serde_json::Value) {
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create namespace {name}: {e}"),
+    }
+}
+
+async fn create_set(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
+    let api: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
+    let obj: SigningKeySet = serde_json::from_value(json!({
+        "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+}
+
+fn kid_of(s: &Secret) -> String {
+    String::from_utf8(s.data.as_ref().unwrap()["kid"].0.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn kustomize_base_is_accepted_by_the_api_server() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    // A server-side dry run cannot create the namespace the other objects go into.
+    create_namespace(
+        &client,
+        "keyturn-system",
+        json!({"pod-security.kubernetes.io/enforce": "restricted"}),
+    )
+    .await;
+    let dir = root().join("deploy");
+    let out = common::kubectl(
+        &["apply", "-k", dir.to_str().unwrap(), "--dry-run=server"],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for obj in [
+        "customresourcedefinition.apiextensions.k8s.io/signingkeysets.keyturn.dev",
+        "namespace/keyturn-system",
+        "serviceaccount/keyturn",
+        "clusterrole.rbac.authorization.k8s.io/keyturn",
+        "clusterrolebinding.rbac.authorization.k8s.io/keyturn",
+        "role.rbac.authorization.k8s.io/keyturn-leader-election",
+        "deployment.apps/keyturn",
+        "service/keyturn-jwks",
+        "service/keyturn-metrics",
+        "poddisruptionbudget.policy/keyturn",
+    ] {
+        assert!(stdout.contains(obj), "{obj} missing from:\n{stdout}");
+    }
+    // The examples are valid SigningKeySets too.
+    let ns = common::fresh_namespace(&client, "examples").await;
+    for ex in [
+        "service-tokens-es256.yaml",
+        "oidc-issuer-rs256.yaml",
+        "migrate-rs256-to-es256.yaml",
+    ] {
+        let text = std::fs::read_to_string(root().join("examples").join(ex)).unwrap();
+        let text = text.replace("namespace: default", &format!("namespace: {ns}"));
+        let out = common::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&text));
+        assert!(
+            out.status.success(),
+            "{ex}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn deployment_pods_are_admitted_under_restricted_pod_security() {
+    let client = common::client().await;
+    let ns = common::fresh_namespace(&client, "psa").await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.patch(
+        &ns,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let dep: Deployment = serde_norway::from_str(
+        &std::fs::read_to_string(root().join("deploy/deployment.yaml")).unwrap(),
+    )
+    .unwrap();
+    let template = dep.spec.template;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let pod = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some("keyturn".into()),
+            ..template.metadata.unwrap()
+        },
+        spec: template.spec,
+        ..Default::default()
+    };
+    pods.create(&dry, &pod)
+        .await
+        .expect("the Deployment's Pod is admitted under restricted");
+    // Control: the same Pod without its security context is refused, so enforcement is real.
+    let mut bare = pod.clone();
+    bare.spec.as_mut().unwrap().security_context = None;
+    bare.spec.as_mut().unwrap().containers[0].security_context = None;
+    match pods.create(&dry, &bare).await {
+        Err(kube::Error::Api(e)) => assert!(e.message.contains("restricted"), "{}", e.message),
+        other => panic!("a Pod without a security context was admitted: {other:?}"),
+    }
+}
+
+/// Writes a kubeconfig that authenticates with a ServiceAccount token.
+async fn token_kubeconfig(client: &Client, ns: &str, sa: &str, path: &std::path::Path) {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let tr: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let tr: TokenRequest = sas
+        .create_subresource("token", sa, &PostParams::default(), &tr)
+        .await
+        .expect("TokenRequest");
+    let token = serde_json::to_value(&tr).unwrap()["status"]["token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    let admin = std::fs::read_to_string(common::kubeconfig_path()).unwrap();
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_string();
+    let ca = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority: "))
+        .unwrap()
+        .to_string();
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {server}, certificate-authority: {ca}}}\nusers:\n- name: {sa}\n  user: {{token: {token}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: {sa}}}\ncurrent-context: c\n"
+    );
+    std::fs::write(path, kc).unwrap();
+}
+
+#[tokio::test]
+async fn least_privilege_rbac_is_enough_for_a_full_rotation_with_fan_out() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let home = common::fresh_namespace(&client, "rbac-home").await;
+    let src = common::fresh_namespace(&client, "rbac-src").await;
+    let dst = common::fresh_namespace(&client, "rbac-dst").await;
+    // deploy/rbac.yaml, bound to a ServiceAccount of this test (names made unique so tests
+    // running in parallel do not share a ClusterRole).
+    let sa = format!("keyturn-{home}");
+    let rbac = std::fs::read_to_string(root().join("deploy/rbac.yaml"))
+        .unwrap()
+        .lines()
+        .map(|l| match l.trim() {
+            "name: keyturn" => l.replace("name: keyturn", &format!("name: {sa}")),
+            _ => l.replace("namespace: keyturn-system", &format!("namespace: {home}")),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let out = common::kubectl(&["apply", "-f", "-"], Some(&rbac));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kc = std::env::temp_dir().join(format!("{sa}.kubeconfig"));
+    token_kubeconfig(&client, &home, &sa, &kc).await;
+
+    let mut op = common::Operator::start_as(
+        "rbac",
+        &src,
+        kc,
+        &[
+            "--leader-elect",
+            "--lease-namespace",
+            &home,
+            "--lease-seconds",
+            "10",
+            "--instance",
+            "rbac-0",
+        ],
+    );
+    create_set(&client, &src, "auth", json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [dst]}})).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
+    let first = common::wait_object(
+        &secrets,
+        "auth-signing-key",
+        "first key",
+        Duration::from_secs(60),
+        |o: Option<&Secret>| o.is_some(),
+    )
+    .await
+    .unwrap();
+    let first = kid_of(&first);
+    common::wait_object(
+        &secrets,
+        "auth-signing-key",
+        "a rotation",
+        Duration::from_secs(30),
+        move |o: Option<&Secret>| o.is_some_and(|s| kid_of(s) != first),
+    )
+    .await;
+    let copy: Api<ConfigMap> = Api::namespaced(client.clone(), &dst);
+    assert!(
+        copy.get_opt("auth-jwks").await.unwrap().is_some(),
+        "fan-out copy written"
+    );
+    // Clean-up through the finalizer also works with these rights.
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
+    let uid = sets.get("auth").await.unwrap().metadata.uid.unwrap();
+    sets.delete("auth", &Default::default()).await.unwrap();
+    common::wait_deleted(&sets, "auth", &uid, Duration::from_secs(30)).await;
+    assert!(copy.get_opt("auth-jwks").await.unwrap().is_none());
+    op.assert_running();
+    let log = op.log_text();
+    for bad in ["orbidden", "\"code\":403"] {
+        assert!(
+            !log.contains(bad),
+            "the deploy/ roles lack a permission the code uses: {}",
+            log.lines().find(|l| l.contains(bad)).unwrap()
+        );
+    }
+    assert!(
+        log.contains("acquired leadership"),
+        "ran as leader with the Role's Lease rights"
+    );
+}
+
+const WRITE_LINES: [&str; 3] = [
+    "stored new key",
+    "published JWKS",
+    "signing Secret holds key",
+];
+
+fn writes_in(log: &str) -> usize {
+    log.lines()
+        .filter(|l| WRITE_LINES.iter().any(|w| l.contains(w)))
+        .count()
+}
+
+#[tokio::test]
+async fn two_replicas_one_writer_and_a_takeover_within_the_lease() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "leader").await;
+    let lease_secs = 6;
+    let args = |name: &'static str| -> Vec<String> {
+        [
+            "--leader-elect",
+            "--lease-namespace",
+            &ns,
+            "--lease-seconds",
+            &lease_secs.to_string(),
+            "--instance",
+            name,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a_args = args("replica-a");
+    let b_args = args("replica-b");
+    let mut a = common::Operator::start_as(
+        "a",
+        &ns,
+        common::kubeconfig_path(),
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mut b = common::Operator::start_as(
+        "b",
+        &ns,
+        common::kubeconfig_path(),
+        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    create_set(
+        &client,
+        &ns,
+        "auth",
+        json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}}),
+    )
+    .await;
+
+    // Exactly one leader, and the follower writes nothing.
+    let (mut leader, mut follower) =
+        common::wait_for("one leader", Duration::from_secs(40), || async {
+            match (a.is_leader(), b.is_leader()) {
+                (true, false) => Some((0, 1)),
+                (false, true) => Some((1, 0)),
+                _ => None,
+            }
+        })
+        .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    common::wait_object(
+        &secrets,
+        "auth-signing-key",
+        "first key",
+        Duration::from_secs(30),
+        |o: Option<&Secret>| o.is_some(),
+    )
+    .await;
+    // Watch the signing key over the handover.
+    let mut kids: Vec<(String, Instant)> = vec![];
+    let observe = |kids: &mut Vec<(String, Instant)>, s: &Secret| {
+        let k = kid_of(s);
+        if kids.last().map(|(x, _)| x) != Some(&k) {
+            kids.push((k, Instant::now()));
+        }
+    };
+    let ops = [&mut a, &mut b];
+    let [pa, pb] = ops;
+    let (lead_op, follow_op) = if leader == 0 { (pa, pb) } else { (pb, pa) };
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        observe(&mut kids, &secrets.get("auth-signing-key").await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(writes_in(&follow_op.log_text()), 0, "the follower wrote");
+    assert!(writes_in(&lead_op.log_text()) > 0, "the leader wrote");
+    assert!(!follow_op.is_leader());
+
+    // Kill the leader: the follower takes over within the lease duration (plus its retry).
+    lead_op.kill();
+    let killed = Instant::now();
+    while !follow_op.is_leader() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(lease_secs + 10),
+            "no takeover within {lease_secs}s + 10s"
+        );
+        observe(&mut kids, &secrets.get("auth-signing-key").await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let takeover = killed.elapsed();
+    std::mem::swap(&mut leader, &mut follower);
+    let until = Instant::now() + Duration::from_secs(14);
+    while Instant::now() < until {
+        observe(&mut kids, &secrets.get("auth-signing-key").await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    follow_op.assert_running();
+    // Rotations continued after the takeover, no key signed twice, and none came early
+    // (a duplicate rotation would activate twice within one interval).
+    let distinct: BTreeSet<&String> = kids.iter().map(|(k, _)| k).collect();
+    assert_eq!(distinct.len(), kids.len(), "a key signed twice: {kids:?}");
+    assert!(
+        kids.len() >= 3,
+        "rotations stopped over the handover: {} keys, takeover took {takeover:?}",
+        kids.len()
+    );
+    for w in kids.windows(2).skip(1) {
+        // 100 ms polling on both ends; 6 s interval.
+        assert!(
+            w[1].1 - w[0].1 >= Duration::from_millis(5700),
+            "two rotations {:?} apart",
+            w[1].1 - w[0].1
+        );
+    }
+    let _ = (leader, follower);
+}
+
+#[tokio::test]
+async fn sigterm_finishes_releases_the_lease_and_exits() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "sigterm").await;
+    let args = [
+        "--leader-elect",
+        "--lease-namespace",
+        ns.as_str(),
+        "--lease-seconds",
+        "60",
+        "--instance",
+        "first",
+    ];
+    let mut op = common::Operator::start_as("first", &ns, common::kubeconfig_path(), &args);
+    common::wait_for("leadership", Duration::from_secs(30), || async {
+        op.is_leader().then_some(())
+    })
+    .await;
+    let status = op
+        .terminate(Duration::from_secs(15))
+        .expect("exited within 15 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        op.log_text().contains("Lease released"),
+        "{}",
+        common::tail(&op.log, 20)
+    );
+    let lease = Api::<Lease>::namespaced(client.clone(), &ns)
+        .get(keyturn::leader::LEASE_NAME)
+        .await
+        .unwrap();
+    assert!(
+        serde_json::to_value(&lease).unwrap()["spec"]["holderIdentity"].is_null(),
+        "the Lease still names a holder"
+    );
+    // A new replica leads at once, not after the 60 s lease would have expired.
+    let args2 = [
+        "--leader-elect",
+        "--lease-namespace",
+        ns.as_str(),
+        "--lease-seconds",
+        "60",
+        "--instance",
+        "second",
+    ];
+    let op2 = common::Operator::start_as("second", &ns, common::kubeconfig_path(), &args2);
+    let start = Instant::now();
+    common::wait_for(
+        "the next replica leads",
+        Duration::from_secs(30),
+        || async { op2.is_leader().then_some(()) },
+    )
+    .await;
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
