@@ -7,6 +7,7 @@
 pub mod controller;
 pub mod crd;
 pub mod duration;
+pub mod fault;
 pub mod http;
 pub mod jwks;
 pub mod keys;

@@ -238,7 +238,10 @@ where
                 ..Default::default()
             };
             match api.create(&pp, &desired).await {
-                Ok(o) => Ok(Some(o)),
+                Ok(o) => {
+                    crate::fault::wrote();
+                    Ok(Some(o))
+                }
                 // Someone else's object with this name (not visible to our labelled read).
                 Err(kube::Error::Api(e)) if e.code == 409 && e.reason == "AlreadyExists" => {
                     Err(WriteError::Foreign {
@@ -266,10 +269,12 @@ where
             value["apiVersion"] = K::api_version(&()).as_ref().into();
             value["kind"] = K::kind(&()).as_ref().into();
             let pp = PatchParams::apply(FIELD_MANAGER).force();
-            api.patch(&name, &pp, &Patch::Apply(&value))
+            let o = api
+                .patch(&name, &pp, &Patch::Apply(&value))
                 .await
-                .map(Some)
-                .map_err(api_err)
+                .map_err(api_err)?;
+            crate::fault::wrote();
+            Ok(Some(o))
         }
     }
 }

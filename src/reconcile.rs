@@ -582,6 +582,7 @@ async fn set_finalizer(sks: &SigningKeySet, ctx: &Context, present: bool) -> Res
         &Patch::Merge(&patch),
     )
     .await?;
+    crate::fault::wrote();
     ctx.metrics.write("finalizer");
     Ok(())
 }
@@ -747,6 +748,7 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await?;
+    crate::fault::wrote();
     ctx.metrics.write("status");
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! namespace per test, the CRD, an operator process per test, and event-driven waits.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod invariants;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

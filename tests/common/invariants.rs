@@ -1,0 +1,200 @@
+//! An independent invariant checker: it reads only the objects workloads read (the JWKS
+//! ConfigMap and the signing Secret), never the operator's status, and reports every I1 and
+//! I2 violation, and every token that an independent JWT library fails to verify.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use serde_json::json;
+
+use keyturn::crd::Algorithm;
+
+pub fn jwks_of(cm: &ConfigMap) -> Vec<u8> {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get("jwks.json"))
+        .unwrap_or_else(|| panic!("no jwks.json in ConfigMap {cm:?}"))
+        .as_bytes()
+        .to_vec()
+}
+
+pub fn kids_of(cm: &ConfigMap) -> Vec<String> {
+    keyturn::jwks::kids(&jwks_of(cm)).unwrap()
+}
+
+pub fn secret_str(s: &Secret, key: &str) -> String {
+    String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+pub fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
+    use jsonwebtoken::Algorithm as J;
+    match alg {
+        Algorithm::RS256 => J::RS256,
+        Algorithm::RS384 => J::RS384,
+        Algorithm::RS512 => J::RS512,
+        Algorithm::PS256 => J::PS256,
+        Algorithm::PS384 => J::PS384,
+        Algorithm::PS512 => J::PS512,
+        Algorithm::ES256 => J::ES256,
+        Algorithm::ES384 => J::ES384,
+        Algorithm::EdDSA => J::EdDSA,
+    }
+}
+
+/// Signs a token with the signing Secret's `private.pem`, as an issuer would.
+pub fn sign_with_secret(s: &Secret) -> (String, String) {
+    let alg = Algorithm::parse(&secret_str(s, "alg")).unwrap();
+    let kid = secret_str(s, "kid");
+    let pem = secret_str(s, "private.pem");
+    let key = match alg {
+        a if a.is_rsa() => EncodingKey::from_rsa_pem(pem.as_bytes()),
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem.as_bytes()),
+        _ => EncodingKey::from_ed_pem(pem.as_bytes()),
+    }
+    .expect("issuer can load private.pem");
+    let mut header = Header::new(jwt_alg(alg));
+    header.kid = Some(kid.clone());
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    let token =
+        jsonwebtoken::encode(&header, &json!({"sub": "test", "exp": exp}), &key).expect("sign");
+    (token, kid)
+}
+
+/// Verifies a token against a JWKS document, as a verifier would: find the key by kid.
+pub fn verify_with_jwks(token: &str, jwks: &[u8]) -> Result<(), String> {
+    let set: JwkSet =
+        serde_json::from_slice(jwks).map_err(|e| format!("JWKS does not parse: {e}"))?;
+    let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+    let kid = header.kid.ok_or("token has no kid")?;
+    let jwk = set.find(&kid).ok_or(format!("kid {kid} not in JWKS"))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWK unusable: {e}"))?;
+    let mut v = Validation::new(header.alg);
+    v.set_required_spec_claims(&["exp"]);
+    jsonwebtoken::decode::<serde_json::Value>(token, &key, &v)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// One observed write to a set's ConfigMap or signing Secret, ordered by the etcd revision
+/// the API server gave it (resourceVersion), so that two watch streams need no clock.
+pub enum Seen {
+    Jwks {
+        rv: u64,
+        at: Instant,
+        kids: Vec<String>,
+        bytes: Vec<u8>,
+    },
+    Signer {
+        rv: u64,
+        at: Instant,
+        kid: String,
+        token: String,
+    },
+}
+
+impl Seen {
+    /// The resourceVersion (etcd revision) of the write.
+    pub fn rv(&self) -> u64 {
+        match self {
+            Seen::Jwks { rv, .. } | Seen::Signer { rv, .. } => *rv,
+        }
+    }
+}
+
+/// Watch-delivery jitter of arrival times on loopback. Ordering comes from resourceVersions;
+/// only the durations (prePublish, overlap) are measured with arrival instants, which the
+/// API server's watch cache delivers within milliseconds. 300 ms is 10% of the 3 s prePublish.
+pub const JITTER: Duration = Duration::from_millis(300);
+
+/// Checks I1 and I2 and token verification over one set's observed history.
+pub fn check_history(
+    mut seen: Vec<Seen>,
+    pre: Duration,
+    overlap: Duration,
+) -> (Vec<String>, usize, Vec<String>) {
+    seen.sort_by_key(Seen::rv);
+    let mut v = vec![];
+    let mut published: Vec<String> = vec![];
+    let mut jwks: Vec<u8> = vec![];
+    let mut first_published: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut signer: Option<String> = None;
+    let mut signers: Vec<String> = vec![];
+    let mut stopped: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut tokens: Vec<(String, String)> = vec![];
+    let mut verified = 0;
+    for ev in seen {
+        match ev {
+            Seen::Jwks {
+                at, kids, bytes, ..
+            } => {
+                if let Err(e) = keyturn::jwks::validate(&bytes) {
+                    v.push(format!("JWKS breaks the rules: {e}"));
+                }
+                for k in &kids {
+                    first_published.entry(k.clone()).or_insert(at);
+                }
+                for gone in published.iter().filter(|k| !kids.contains(k)) {
+                    match stopped.get(gone) {
+                        Some(stop) if at + JITTER >= *stop + overlap => {}
+                        Some(stop) => v.push(format!(
+                            "I2: {gone} removed {:?} after it stopped signing",
+                            at - *stop
+                        )),
+                        None => v.push(format!("I2: {gone} removed but it never stopped signing")),
+                    }
+                }
+                if let Some(s) = &signer
+                    && !kids.contains(s)
+                {
+                    v.push(format!("I1: JWKS lost the signer {s}"));
+                }
+                for (token, kid) in &tokens {
+                    if kids.contains(kid)
+                        && let Err(e) = verify_with_jwks(token, &bytes)
+                    {
+                        v.push(format!("token of {kid} fails against a later JWKS: {e}"));
+                    }
+                }
+                published = kids;
+                jwks = bytes;
+            }
+            Seen::Signer { at, kid, token, .. } => {
+                if signer.as_deref() == Some(kid.as_str()) {
+                    continue;
+                }
+                match first_published.get(&kid) {
+                    None => v.push(format!("I1: {kid} signs but was never published before")),
+                    Some(p) if !signers.is_empty() && at + JITTER < *p + pre => {
+                        v.push(format!("I1: {kid} signs {:?} after publication", at - *p))
+                    }
+                    _ => {}
+                }
+                if !published.contains(&kid) {
+                    v.push(format!("I1: {kid} signs but is not in the current JWKS"));
+                }
+                match verify_with_jwks(&token, &jwks) {
+                    Ok(()) => verified += 1,
+                    Err(e) => v.push(format!("token of new signer {kid} fails: {e}")),
+                }
+                if let Some(prev) = signer.replace(kid.clone()) {
+                    stopped.insert(prev, at);
+                }
+                signers.push(kid.clone());
+                tokens.push((token, kid));
+            }
+        }
+    }
+    (v, verified, signers)
+}
+
+pub fn rv_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> u64 {
+    meta.resource_version
+        .as_deref()
+        .unwrap()
+        .parse()
+        .expect("etcd3 resourceVersions are revisions")
+}
