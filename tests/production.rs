@@ -364,6 +364,11 @@ async fn two_replicas_one_writer_and_a_takeover_within_the_lease() {
     assert_eq!(writes_in(&follow_op.log_text()), 0, "the follower wrote");
     assert!(writes_in(&lead_op.log_text()) > 0, "the leader wrote");
     assert!(!follow_op.is_leader());
+    // Both replicas are ready (watch caches synced) and serve the JWKS, leader or not.
+    for op in [&*lead_op, &*follow_op] {
+        assert_eq!(op.http_get("/readyz").map(|r| r.0), Some(200));
+        assert_eq!(op.http_get(&format!("/jwks/{ns}/auth")).map(|r| r.0), Some(200));
+    }
 
     // Kill the leader: the follower takes over within the lease duration (plus its retry).
     lead_op.kill();
