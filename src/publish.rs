@@ -242,13 +242,17 @@ where
                     crate::fault::wrote();
                     Ok(Some(o))
                 }
-                // Someone else's object with this name (not visible to our labelled read).
+                // Created meanwhile: by another keyturn replica (a race to retry) or by
+                // someone else (never touched).
                 Err(kube::Error::Api(e)) if e.code == 409 && e.reason == "AlreadyExists" => {
-                    Err(WriteError::Foreign {
-                        kind,
-                        namespace: desired.namespace().unwrap_or_default(),
-                        name: name.clone(),
-                    })
+                    match api.get_opt(&name).await {
+                        Ok(Some(o)) if owned(o.meta()) => Err(api_err(kube::Error::Api(e))),
+                        _ => Err(WriteError::Foreign {
+                            kind,
+                            namespace: desired.namespace().unwrap_or_default(),
+                            name: name.clone(),
+                        }),
+                    }
                 }
                 Err(e) => Err(api_err(e)),
             }

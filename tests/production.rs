@@ -367,7 +367,10 @@ async fn two_replicas_one_writer_and_a_takeover_within_the_lease() {
     // Both replicas are ready (watch caches synced) and serve the JWKS, leader or not.
     for op in [&*lead_op, &*follow_op] {
         assert_eq!(op.http_get("/readyz").map(|r| r.0), Some(200));
-        assert_eq!(op.http_get(&format!("/jwks/{ns}/auth")).map(|r| r.0), Some(200));
+        assert_eq!(
+            op.http_get(&format!("/jwks/{ns}/auth")).map(|r| r.0),
+            Some(200)
+        );
     }
 
     // Kill the leader: the follower takes over within the lease duration (plus its retry).

@@ -1,0 +1,371 @@
+//! Faults against the real control plane: two replicas racing without leader election,
+//! garbage in keyturn's own Secrets, and a fuzzed stream of specs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use common::invariants::*;
+use keyturn::crd::SigningKeySet;
+
+fn set_obj(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": name}, "spec": spec})
+}
+
+async fn create_set(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: Value,
+) -> Result<SigningKeySet, kube::Error> {
+    let api: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(set_obj(name, spec)).unwrap(),
+    )
+    .await
+}
+
+fn ready_condition(s: &SigningKeySet) -> Option<(String, String, String)> {
+    let c = s
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test]
+async fn two_replicas_without_leader_election_never_break_an_invariant() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "race").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=keyturn");
+    let mut events = futures::stream::select(
+        watcher::watcher(cms, cfg.clone())
+            .map_ok(either::Either::Left)
+            .boxed(),
+        watcher::watcher(secrets, cfg)
+            .map_ok(either::Either::Right)
+            .boxed(),
+    );
+    let mut init = 0;
+    while init < 2 {
+        if let either::Either::Left(watcher::Event::InitDone)
+        | either::Either::Right(watcher::Event::InitDone) = events.next().await.unwrap().unwrap()
+        {
+            init += 1;
+        }
+    }
+    // Both replicas reconcile everything: every write races the other's.
+    let mut a = common::Operator::start_as("a", &ns, common::kubeconfig_path(), &[]);
+    let mut b = common::Operator::start_as("b", &ns, common::kubeconfig_path(), &[]);
+    for (name, alg) in [("one", "ES256"), ("two", "EdDSA")] {
+        create_set(&client, &ns, name, json!({"algorithm": alg, "rotation": {"interval": "5s", "prePublish": "2s", "overlap": "2s"}}))
+            .await
+            .unwrap();
+    }
+    let mut history: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
+    let end = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < end {
+        let Ok(Some(ev)) = tokio::time::timeout(end - Instant::now(), events.next()).await else {
+            break;
+        };
+        let at = Instant::now();
+        match ev.unwrap() {
+            either::Either::Left(watcher::Event::Apply(cm)) => {
+                let set = cm.labels()["keyturn.dev/signing-key-set"].clone();
+                history.entry(set).or_default().push(Seen::Jwks {
+                    rv: rv_of(&cm.metadata),
+                    at,
+                    kids: kids_of(&cm),
+                    bytes: jwks_of(&cm),
+                });
+            }
+            either::Either::Right(watcher::Event::Apply(s))
+                if !s.name_any().ends_with("-keyturn-keys") =>
+            {
+                let set = s.labels()["keyturn.dev/signing-key-set"].clone();
+                let (token, kid) = sign_with_secret(&s);
+                history.entry(set).or_default().push(Seen::Signer {
+                    rv: rv_of(&s.metadata),
+                    at,
+                    kid,
+                    token,
+                });
+            }
+            _ => {}
+        }
+    }
+    a.assert_running();
+    b.assert_running();
+    for name in ["one", "two"] {
+        let (violations, _, signers) = check_history(
+            history.remove(name).unwrap_or_default(),
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        );
+        assert!(violations.is_empty(), "{name}: {violations:#?}");
+        let distinct: std::collections::BTreeSet<_> = signers.iter().collect();
+        assert_eq!(distinct.len(), signers.len(), "{name}: a key signed twice");
+        // 25 s at a 5 s interval: 4–6 keys; a duplicated rotation would show more.
+        assert!(
+            (4..=7).contains(&signers.len()),
+            "{name}: {} keys signed in 25 s",
+            signers.len()
+        );
+    }
+    // Conflicts were met and handled as retries, not as foreign objects.
+    let logs = a.log_text() + &b.log_text();
+    assert!(
+        !logs.contains("ForeignObject"),
+        "a race was mistaken for a foreign object"
+    );
+}
+
+#[tokio::test]
+async fn garbage_in_own_secrets_is_reported_and_no_published_key_vanishes() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "garbage").await;
+    let mut op = common::Operator::start(&ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let other_alg = keyturn::keys::KeyPair::generate(keyturn::crd::Algorithm::ES384, None).unwrap();
+    let other_same_alg =
+        keyturn::keys::KeyPair::generate(keyturn::crd::Algorithm::ES256, None).unwrap();
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "truncated-pem",
+            Box::new(|r: &mut Value| {
+                let pem = r["privatePem"].as_str().unwrap().to_string();
+                r["privatePem"] = json!(pem[..pem.len() / 2]);
+            }),
+        ),
+        (
+            "wrong-key-type",
+            Box::new(move |r: &mut Value| {
+                r["privatePem"] = json!(other_alg.to_pkcs8_pem().as_str())
+            }),
+        ),
+        (
+            "kid-mismatch",
+            Box::new(move |r: &mut Value| {
+                r["privatePem"] = json!(other_same_alg.to_pkcs8_pem().as_str())
+            }),
+        ),
+        (
+            "public-jwk-tampered",
+            Box::new(|r: &mut Value| r["publicJwk"]["x"] = json!("AAAA")),
+        ),
+    ];
+    for (name, _) in &cases {
+        create_set(&client, &ns, name, json!({"algorithm": "ES256", "rotation": {"interval": "8s", "prePublish": "2s", "overlap": "2s"}})).await.unwrap();
+    }
+    for (name, _) in &cases {
+        common::wait_object(
+            &sets,
+            name,
+            "Ready",
+            Duration::from_secs(30),
+            |o: Option<&SigningKeySet>| {
+                o.and_then(ready_condition)
+                    .is_some_and(|(s, _, _)| s == "True")
+            },
+        )
+        .await;
+    }
+    let mut before = BTreeMap::new();
+    for (name, mutate) in &cases {
+        let cm = cms.get(&format!("{name}-jwks")).await.unwrap();
+        before.insert(name.to_string(), kids_of(&cm));
+        let internal = secrets.get(&format!("{name}-keyturn-keys")).await.unwrap();
+        let mut state: Value =
+            serde_json::from_slice(&internal.data.unwrap()["state.json"].0).unwrap();
+        mutate(&mut state["keys"][0]);
+        secrets
+            .patch(
+                &format!("{name}-keyturn-keys"),
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"stringData": {"state.json": serde_json::to_string(&state).unwrap()}}),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    for (name, _) in &cases {
+        let s = common::wait_object(
+            &sets,
+            name,
+            "Ready=False InternalStateCorrupt",
+            Duration::from_secs(30),
+            |o: Option<&SigningKeySet>| {
+                o.and_then(ready_condition)
+                    .is_some_and(|(s, r, _)| s == "False" && r == "InternalStateCorrupt")
+            },
+        )
+        .await
+        .unwrap();
+        let (_, _, msg) = ready_condition(&s).unwrap();
+        assert!(!msg.contains("PRIVATE KEY"), "{name}: {msg}");
+    }
+    // Past a rotation's due time, every key that was published still is.
+    tokio::time::sleep(Duration::from_secs(10)).await; // > interval: a rotation would have removed or added keys
+    for (name, _) in &cases {
+        let cm = cms.get(&format!("{name}-jwks")).await.unwrap();
+        for kid in &before[*name] {
+            assert!(
+                kids_of(&cm).contains(kid),
+                "{name}: published key {kid} vanished"
+            );
+        }
+    }
+    op.assert_running();
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
+#[tokio::test]
+async fn fuzzed_specs_are_accepted_and_reconciled_or_rejected_with_a_message() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "fuzz").await;
+    let mut op = common::Operator::start(&ns);
+    let mut rng = Rng(0x00C0_FFEE_1234);
+    let algs = ["ES256", "ES384", "EdDSA", "RS256", "PS512"];
+    let bad_algs = ["HS256", "", "es256", "RS1024"];
+    let durs = ["1s", "90s", "15m", "1h30m", "720h", "1.5h"];
+    let bad_durs = ["0s", "-1h", "1", "h", "10x", "999999999999h", "", "1h 30m"];
+    let sizes = [Value::Null, Value::Null, json!(2048), json!(3072)];
+    let bad_sizes = [json!(1024), json!(0), json!("big")];
+    let mut accepted = vec![];
+    let mut rejected = 0;
+    let ar = ApiResource::erase::<SigningKeySet>(&());
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    for i in 0..80 {
+        let mut spec = serde_json::Map::new();
+        if !rng.next().is_multiple_of(4) {
+            let alg = if rng.next().is_multiple_of(6) {
+                *rng.pick(&bad_algs)
+            } else {
+                *rng.pick(&algs)
+            };
+            spec.insert("algorithm".into(), json!(alg));
+        }
+        let size = if rng.next().is_multiple_of(6) {
+            rng.pick(&bad_sizes).clone()
+        } else {
+            rng.pick(&sizes).clone()
+        };
+        if !size.is_null() {
+            spec.insert("rsaKeySize".into(), size);
+        }
+        let mut rot = serde_json::Map::new();
+        for f in ["interval", "prePublish", "overlap"] {
+            if !rng.next().is_multiple_of(3) {
+                let d = if rng.next().is_multiple_of(8) {
+                    *rng.pick(&bad_durs)
+                } else {
+                    *rng.pick(&durs)
+                };
+                rot.insert(f.into(), json!(d));
+            }
+        }
+        spec.insert("rotation".into(), Value::Object(rot));
+        match rng.next() % 5 {
+            0 => {
+                spec.insert("revokedKeyIds".into(), json!(["not-a-kid", ""]));
+            }
+            1 => {
+                spec.insert("jwks".into(), json!({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": rng.pick(&["In", "Exists", "Bogus"]), "values": ["x"]}]}}));
+            }
+            2 => {
+                spec.insert(
+                    "secretName".into(),
+                    json!(rng.pick(&["ok-name", "Bad_Name", &format!("f{i}-keyturn-keys")])),
+                );
+            }
+            _ => {}
+        }
+        let name = format!("f{i}");
+        // Untyped, so that values the Rust types cannot even hold reach the API server.
+        let raw: DynamicObject =
+            serde_json::from_value(set_obj(&name, Value::Object(spec.clone()))).unwrap();
+        match dynamic.create(&PostParams::default(), &raw).await {
+            Ok(_) => accepted.push((name, spec)),
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{spec:?}: {e:?}");
+                assert!(
+                    e.message.contains("spec."),
+                    "rejection does not name the field: {}",
+                    e.message
+                );
+                rejected += 1;
+            }
+            Err(e) => panic!("{spec:?}: {e}"),
+        }
+    }
+    eprintln!(
+        "fuzz: {rejected} rejected by the API server, {} accepted",
+        accepted.len()
+    );
+    assert!(
+        rejected > 5 && accepted.len() > 5,
+        "fuzzing too narrow: {rejected} rejected, {} accepted",
+        accepted.len()
+    );
+    // Every accepted one ends up with a Ready condition: True, or False with a reason and message.
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let start = Instant::now();
+    for (name, spec) in &accepted {
+        let left = Duration::from_secs(120)
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_secs(5));
+        let s = common::wait_object(
+            &sets,
+            name,
+            &format!("{name} {spec:?} reconciled"),
+            left,
+            |o: Option<&SigningKeySet>| {
+                o.and_then(ready_condition)
+                    .is_some_and(|(s, r, _)| s == "True" || (s == "False" && r != "NoActiveKey"))
+            },
+        )
+        .await
+        .unwrap();
+        let (status, reason, message) = ready_condition(&s).unwrap();
+        if status == "False" {
+            assert!(
+                !reason.is_empty() && !message.is_empty(),
+                "{name}: {reason}: {message}"
+            );
+        }
+    }
+    op.assert_running();
+    assert!(!op.log_text().contains("panicked"));
+}
