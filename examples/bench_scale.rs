@@ -1,0 +1,296 @@
+//! Benchmark helper for `hack/bench` (issue 6). Subcommands:
+//!
+//! - `keygen`: median time per key for each algorithm and size, next to `openssl genpkey`
+//!   for the same key on the same machine (openssl's figure includes starting a process).
+//! - `baseline N`: a plain client making the minimal writes of N sets (signing Secret,
+//!   internal Secret, ConfigMap, status) with real ES256 keys, 16 at a time; prints seconds.
+//! - `converge N`: creates N ES256 SigningKeySets at once in `bench-kt` and prints the
+//!   seconds until all are Ready (keyturn must be running).
+//! - `lag N`: N rotations of one set (interval 1s, prePublish 500ms); for each, the delay from
+//!   the scheduled publication instant to the new JWKS in the API server; prints p50/p99.
+//! - `noise N`: N unrelated 10 KiB Secrets in `bench-noise`.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+
+use keyturn::crd::{Algorithm, SigningKeySet};
+use keyturn::keys::KeyPair;
+
+const CONCURRENCY: usize = 16;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn pct(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn ensure_ns(client: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    let _ = Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await;
+}
+
+/// (label, algorithm, RSA bits, samples, `openssl genpkey` arguments)
+type KeygenCase = (
+    &'static str,
+    Algorithm,
+    Option<u32>,
+    usize,
+    &'static [&'static str],
+);
+
+fn keygen() {
+    println!("| key | keyturn median | openssl genpkey median (incl. process start) |");
+    println!("|---|---|---|");
+    let cases: [KeygenCase; 6] = [
+        (
+            "ES256 (P-256)",
+            Algorithm::ES256,
+            None,
+            200,
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
+        (
+            "ES384 (P-384)",
+            Algorithm::ES384,
+            None,
+            200,
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        ),
+        (
+            "EdDSA (Ed25519)",
+            Algorithm::EdDSA,
+            None,
+            200,
+            &["-algorithm", "ED25519"],
+        ),
+        (
+            "RSA 2048",
+            Algorithm::RS256,
+            Some(2048),
+            21,
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        ),
+        (
+            "RSA 3072",
+            Algorithm::RS256,
+            Some(3072),
+            11,
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"],
+        ),
+        (
+            "RSA 4096",
+            Algorithm::RS256,
+            Some(4096),
+            7,
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"],
+        ),
+    ];
+    for (label, alg, bits, n, ossl) in cases {
+        let ours: Vec<Duration> = (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                let k = KeyPair::generate(alg, bits).unwrap();
+                let _pem = k.to_pkcs8_pem();
+                t.elapsed()
+            })
+            .collect();
+        let theirs: Vec<Duration> = (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                let out = std::process::Command::new("openssl")
+                    .arg("genpkey")
+                    .args(ossl)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                t.elapsed()
+            })
+            .collect();
+        println!(
+            "| {label} | {:.2} ms | {:.2} ms |",
+            median(ours).as_secs_f64() * 1e3,
+            median(theirs).as_secs_f64() * 1e3
+        );
+    }
+}
+
+async fn baseline(client: Client, n: usize) {
+    ensure_ns(&client, "bench-plain").await;
+    let start = Instant::now();
+    futures::stream::iter(0..n)
+        .for_each_concurrent(CONCURRENCY, |i| {
+            let client = client.clone();
+            async move {
+                let name = format!("p{i:05}");
+                let kp = tokio::task::spawn_blocking(|| KeyPair::generate(Algorithm::ES256, None).unwrap()).await.unwrap();
+                let secrets: Api<Secret> = Api::namespaced(client.clone(), "bench-plain");
+                let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "bench-plain");
+                let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), "bench-plain");
+                let pp = PostParams::default();
+                let set: SigningKeySet = serde_json::from_value(json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": name}, "spec": {}})).unwrap();
+                sets.create(&pp, &set).await.unwrap();
+                let sec = |n: String, k: &str, v: String| -> Secret {
+                    serde_json::from_value(json!({"metadata": {"name": n}, "stringData": {k: v}})).unwrap()
+                };
+                secrets.create(&pp, &sec(format!("{name}-signing-key"), "private.pem", kp.to_pkcs8_pem().to_string())).await.unwrap();
+                secrets.create(&pp, &sec(format!("{name}-keyturn-keys"), "state.json", kp.to_pkcs8_pem().to_string())).await.unwrap();
+                let jwks = String::from_utf8(keyturn::jwks::to_bytes(&[kp.public_jwk()])).unwrap();
+                let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("{name}-jwks")}, "data": {"jwks.json": jwks}})).unwrap();
+                cms.create(&pp, &cm).await.unwrap();
+                let status = json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "status": {"activeKeyId": kp.kid(), "conditions": [{"type": "Ready", "status": "True", "reason": "KeysPublished", "message": "plain", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+                sets.patch_status(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&status)).await.unwrap();
+            }
+        })
+        .await;
+    println!("baseline_seconds={:.2}", start.elapsed().as_secs_f64());
+}
+
+async fn converge(client: Client, n: usize) {
+    ensure_ns(&client, "bench-kt").await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), "bench-kt");
+    let start = Instant::now();
+    futures::stream::iter(0..n)
+        .for_each_concurrent(CONCURRENCY, |i| {
+            let sets = sets.clone();
+            async move {
+                let set: SigningKeySet = serde_json::from_value(json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": format!("k{i:05}")}, "spec": {}})).unwrap();
+                sets.create(&PostParams::default(), &set).await.unwrap();
+            }
+        })
+        .await;
+    loop {
+        let ready = sets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|s| {
+                s.status.as_ref().is_some_and(|st| {
+                    st.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        if ready == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("converge_seconds={:.2}", start.elapsed().as_secs_f64());
+}
+
+async fn noise(client: Client, n: usize) {
+    ensure_ns(&client, "bench-noise").await;
+    let secrets: Api<Secret> = Api::namespaced(client, "bench-noise");
+    let blob = "x".repeat(10 * 1024);
+    futures::stream::iter(0..n)
+        .for_each_concurrent(CONCURRENCY, |i| {
+            let secrets = secrets.clone();
+            let blob = blob.clone();
+            async move {
+                let s: Secret = serde_json::from_value(json!({"metadata": {"name": format!("noise-{i:05}")}, "stringData": {"blob": blob}})).unwrap();
+                let _ = secrets.create(&PostParams::default(), &s).await;
+            }
+        })
+        .await;
+    println!("noise_secrets={n}");
+}
+
+async fn lag(client: Client, n: usize) {
+    ensure_ns(&client, "bench-lag").await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), "bench-lag");
+    let set: SigningKeySet = serde_json::from_value(json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": "lag"},
+        "spec": {"rotation": {"interval": "1s", "prePublish": "500ms", "overlap": "500ms"}}}))
+    .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "bench-lag");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "bench-lag");
+    let mut stream = watcher::watcher(
+        cms,
+        watcher::Config::default().labels("keyturn.dev/signing-key-set=lag"),
+    )
+    .boxed();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let mut seen: std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>> =
+        Default::default();
+    let mut lags = vec![];
+    while lags.len() < n {
+        let Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) =
+            stream.next().await
+        else {
+            continue;
+        };
+        let now = chrono::Utc::now();
+        let kids = keyturn::jwks::kids(cm.data.as_ref().unwrap()["jwks.json"].as_bytes()).unwrap();
+        let new: Vec<String> = kids
+            .iter()
+            .filter(|k| !seen.contains_key(*k))
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            continue;
+        }
+        for k in &new {
+            seen.insert(k.clone(), now);
+        }
+        // The scheduled instant: the previous key's activation + interval − prePublish, from
+        // the operator's full-precision state.
+        let internal = secrets.get("lag-keyturn-keys").await.unwrap();
+        let state: serde_json::Value =
+            serde_json::from_slice(&internal.data.unwrap()["state.json"].0).unwrap();
+        let keys = state["keys"].as_array().unwrap();
+        for k in &new {
+            let Some(rec) = keys.iter().find(|r| r["kid"] == k.as_str()) else {
+                continue;
+            };
+            let created: chrono::DateTime<chrono::Utc> =
+                rec["createdAt"].as_str().unwrap().parse().unwrap();
+            // Previous key = the one active when this one was created.
+            let prev = keys
+                .iter()
+                .filter_map(|r| {
+                    r["activatedAt"]
+                        .as_str()
+                        .map(|a| a.parse::<chrono::DateTime<chrono::Utc>>().unwrap())
+                })
+                .filter(|a| *a <= created)
+                .max();
+            if let Some(prev) = prev {
+                let scheduled = prev + chrono::Duration::milliseconds(500);
+                lags.push((now - scheduled).num_microseconds().unwrap() as f64 / 1e3);
+            }
+        }
+    }
+    println!("lag_rotations={}", lags.len());
+    println!("lag_p50_ms={:.1}", pct(lags.clone(), 0.5));
+    println!("lag_p99_ms={:.1}", pct(lags.clone(), 0.99));
+    println!("lag_max_ms={:.1}", pct(lags, 1.0));
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    match args.get(1).map(String::as_str) {
+        Some("keygen") => keygen(),
+        Some("baseline") => baseline(Client::try_default().await?, n).await,
+        Some("converge") => converge(Client::try_default().await?, n).await,
+        Some("noise") => noise(Client::try_default().await?, n).await,
+        Some("lag") => lag(Client::try_default().await?, n).await,
+        _ => anyhow::bail!("usage: bench_scale keygen|baseline N|converge N|noise N|lag N"),
+    }
+    Ok(())
+}
