@@ -17,6 +17,7 @@ pub mod plan;
 pub mod publish;
 pub mod reconcile;
 pub mod state;
+pub mod view;
 
 /// The SigningKeySet CRD as YAML, exactly as `crds/signingkeyset.yaml` holds it.
 pub fn crd_yaml() -> String {

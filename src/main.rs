@@ -30,6 +30,14 @@ enum Command {
     Run(RunArgs),
     /// Print the SigningKeySet CustomResourceDefinition as YAML.
     Crd,
+    /// Show one SigningKeySet: each key's state and its timeline relative to now.
+    Status {
+        /// The set, as NAMESPACE/NAME.
+        target: String,
+        /// Output format.
+        #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -114,6 +122,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => {
             print!("{}", keyturn::crd_yaml());
+            Ok(())
+        }
+        Command::Status { target, output } => {
+            let (ns, name) = target
+                .split_once('/')
+                .filter(|(n, m)| !n.is_empty() && !m.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("expected NAMESPACE/NAME, got {target:?}"))?;
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?;
+            let api: kube::Api<keyturn::crd::SigningKeySet> = kube::Api::namespaced(client, ns);
+            let set = api
+                .get_opt(name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("SigningKeySet {ns}/{name} not found"))?;
+            let now = chrono::Utc::now();
+            if output == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&keyturn::view::render_json(&set, now))?
+                );
+            } else {
+                print!("{}", keyturn::view::render_text(&set, now));
+            }
             Ok(())
         }
         Command::Run(a) => {

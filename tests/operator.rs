@@ -861,3 +861,46 @@ async fn a_deleted_internal_secret_never_replaces_published_keys() {
     );
     op.assert_running();
 }
+
+#[tokio::test]
+async fn keyturn_status_shows_each_key_and_its_timeline() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "view").await;
+    let _op = common::Operator::start(&ns);
+    create_set(
+        &client,
+        &ns,
+        "auth",
+        json!({"rotation": {"interval": "1h", "prePublish": "10m", "overlap": "1h"}}),
+    )
+    .await;
+    let s = wait_ready(&client, &ns, "auth").await;
+    let active = s.status.unwrap().active_key_id.unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyturn"))
+            .args(args)
+            .env("KUBECONFIG", common::kubeconfig_path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["status", &format!("{ns}/auth")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("Ready=True") && text.contains("Active") && text.contains(&active[..13]),
+        "{text}"
+    );
+    assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+    let out = run(&["status", &format!("{ns}/auth"), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["activeKeyId"], active.as_str());
+    assert_eq!(v["keys"][0]["state"], "Active");
+    let missing = run(&["status", &format!("{ns}/nope")]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+}
