@@ -49,3 +49,9 @@ export KEYTURN_TEST_VERIFIERS="$ROOT/.test-deps/verifiers"
 
 step "integration tests (real kube-apiserver + etcd + kube-controller-manager)"
 cargo test --test '*' -- --test-threads 4
+
+step "demo: hack/demo.sh shows two rotations (fast schedule)"
+KEYTURN_DEMO_INTERVAL=15s KEYTURN_DEMO_PREPUBLISH=5s KEYTURN_DEMO_OVERLAP=5s KEYTURN_DEMO_ROTATIONS=2 \
+  timeout 600 "$ROOT/hack/demo.sh" >"$PLANE/demo.log" 2>&1 || { tail -n 40 "$PLANE/demo.log"; exit 1; }
+grep -a -q "rotation 2:" "$PLANE/demo.log"
+echo "demo: saw 2 rotations"

@@ -86,25 +86,35 @@ pub fn render_text(set: &SigningKeySet, now: DateTime<Utc>) -> String {
         out.push_str(&format!("next rotation {}\n", relative(next, now)));
     }
     out.push('\n');
-    out.push_str(&format!(
-        "{:<15} {:<7} {:<10} {:<10} {:<10} {:<10}\n",
-        "KID", "STATE", "PUBLISHED", "ACTIVATED", "RETIRED", "REMOVED"
-    ));
+    let row = |cells: [&str; 6]| {
+        let line = format!(
+            "{:<15} {:<7} {:<10} {:<10} {:<10} {:<10}",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
+        );
+        format!("{}\n", line.trim_end())
+    };
+    out.push_str(&row([
+        "KID",
+        "STATE",
+        "PUBLISHED",
+        "ACTIVATED",
+        "RETIRED",
+        "REMOVED",
+    ]));
     for k in &status.keys {
-        let col = |t: &Option<String>, future_ok: bool| match parse(t) {
-            Some(t) if future_ok || t <= now => relative(t, now),
-            Some(t) => relative(t, now),
-            None => "-".into(),
+        let col = |t: &Option<String>| {
+            parse(t)
+                .map(|t| relative(t, now))
+                .unwrap_or_else(|| "-".into())
         };
-        out.push_str(&format!(
-            "{:<15} {:<7} {:<10} {:<10} {:<10} {:<10}\n",
-            short(&k.kid),
-            k.state,
-            col(&k.published_at, false),
-            col(&k.activated_at, false),
-            col(&k.retired_at, false),
-            col(&k.remove_at, true),
-        ));
+        out.push_str(&row([
+            &short(&k.kid),
+            &k.state,
+            &col(&k.published_at),
+            &col(&k.activated_at),
+            &col(&k.retired_at),
+            &col(&k.remove_at),
+        ]));
     }
     if status.keys.is_empty() {
         out.push_str("(no keys yet)\n");
