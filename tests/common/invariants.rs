@@ -126,13 +126,36 @@ pub fn check_history(
     let mut stopped: BTreeMap<String, Instant> = BTreeMap::new();
     let mut tokens: Vec<(String, String)> = vec![];
     let mut verified = 0;
+    let t0 = seen
+        .iter()
+        .map(|e| match e {
+            Seen::Jwks { at, .. } | Seen::Signer { at, .. } => *at,
+        })
+        .min();
+    let mut timeline: Vec<String> = vec![];
     for ev in seen {
+        let before = v.len();
+        let line = match &ev {
+            Seen::Jwks { rv, at, kids, .. } => format!(
+                "  +{:.3}s rv {rv}: JWKS [{}]",
+                (*at - t0.unwrap()).as_secs_f64(),
+                kids.iter().map(|k| &k[..8]).collect::<Vec<_>>().join(", ")
+            ),
+            Seen::Signer { rv, at, kid, .. } => {
+                format!(
+                    "  +{:.3}s rv {rv}: signer {}",
+                    (*at - t0.unwrap()).as_secs_f64(),
+                    &kid[..8]
+                )
+            }
+        };
+        timeline.push(line);
         match ev {
             Seen::Jwks {
                 at, kids, bytes, ..
             } => {
                 if let Err(e) = keyturn::jwks::validate(&bytes) {
-                    v.push(format!("JWKS breaks the rules: {e}"));
+                    v.push(format!("I3/JWKS rules: {e}"));
                 }
                 for k in &kids {
                     first_published.entry(k.clone()).or_insert(at);
@@ -186,6 +209,11 @@ pub fn check_history(
                 signers.push(kid.clone());
                 tokens.push((token, kid));
             }
+        }
+        // Each violation carries the timeline around it.
+        for msg in v.iter_mut().skip(before) {
+            let from = timeline.len().saturating_sub(6);
+            msg.push_str(&format!("\n{}", timeline[from..].join("\n")));
         }
     }
     (v, verified, signers)
