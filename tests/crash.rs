@@ -49,11 +49,21 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
     let overlap = Duration::from_secs(3);
 
     // The observer: every write to the sets' ConfigMaps and signing Secrets, by revision.
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    // Every JWKS copy (the set's namespace and a fan-out namespace) and every signing Secret.
+    let copy_ns = format!("{ns}-copy");
+    let copy_obj: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": copy_ns}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &copy_obj)
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=keyturn");
+    let copies_cfg =
+        watcher::Config::default().labels(&format!("keyturn.dev/source-namespace={ns}"));
     let mut events = futures::stream::select(
-        watcher::watcher(cms, cfg.clone())
+        watcher::watcher(cms, copies_cfg)
             .map_ok(either::Either::Left)
             .boxed(),
         watcher::watcher(secrets.clone(), cfg)
@@ -68,7 +78,7 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
             init += 1;
         }
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Seen)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Option<String>, Seen)>();
     let observer = tokio::spawn(async move {
         while let Some(ev) = events.next().await {
             let at = Instant::now();
@@ -81,7 +91,7 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
                         kids: kids_of(&cm),
                         bytes: jwks_of(&cm),
                     };
-                    let _ = tx.send((set, seen));
+                    let _ = tx.send((set, cm.namespace(), seen));
                 }
                 Ok(either::Either::Right(watcher::Event::Apply(s)))
                     if !s.name_any().ends_with("-keyturn-keys") =>
@@ -90,6 +100,7 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
                     let (token, kid) = sign_with_secret(&s);
                     let _ = tx.send((
                         set,
+                        None,
                         Seen::Signer {
                             rv: rv_of(&s.metadata),
                             at,
@@ -104,7 +115,7 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
     });
 
     for (name, alg) in [("es", "ES256"), ("ed", "EdDSA"), ("rs", "RS256")] {
-        create_set(&client, &ns, name, json!({"algorithm": alg, "rotation": {"interval": "5s", "prePublish": "2s", "overlap": "3s"}})).await;
+        create_set(&client, &ns, name, json!({"algorithm": alg, "rotation": {"interval": "5s", "prePublish": "2s", "overlap": "3s"}, "jwks": {"namespaces": [copy_ns]}})).await;
     }
     let kubeconfig = common::kubeconfig_path();
     let log_dir = std::env::var("KEYTURN_TEST_LOG_DIR")
@@ -174,9 +185,13 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
     tokio::time::sleep(Duration::from_secs(12)).await; // two more rotations under observation
     op.assert_running();
     observer.abort();
-    let mut history: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
-    while let Ok((set, seen)) = rx.try_recv() {
-        history.entry(set).or_default().push(seen);
+    let mut signer_events: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
+    let mut copy_events: BTreeMap<(String, String), Vec<Seen>> = BTreeMap::new();
+    while let Ok((set, copy, seen)) = rx.try_recv() {
+        match copy {
+            None => signer_events.entry(set).or_default().push(seen),
+            Some(c) => copy_events.entry((set, c)).or_default().push(seen),
+        }
     }
     assert!(
         injected >= 20 && killed >= 20,
@@ -187,17 +202,24 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
     assert!(aborts >= 20, "the write hook fired only {aborts} times");
     assert!(!log_text.contains("panicked"), "the operator panicked");
     for name in ["es", "ed", "rs"] {
-        let seen = history.remove(name).unwrap_or_default();
-        let (violations, verified, signers) = check_history(seen, pre, overlap);
-        assert!(
-            violations.is_empty(),
-            "{name} after {injected} injected and {killed} SIGKILL crashes in {crash_phase:?}: {violations:#?}"
-        );
-        assert!(
-            signers.len() >= 5,
-            "{name}: only {} keys signed; rotations did not go on through the crashes",
-            signers.len()
-        );
-        assert!(verified >= signers.len());
+        // I1 and I2 must hold in every copy: check each copy's JWKS history against the signer.
+        for copy in [ns.as_str(), copy_ns.as_str()] {
+            let mut seen = copy_events
+                .remove(&(name.to_string(), copy.to_string()))
+                .unwrap_or_default();
+            assert!(!seen.is_empty(), "{name}: no JWKS seen in {copy}");
+            seen.extend(signer_events.get(name).cloned().unwrap_or_default());
+            let (violations, verified, signers) = check_history(seen, pre, overlap);
+            assert!(
+                violations.is_empty(),
+                "{name} in {copy} after {injected} injected and {killed} SIGKILL crashes in {crash_phase:?}: {violations:#?}"
+            );
+            assert!(
+                signers.len() >= 5,
+                "{name}: only {} keys signed; rotations did not go on through the crashes",
+                signers.len()
+            );
+            assert!(verified >= signers.len());
+        }
     }
 }

@@ -81,6 +81,7 @@ pub fn verify_with_jwks(token: &str, jwks: &[u8]) -> Result<(), String> {
 
 /// One observed write to a set's ConfigMap or signing Secret, ordered by the etcd revision
 /// the API server gave it (resourceVersion), so that two watch streams need no clock.
+#[derive(Clone)]
 pub enum Seen {
     Jwks {
         rv: u64,
