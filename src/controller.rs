@@ -34,12 +34,21 @@ pub enum StartError {
     NoCrd(#[source] kube::Error),
 }
 
-/// Fails with a clear message when the CRD is not installed or the API is unreachable.
-pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), StartError> {
-    let sets: Api<SigningKeySet> = match namespace {
+/// An API for `K` in one namespace, or in every namespace.
+pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
-    };
+    }
+}
+
+/// Fails with a clear message when the CRD is not installed or the API is unreachable.
+/// Called once at start-up, before any replica competes for leadership.
+pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), StartError> {
+    let sets: Api<SigningKeySet> = scoped(client, namespace);
     sets.list(&ListParams::default().limit(1))
         .await
         .map_err(StartError::NoCrd)?;
@@ -53,18 +62,9 @@ pub async fn run(
     clock: Clock,
     metrics: Arc<Metrics>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), StartError> {
-    let sets: Api<SigningKeySet> = match &opts.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    sets.list(&ListParams::default().limit(1))
-        .await
-        .map_err(StartError::NoCrd)?;
-    let secrets: Api<Secret> = match &opts.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+) {
+    let sets: Api<SigningKeySet> = scoped(&client, opts.namespace.as_deref());
+    let secrets: Api<Secret> = scoped(&client, opts.namespace.as_deref());
     // Only keyturn's own objects are watched: never every Secret of the cluster.
     let owned =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
@@ -124,5 +124,4 @@ pub async fn run(
         })
         .await;
     info!("keyturn controller stopped");
-    Ok(())
 }

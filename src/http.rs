@@ -35,7 +35,7 @@ pub const JWKS_CONTENT_TYPE: &str = "application/jwk-set+json";
 
 /// What the handlers read.
 #[derive(Clone)]
-pub struct AppState {
+struct AppState {
     sets: Store<SigningKeySet>,
     cms: Store<ConfigMap>,
     metrics: Arc<Metrics>,
@@ -52,13 +52,8 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     public_url: Option<String>,
 ) -> std::io::Result<()> {
-    let (sets_api, cms_api): (Api<SigningKeySet>, Api<ConfigMap>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
+    let sets_api: Api<SigningKeySet> = crate::controller::scoped(&client, namespace.as_deref());
+    let cms_api: Api<ConfigMap> = crate::controller::scoped(&client, namespace.as_deref());
     let (sets, sets_writer) = reflector::store();
     let (cms, cms_writer) = reflector::store();
     let owned =
@@ -95,8 +90,8 @@ pub async fn serve(
         .await
 }
 
-/// The routes, for tests that bring their own stores.
-pub fn router(state: AppState) -> Router {
+/// The routes over the given state.
+fn router(state: AppState) -> Router {
     Router::new()
         .route("/jwks/{namespace}/{name}", get(jwks))
         .route(

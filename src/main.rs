@@ -185,11 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     let clock: keyturn::reconcile::Clock = Arc::new(chrono::Utc::now);
                     let (m, c) = (m.clone(), c.clone());
-                    async move {
-                        if let Err(e) = keyturn::controller::run(c, opts, clock, m, stop).await {
-                            tracing::error!(error = %e, "controller stopped");
-                        }
-                    }
+                    keyturn::controller::run(c, opts, clock, m, stop)
                 });
             let (h, l) = tokio::join!(http, controller);
             h.context("serving HTTP")?;

@@ -51,9 +51,6 @@ pub enum Error {
     /// Key generation failed.
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
-    /// The JWKS could not be written to every selected namespace.
-    #[error("JWKS not published everywhere: {0}")]
-    Publish(String),
     /// The object has no namespace or uid (not read from the API server).
     #[error("SigningKeySet has no {0}")]
     Incomplete(&'static str),
@@ -68,7 +65,6 @@ impl Error {
             Error::Kube(_) => "ApiError",
             Error::Key(_) => "KeyGenerationFailed",
             Error::Incomplete(_) => "Incomplete",
-            Error::Publish(_) => "PublishFailed",
         }
     }
 }
