@@ -10,35 +10,14 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use common::invariants::*;
 use keyturn::crd::SigningKeySet;
-
-/// A small deterministic PRNG (xorshift) so a failing run can be replayed by its seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-async fn create_set(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
-    let api: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
-    let obj: SigningKeySet = serde_json::from_value(json!({
-        "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": name}, "spec": spec
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
-}
 
 #[tokio::test]
 async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
@@ -59,70 +38,25 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
         .unwrap();
     let cms: Api<ConfigMap> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=keyturn");
     let copies_cfg =
         watcher::Config::default().labels(&format!("keyturn.dev/source-namespace={ns}"));
-    let mut events = futures::stream::select(
-        watcher::watcher(cms, copies_cfg)
-            .map_ok(either::Either::Left)
-            .boxed(),
-        watcher::watcher(secrets.clone(), cfg)
-            .map_ok(either::Either::Right)
-            .boxed(),
-    );
-    let mut init = 0;
-    while init < 2 {
-        if let either::Either::Left(watcher::Event::InitDone)
-        | either::Either::Right(watcher::Event::InitDone) = events.next().await.unwrap().unwrap()
-        {
-            init += 1;
-        }
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Option<String>, Seen)>();
+    let mut observed = observe(cms, copies_cfg, secrets.clone()).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Observation>();
     let observer = tokio::spawn(async move {
-        while let Some(ev) = events.next().await {
-            let at = Instant::now();
-            match ev {
-                Ok(either::Either::Left(watcher::Event::Apply(cm))) => {
-                    let set = cm.labels()["keyturn.dev/signing-key-set"].clone();
-                    let seen = Seen::Jwks {
-                        rv: rv_of(&cm.metadata),
-                        at,
-                        kids: kids_of(&cm),
-                        bytes: jwks_of(&cm),
-                    };
-                    let _ = tx.send((set, cm.namespace(), seen));
-                }
-                Ok(either::Either::Right(watcher::Event::Apply(s)))
-                    if !s.name_any().ends_with("-keyturn-keys") =>
-                {
-                    let set = s.labels()["keyturn.dev/signing-key-set"].clone();
-                    let (token, kid) = sign_with_secret(&s);
-                    let _ = tx.send((
-                        set,
-                        None,
-                        Seen::Signer {
-                            rv: rv_of(&s.metadata),
-                            at,
-                            kid,
-                            token,
-                        },
-                    ));
-                }
-                _ => {}
-            }
+        while let Some(o) = observed.next().await {
+            let _ = tx.send(o);
         }
     });
 
     for (name, alg) in [("es", "ES256"), ("ed", "EdDSA"), ("rs", "RS256")] {
-        create_set(&client, &ns, name, json!({"algorithm": alg, "rotation": {"interval": "5s", "prePublish": "2s", "overlap": "3s"}, "jwks": {"namespaces": [copy_ns]}})).await;
+        common::create_set(&client, &ns, name, json!({"algorithm": alg, "rotation": {"interval": "5s", "prePublish": "2s", "overlap": "3s"}, "jwks": {"namespaces": [copy_ns]}})).await;
     }
     let kubeconfig = common::kubeconfig_path();
     let log_dir = std::env::var("KEYTURN_TEST_LOG_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());
     let log = log_dir.join(format!("operator-{ns}-crash.log"));
-    let mut rng = Rng(0x005E_ED0F_C4A5);
+    let mut rng = common::Rng(0x005E_ED0F_C4A5);
     let (mut injected, mut killed) = (0, 0);
     let start = Instant::now();
     for _ in 0..100 {

@@ -6,33 +6,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use common::invariants::*;
 use keyturn::crd::SigningKeySet;
-
-fn set_obj(name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": name}, "spec": spec})
-}
-
-async fn create_set(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    spec: Value,
-) -> Result<SigningKeySet, kube::Error> {
-    let api: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(set_obj(name, spec)).unwrap(),
-    )
-    .await
-}
 
 fn ready_condition(s: &SigningKeySet) -> Option<(String, String, String)> {
     let c = s
@@ -52,61 +33,24 @@ async fn two_replicas_without_leader_election_never_break_an_invariant() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=keyturn");
-    let mut events = futures::stream::select(
-        watcher::watcher(cms, cfg.clone())
-            .map_ok(either::Either::Left)
-            .boxed(),
-        watcher::watcher(secrets, cfg)
-            .map_ok(either::Either::Right)
-            .boxed(),
-    );
-    let mut init = 0;
-    while init < 2 {
-        if let either::Either::Left(watcher::Event::InitDone)
-        | either::Either::Right(watcher::Event::InitDone) = events.next().await.unwrap().unwrap()
-        {
-            init += 1;
-        }
-    }
+    let mut observed = observe(cms, cfg, secrets).await;
     // Both replicas reconcile everything: every write races the other's.
     let mut a = common::Operator::start_as("a", &ns, common::kubeconfig_path(), &[]);
     let mut b = common::Operator::start_as("b", &ns, common::kubeconfig_path(), &[]);
     for (name, alg) in [("one", "ES256"), ("two", "EdDSA")] {
-        create_set(&client, &ns, name, json!({"algorithm": alg, "rotation": {"interval": "5s", "prePublish": "2s", "overlap": "2s"}}))
+        common::try_create_set(&client, &ns, name, json!({"algorithm": alg, "rotation": {"interval": "5s", "prePublish": "2s", "overlap": "2s"}}))
             .await
             .unwrap();
     }
     let mut history: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
     let end = Instant::now() + Duration::from_secs(25);
     while Instant::now() < end {
-        let Ok(Some(ev)) = tokio::time::timeout(end - Instant::now(), events.next()).await else {
+        let Ok(Some((set, _, seen))) =
+            tokio::time::timeout(end - Instant::now(), observed.next()).await
+        else {
             break;
         };
-        let at = Instant::now();
-        match ev.unwrap() {
-            either::Either::Left(watcher::Event::Apply(cm)) => {
-                let set = cm.labels()["keyturn.dev/signing-key-set"].clone();
-                history.entry(set).or_default().push(Seen::Jwks {
-                    rv: rv_of(&cm.metadata),
-                    at,
-                    kids: kids_of(&cm),
-                    bytes: jwks_of(&cm),
-                });
-            }
-            either::Either::Right(watcher::Event::Apply(s))
-                if !s.name_any().ends_with("-keyturn-keys") =>
-            {
-                let set = s.labels()["keyturn.dev/signing-key-set"].clone();
-                let (token, kid) = sign_with_secret(&s);
-                history.entry(set).or_default().push(Seen::Signer {
-                    rv: rv_of(&s.metadata),
-                    at,
-                    kid,
-                    token,
-                });
-            }
-            _ => {}
-        }
+        history.entry(set).or_default().push(seen);
     }
     a.assert_running();
     b.assert_running();
@@ -173,7 +117,7 @@ async fn garbage_in_own_secrets_is_reported_and_no_published_key_vanishes() {
         ),
     ];
     for (name, _) in &cases {
-        create_set(&client, &ns, name, json!({"algorithm": "ES256", "rotation": {"interval": "8s", "prePublish": "2s", "overlap": "2s"}})).await.unwrap();
+        common::try_create_set(&client, &ns, name, json!({"algorithm": "ES256", "rotation": {"interval": "8s", "prePublish": "2s", "overlap": "2s"}})).await.unwrap();
     }
     for (name, _) in &cases {
         common::wait_object(
@@ -237,26 +181,13 @@ async fn garbage_in_own_secrets_is_reported_and_no_published_key_vanishes() {
     op.assert_running();
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[(self.next() % xs.len() as u64) as usize]
-    }
-}
-
 #[tokio::test]
 async fn fuzzed_specs_are_accepted_and_reconciled_or_rejected_with_a_message() {
     let client = common::client().await;
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "fuzz").await;
     let mut op = common::Operator::start(&ns);
-    let mut rng = Rng(0x00C0_FFEE_1234);
+    let mut rng = common::Rng(0x00C0_FFEE_1234);
     let algs = ["ES256", "ES384", "EdDSA", "RS256", "PS512"];
     let bad_algs = ["HS256", "", "es256", "RS1024"];
     let durs = ["1s", "90s", "15m", "1h30m", "720h", "1.5h"];
@@ -315,7 +246,8 @@ async fn fuzzed_specs_are_accepted_and_reconciled_or_rejected_with_a_message() {
         let name = format!("f{i}");
         // Untyped, so that values the Rust types cannot even hold reach the API server.
         let raw: DynamicObject =
-            serde_json::from_value(set_obj(&name, Value::Object(spec.clone()))).unwrap();
+            serde_json::from_value(common::set_manifest(&name, Value::Object(spec.clone())))
+                .unwrap();
         match dynamic.create(&PostParams::default(), &raw).await {
             Ok(_) => accepted.push((name, spec)),
             Err(kube::Error::Api(e)) => {

@@ -11,20 +11,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use keyturn::crd::SigningKeySet;
-
-async fn create_set(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
-    let api: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
-    let obj: SigningKeySet = serde_json::from_value(json!({
-        "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": name}, "spec": spec
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
-}
 
 async fn wait_published(client: &Client, ns: &str, cm: &str) -> ConfigMap {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -124,8 +113,8 @@ async fn http_edge_cases() {
     let ns = common::fresh_namespace(&client, "http").await;
     let op = common::Operator::start(&ns);
     let port = op.http_port;
-    create_set(&client, &ns, "web", json!({"rotation": {"interval": "720h", "prePublish": "10m", "overlap": "1h"}, "issuer": "https://auth.example.com"})).await;
-    create_set(&client, &ns, "plain", json!({})).await;
+    common::create_set(&client, &ns, "web", json!({"rotation": {"interval": "720h", "prePublish": "10m", "overlap": "1h"}, "issuer": "https://auth.example.com"})).await;
+    common::create_set(&client, &ns, "plain", json!({})).await;
     let cm = wait_published(&client, &ns, "web-jwks").await;
     wait_published(&client, &ns, "plain-jwks").await;
     let path = format!("/jwks/{ns}/web");
@@ -347,7 +336,7 @@ async fn jose_and_pyjwt_verify_every_token_through_three_rotations() {
     let ns = common::fresh_namespace(&client, "verify").await;
     let op = common::Operator::start(&ns);
     // prePublish 4 s against verifiers that refresh every 1 s (see tests/verifiers/).
-    create_set(&client, &ns, "iss", json!({"algorithm": "ES256", "rotation": {"interval": "8s", "prePublish": "4s", "overlap": "4s"}})).await;
+    common::create_set(&client, &ns, "iss", json!({"algorithm": "ES256", "rotation": {"interval": "8s", "prePublish": "4s", "overlap": "4s"}})).await;
     wait_published(&client, &ns, "iss-jwks").await;
     let url = format!("http://127.0.0.1:{}/jwks/{ns}/iss", op.http_port);
     wait_http_200(op.http_port, &format!("/jwks/{ns}/iss")).await;

@@ -20,25 +20,6 @@ use keyturn::crd::{Algorithm, SigningKeySet};
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=keyturn";
 
-async fn create_set(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    spec: serde_json::Value,
-) -> SigningKeySet {
-    let api: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
-    let obj: SigningKeySet = serde_json::from_value(json!({
-        "apiVersion": "keyturn.dev/v1alpha1",
-        "kind": "SigningKeySet",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create SigningKeySet")
-}
-
 fn ready(reason: Option<&'static str>) -> impl Fn(Option<&SigningKeySet>) -> bool {
     move |o: Option<&SigningKeySet>| {
         o.and_then(|s| s.status.as_ref())
@@ -94,7 +75,7 @@ async fn rotations_keep_i1_i2_i3_and_tokens_verify_for_every_algorithm() {
         }
     }
     for alg in Algorithm::ALL {
-        create_set(
+        common::create_set(
             &client,
             &ns,
             &name_of(alg),
@@ -232,23 +213,19 @@ fn reconciles(op: &common::Operator, set: &str) -> usize {
         .count()
 }
 
-fn rvs(objs: &[Option<String>]) -> Vec<Option<String>> {
-    objs.to_vec()
-}
-
 #[tokio::test]
 async fn steady_state_reconciles_write_nothing() {
     let client = common::client().await;
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "steady").await;
     let mut op = common::Operator::start(&ns);
-    create_set(&client, &ns, "idle", json!({})).await;
+    common::create_set(&client, &ns, "idle", json!({})).await;
     wait_ready(&client, &ns, "idle").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     let snapshot = || async {
-        rvs(&[
+        vec![
             secrets
                 .get("idle-signing-key")
                 .await
@@ -265,7 +242,7 @@ async fn steady_state_reconciles_write_nothing() {
                 .unwrap()
                 .status
                 .map(|s| serde_json::to_string(&s).unwrap()),
-        ])
+        ]
     };
     // Let the self-triggered reconciles after the last write settle.
     let settled = reconciles(&op, "idle");
@@ -314,7 +291,7 @@ async fn status_configmap_and_signing_secret_are_rebuilt_without_losing_keys() {
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "rebuild").await;
     let _op = common::Operator::start(&ns);
-    create_set(
+    common::create_set(
         &client,
         &ns,
         "auth",
@@ -416,7 +393,7 @@ async fn deleting_the_set_garbage_collects_its_objects() {
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "gcset").await;
     let op = common::Operator::start(&ns);
-    create_set(&client, &ns, "gone", json!({})).await;
+    common::create_set(&client, &ns, "gone", json!({})).await;
     wait_ready(&client, &ns, "gone").await;
     drop(op); // the garbage collector, not the operator, cleans up
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -526,7 +503,7 @@ async fn what_the_schema_cannot_catch_becomes_ready_false_with_an_event() {
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "notready").await;
     let mut op = common::Operator::start(&ns);
-    create_set(
+    common::create_set(
         &client,
         &ns,
         "clash",
@@ -589,8 +566,8 @@ async fn foreign_objects_with_the_target_name_are_left_byte_identical() {
         })).unwrap())
         .await
         .unwrap();
-    create_set(&client, &ns, "mine", json!({})).await;
-    create_set(&client, &ns, "theirs", json!({})).await;
+    common::create_set(&client, &ns, "mine", json!({})).await;
+    common::create_set(&client, &ns, "theirs", json!({})).await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     for (set, what) in [("mine", "ConfigMap"), ("theirs", "Secret")] {
         let s = common::wait_object(
@@ -641,7 +618,7 @@ async fn corrupted_internal_secret_is_reported_and_no_published_key_is_dropped()
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "corrupt").await;
     let mut op = common::Operator::start(&ns);
-    create_set(
+    common::create_set(
         &client,
         &ns,
         "auth",
@@ -703,7 +680,7 @@ async fn manual_rotation_and_emergency_revocation() {
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "manual").await;
     let _op = common::Operator::start(&ns);
-    create_set(&client, &ns, "auth", json!({"algorithm": "EdDSA", "rotation": {"interval": "720h", "prePublish": "3s", "overlap": "1h"}})).await;
+    common::create_set(&client, &ns, "auth", json!({"algorithm": "EdDSA", "rotation": {"interval": "720h", "prePublish": "3s", "overlap": "1h"}})).await;
     wait_ready(&client, &ns, "auth").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -812,7 +789,7 @@ async fn a_deleted_internal_secret_never_replaces_published_keys() {
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "nostate").await;
     let mut op = common::Operator::start(&ns);
-    create_set(&client, &ns, "auth", json!({})).await;
+    common::create_set(&client, &ns, "auth", json!({})).await;
     wait_ready(&client, &ns, "auth").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -868,7 +845,7 @@ async fn keyturn_status_shows_each_key_and_its_timeline() {
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "view").await;
     let _op = common::Operator::start(&ns);
-    create_set(
+    common::create_set(
         &client,
         &ns,
         "auth",

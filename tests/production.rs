@@ -35,15 +35,6 @@ async fn create_namespace(client: &Client, name: &str, labels: serde_json::Value
     }
 }
 
-async fn create_set(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
-    let api: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
-    let obj: SigningKeySet = serde_json::from_value(json!({
-        "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": name}, "spec": spec
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
-}
-
 fn kid_of(s: &Secret) -> String {
     String::from_utf8(s.data.as_ref().unwrap()["kid"].0.clone()).unwrap()
 }
@@ -226,7 +217,7 @@ async fn least_privilege_rbac_is_enough_for_a_full_rotation_with_fan_out() {
             "rbac-0",
         ],
     );
-    create_set(&client, &src, "auth", json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [dst]}})).await;
+    common::create_set(&client, &src, "auth", json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [dst]}})).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
     let first = common::wait_object(
         &secrets,
@@ -318,7 +309,7 @@ async fn two_replicas_one_writer_and_a_takeover_within_the_lease() {
         common::kubeconfig_path(),
         &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    create_set(
+    common::create_set(
         &client,
         &ns,
         "auth",

@@ -227,3 +227,71 @@ pub fn rv_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) 
         .parse()
         .expect("etcd3 resourceVersions are revisions")
 }
+
+/// One observed write: the set, the namespace of a JWKS copy (`None` for the signing
+/// Secret), and what was seen.
+pub type Observation = (String, Option<String>, Seen);
+
+/// Watches the JWKS ConfigMaps `cms_cfg` selects and the signing Secrets in `secrets`.
+/// Returns once both watches have listed, so every later write is in the stream.
+pub async fn observe(
+    cms: kube::Api<ConfigMap>,
+    cms_cfg: kube::runtime::watcher::Config,
+    secrets: kube::Api<Secret>,
+) -> futures::stream::BoxStream<'static, Observation> {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::ResourceExt;
+    use kube::runtime::watcher::{self, Event};
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=keyturn");
+    let mut events = futures::stream::select(
+        watcher::watcher(cms, cms_cfg)
+            .map_ok(either::Either::Left)
+            .boxed(),
+        watcher::watcher(secrets, owned)
+            .map_ok(either::Either::Right)
+            .boxed(),
+    );
+    let mut listed = 0;
+    while listed < 2 {
+        if let Some(Ok(
+            either::Either::Left(Event::InitDone) | either::Either::Right(Event::InitDone),
+        )) = events.next().await
+        {
+            listed += 1;
+        }
+    }
+    events
+        .filter_map(|ev| async move {
+            let at = Instant::now();
+            match ev {
+                Ok(either::Either::Left(Event::Apply(cm))) => {
+                    let set = cm.labels()["keyturn.dev/signing-key-set"].clone();
+                    let seen = Seen::Jwks {
+                        rv: rv_of(&cm.metadata),
+                        at,
+                        kids: kids_of(&cm),
+                        bytes: jwks_of(&cm),
+                    };
+                    Some((set, cm.namespace(), seen))
+                }
+                Ok(either::Either::Right(Event::Apply(s)))
+                    if !s.name_any().ends_with("-keyturn-keys") =>
+                {
+                    let set = s.labels()["keyturn.dev/signing-key-set"].clone();
+                    let (token, kid) = sign_with_secret(&s);
+                    Some((
+                        set,
+                        None,
+                        Seen::Signer {
+                            rv: rv_of(&s.metadata),
+                            at,
+                            kid,
+                            token,
+                        },
+                    ))
+                }
+                _ => None,
+            }
+        })
+        .boxed()
+}

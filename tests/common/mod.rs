@@ -318,6 +318,56 @@ impl Drop for Operator {
     }
 }
 
+/// A SigningKeySet manifest as JSON (untyped, so tests can send what the types cannot hold).
+pub fn set_manifest(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": name}, "spec": spec})
+}
+
+/// Creates a SigningKeySet; the API server's answer, rejection included.
+pub async fn try_create_set(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<keyturn::crd::SigningKeySet, kube::Error> {
+    let api: Api<keyturn::crd::SigningKeySet> = Api::namespaced(client.clone(), ns);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(set_manifest(name, spec)).expect("a typed spec"),
+    )
+    .await
+}
+
+/// Creates a SigningKeySet that must be accepted.
+pub async fn create_set(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> keyturn::crd::SigningKeySet {
+    try_create_set(client, ns, name, spec)
+        .await
+        .expect("create SigningKeySet")
+}
+
+/// A small deterministic PRNG (xorshift), so a failing randomized test replays from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next pseudo-random number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A pseudo-random element of `xs`.
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
