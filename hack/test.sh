@@ -6,6 +6,7 @@
 #   3. builds (first run) or reuses (later runs) the control plane, starts it, runs the
 #      integration tests against it, and stops it on exit, failure or Ctrl-C.
 #   4. test dependencies that are not Rust crates are installed by this script.
+#   5. runs every block of README.md and docs/ (hack/check-docs), then the demo (hack/demo.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,6 +50,9 @@ export KEYTURN_TEST_VERIFIERS="$ROOT/.test-deps/verifiers"
 
 step "integration tests (real kube-apiserver + etcd + kube-controller-manager)"
 cargo test --test '*' -- --test-threads 4
+
+step "docs: every command, manifest and code block of README.md and docs/ (hack/check-docs)"
+KUBECONFIG="$PLANE/kubeconfig" "$ROOT/hack/check-docs"
 
 step "demo: hack/demo.sh shows two rotations (fast schedule)"
 KEYTURN_DEMO_INTERVAL=15s KEYTURN_DEMO_PREPUBLISH=5s KEYTURN_DEMO_OVERLAP=5s KEYTURN_DEMO_ROTATIONS=2 \
