@@ -269,6 +269,19 @@ where
                 return Ok(None);
             }
             desired.meta_mut().resource_version = cur.meta().resource_version.clone();
+            // A data key keyturn no longer writes (`spec.jwks.key` renamed) would survive a
+            // server-side apply: the POST that created the object owns it. A merge patch
+            // under the same precondition replaces the data and removes such keys, so a
+            // workload reading the old file name fails visibly instead of reading a frozen
+            // JWKS.
+            if let Some(patch) = data_replacing_patch(cur, &desired) {
+                let o = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(api_err)?;
+                crate::fault::wrote();
+                return Ok(Some(o));
+            }
             let mut value = serde_json::to_value(&desired).expect("objects serialize");
             value["apiVersion"] = K::api_version(&()).as_ref().into();
             value["kind"] = K::kind(&()).as_ref().into();
@@ -281,6 +294,34 @@ where
             Ok(Some(o))
         }
     }
+}
+
+/// A merge patch that sets `desired`'s data and deletes the data keys only `cur` has, with
+/// `cur`'s resourceVersion as precondition; `None` when `cur` has no such key.
+fn data_replacing_patch<K: Serialize>(cur: &K, desired: &K) -> Option<serde_json::Value> {
+    let cur = serde_json::to_value(cur).expect("objects serialize");
+    let want = serde_json::to_value(desired).expect("objects serialize");
+    let want_data = want.get("data").and_then(|d| d.as_object());
+    let mut data = want_data.cloned().unwrap_or_default();
+    let mut stale = false;
+    for key in cur
+        .get("data")
+        .and_then(|d| d.as_object())
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k)
+    {
+        if !want_data.is_some_and(|w| w.contains_key(key)) {
+            data.insert(key.clone(), serde_json::Value::Null);
+            stale = true;
+        }
+    }
+    stale.then(|| {
+        serde_json::json!({
+            "metadata": {"resourceVersion": cur["metadata"]["resourceVersion"]},
+            "data": data,
+        })
+    })
 }
 
 fn labels_and_owner_match(cur: &ObjectMeta, want: &ObjectMeta) -> bool {
@@ -307,4 +348,46 @@ pub fn same_secret(a: &Secret, b: &Secret) -> bool {
 /// ConfigMaps compare by data.
 pub fn same_config_map(a: &ConfigMap, b: &ConfigMap) -> bool {
     a.data == b.data && a.binary_data.is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cm(rv: &str, data: &[(&str, &str)]) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("auth-jwks".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_renamed_data_key_is_deleted_under_the_observed_version() {
+        let cur = cm("41", &[("jwks.json", "{old}")]);
+        let want = cm("", &[("keys.json", "{new}")]);
+        let patch = data_replacing_patch(&cur, &want).expect("a stale key needs the merge patch");
+        assert_eq!(
+            patch,
+            serde_json::json!({
+                "metadata": {"resourceVersion": "41"},
+                "data": {"jwks.json": null, "keys.json": "{new}"},
+            })
+        );
+    }
+
+    #[test]
+    fn same_keys_need_no_merge_patch() {
+        let cur = cm("41", &[("jwks.json", "{old}")]);
+        let want = cm("", &[("jwks.json", "{new}")]);
+        assert_eq!(data_replacing_patch(&cur, &want), None);
+    }
 }

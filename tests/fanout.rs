@@ -241,3 +241,43 @@ async fn a_foreign_configmap_blocks_activation_and_is_never_touched() {
     let copy = foreign_api.get("blk-jwks").await.unwrap();
     assert_eq!(copy.data, src_cm.data);
 }
+
+#[tokio::test]
+async fn renaming_the_jwks_key_moves_the_data_in_every_copy() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let src = common::fresh_namespace(&client, "rename").await;
+    let listed = format!("{src}-listed");
+    namespace(&client, &listed, json!({})).await;
+    let _op = common::Operator::start(&src);
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
+    common::create_set(
+        &client,
+        &src,
+        "ren",
+        json!({"jwks": {"namespaces": [listed]}}),
+    )
+    .await;
+    wait_identical(&client, &src, &listed, "ren-jwks").await;
+    let before = data(&copy_in(&client, &src, "ren-jwks").await.unwrap());
+    assert_eq!(before.keys().collect::<Vec<_>>(), ["jwks.json"]);
+
+    sets.patch(
+        "ren",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"jwks": {"key": "keys.json"}}})),
+    )
+    .await
+    .unwrap();
+    // Only the new data key is left, holding the same JWKS, in the source and the copy: a
+    // workload still reading jwks.json must fail visibly, not read a JWKS that never changes.
+    let want = BTreeMap::from([("keys.json".to_string(), before["jwks.json"].clone())]);
+    for ns in [&src, &listed] {
+        common::wait_for(
+            &format!("{ns}/ren-jwks holds only keys.json"),
+            Duration::from_secs(30),
+            || async { (data(&copy_in(&client, ns, "ren-jwks").await?) == want).then_some(()) },
+        )
+        .await;
+    }
+}
