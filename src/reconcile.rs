@@ -280,6 +280,19 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                     .await
                     .expect("key generation does not panic")?;
                 let next = plan::with_new_key(obs.state.as_ref(), &kp, reason, rotate_token, now);
+                if let Err(nr) = state_fits(&sks, &next) {
+                    // The current key keeps signing; old keys leave after their overlap and
+                    // make room, or a revocation does.
+                    return refuse(
+                        &sks,
+                        &ctx,
+                        obs.state.as_ref(),
+                        Some(&settings),
+                        nr,
+                        Some(StdDuration::from_secs(60)),
+                    )
+                    .await;
+                }
                 store_state(&secrets, &mut internal, &sks, &next, &ctx.metrics).await?;
                 info!(set = %sks.name_any(), namespace = %ns, kid = %kp.kid(), alg = %alg, ?reason, "stored new key");
                 obs.state = Some(next);
@@ -550,7 +563,28 @@ async fn target_namespaces(
 }
 
 const FINALIZER: &str = "keyturn.dev/jwks-copies";
-const MAX_CONFIGMAP_BYTES: usize = 1024 * 1024 - 4096; // 1 MiB less room for metadata
+/// Data a Secret or ConfigMap can hold: 1 MiB less room for metadata.
+const MAX_OBJECT_BYTES: usize = 1024 * 1024 - 4096;
+const MAX_CONFIGMAP_BYTES: usize = MAX_OBJECT_BYTES;
+
+/// `TooManyKeys` when the internal Secret could not hold `next` (every key not yet removed,
+/// with its public JWK). It fills up before the JWKS does: without this check the write
+/// would fail at the API server and be retried forever without a condition saying why.
+fn state_fits(sks: &SigningKeySet, next: &SetState) -> Result<(), NotReady> {
+    let size = next.to_bytes().len();
+    if size <= MAX_OBJECT_BYTES {
+        return Ok(());
+    }
+    Err(NotReady {
+        reason: "TooManyKeys",
+        message: format!(
+            "storing another key would make Secret {}/{} {size} bytes ({} keys); a Secret holds at most {MAX_OBJECT_BYTES}. The current key keeps signing. Shorten spec.rotation.overlap, rotate less often, or revoke old keys.",
+            sks.namespace().unwrap_or_default(),
+            sks.internal_secret_name(),
+            next.keys.len()
+        ),
+    })
+}
 const PUBLISH_CONCURRENCY: usize = 16;
 
 fn has_finalizer(sks: &SigningKeySet) -> bool {
@@ -880,4 +914,72 @@ pub fn error_policy(sks: Arc<SigningKeySet>, err: &Error, ctx: Arc<Context>) -> 
         .consecutive_errors(&sks.namespace().unwrap_or_default(), &sks.name_any());
     let secs = (1u64 << n.min(6)).min(60);
     Action::requeue(StdDuration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Algorithm;
+    use crate::keys::KeyPair;
+    use crate::state::KeyRecord;
+
+    fn set() -> SigningKeySet {
+        let mut sks: SigningKeySet = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
+            "metadata": {"name": "auth", "namespace": "identity"}, "spec": {}
+        }))
+        .unwrap();
+        sks.metadata.uid = Some("u".into());
+        sks
+    }
+
+    /// A state of `n` retired Ed25519 keys (public JWK and times only, as after retirement).
+    fn retired(n: usize) -> SetState {
+        let kp = KeyPair::generate(Algorithm::EdDSA, None).unwrap();
+        let t = chrono::Utc::now();
+        let rec = KeyRecord {
+            kid: kp.kid().to_string(),
+            alg: kp.alg(),
+            public_jwk: kp.public_jwk(),
+            private_pem: None,
+            created_at: t,
+            published_at: Some(t),
+            activated_at: Some(t),
+            retired_at: Some(t),
+            manual: true,
+        };
+        let mut s = SetState::new();
+        s.keys = vec![rec; n];
+        s
+    }
+
+    #[test]
+    fn a_state_that_fits_a_secret_is_stored() {
+        assert!(state_fits(&set(), &retired(100)).is_ok());
+    }
+
+    #[test]
+    fn a_state_too_large_for_a_secret_is_refused_with_a_reason() {
+        let mut n = 1000;
+        while retired(n).to_bytes().len() <= MAX_OBJECT_BYTES {
+            n *= 2;
+        }
+        let nr = state_fits(&set(), &retired(n)).unwrap_err();
+        assert_eq!(nr.reason, "TooManyKeys");
+        assert!(
+            nr.message.contains("identity/auth-keyturn-keys"),
+            "{}",
+            nr.message
+        );
+        assert!(
+            nr.message.contains(&format!("({n} keys)")),
+            "{}",
+            nr.message
+        );
+        // One key fewer than the limit allows still fits.
+        let per_key = retired(2).to_bytes().len() - retired(1).to_bytes().len();
+        let fits = (MAX_OBJECT_BYTES - retired(0).to_bytes().len()) / per_key;
+        assert!(state_fits(&set(), &retired(fits)).is_ok());
+        assert!(state_fits(&set(), &retired(fits + 1)).is_err());
+    }
 }
