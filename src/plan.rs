@@ -253,15 +253,12 @@ pub fn activate_at(state: &SetState, s: &Settings) -> Option<DateTime<Utc>> {
     }
 }
 
-/// When the next rotation (activation of a new key) is expected, for the status.
+/// When the next rotation (activation of a new key) is expected, for the status: the
+/// published candidate's activation instant, otherwise (no candidate, or one not yet
+/// published) the schedule of the active key.
 pub fn next_rotation(state: &SetState, s: &Settings) -> Option<DateTime<Utc>> {
     if let Some(t) = activate_at(state, s) {
         return Some(t);
-    }
-    if candidate(state, s).is_some() {
-        // Pending but not yet published: at least prePublish from now-ish; report the schedule.
-        let a = &state.keys[active(state, s)?];
-        return Some(a.activated_at? + s.interval);
     }
     let a = &state.keys[active(state, s)?];
     Some(a.activated_at? + s.interval)
