@@ -44,7 +44,7 @@ export KEYTURN_TEST_KUBECTL="$("$ROOT/hack/control-plane" bin-dir)/kubectl"
 export KEYTURN_TEST_LOG_DIR="$PLANE/test-logs"
 mkdir -p "$KEYTURN_TEST_LOG_DIR"
 
-step "independent verifiers for the HTTP tests (jose from npm, PyJWT from PyPI)"
+step "test packages: jose, mermaid, jsdom (npm), PyJWT (PyPI)"
 "$ROOT/hack/test-deps.sh" "$ROOT/.test-deps/verifiers"
 export KEYTURN_TEST_VERIFIERS="$ROOT/.test-deps/verifiers"
 
