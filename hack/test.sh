@@ -54,8 +54,9 @@ cargo test --test '*' -- --test-threads 4
 step "docs: every command, manifest and code block of README.md and docs/ (hack/check-docs)"
 KUBECONFIG="$PLANE/kubeconfig" "$ROOT/hack/check-docs"
 
-step "demo: hack/demo.sh shows two rotations (fast schedule)"
-KEYTURN_DEMO_INTERVAL=15s KEYTURN_DEMO_PREPUBLISH=5s KEYTURN_DEMO_OVERLAP=5s KEYTURN_DEMO_ROTATIONS=2 \
-  timeout 600 "$ROOT/hack/demo.sh" >"$PLANE/demo.log" 2>&1 || { tail -n 40 "$PLANE/demo.log"; exit 1; }
+# The README's command with its default schedule (a rotation every 2 minutes, about 5 minutes
+# for two); KEYTURN_DEMO_ROTATIONS only makes it stop by itself instead of at Ctrl-C.
+step "demo: hack/demo.sh as the README runs it, until it has shown two rotations"
+KEYTURN_DEMO_ROTATIONS=2 timeout 900 "$ROOT/hack/demo.sh" >"$PLANE/demo.log" 2>&1 || { tail -n 40 "$PLANE/demo.log"; exit 1; }
 grep -a -q "rotation 2:" "$PLANE/demo.log"
 echo "demo: saw 2 rotations"

@@ -283,15 +283,7 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                 if let Err(nr) = state_fits(&sks, &next) {
                     // The current key keeps signing; old keys leave after their overlap and
                     // make room, or a revocation does.
-                    return refuse(
-                        &sks,
-                        &ctx,
-                        obs.state.as_ref(),
-                        Some(&settings),
-                        nr,
-                        Some(StdDuration::from_secs(60)),
-                    )
-                    .await;
+                    return refuse_for_now(&sks, &ctx, obs.state.as_ref(), &settings, nr).await;
                 }
                 store_state(&secrets, &mut internal, &sks, &next, &ctx.metrics).await?;
                 info!(set = %sks.name_any(), namespace = %ns, kid = %kp.kid(), alg = %alg, ?reason, "stored new key");
@@ -301,23 +293,15 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                 let state = obs.state.as_ref().expect("publish follows store");
                 let bytes =
                     publish::jwks_bytes(state, &kids).expect("planner publishes stored keys only");
-                if bytes.len() > MAX_CONFIGMAP_BYTES {
+                if bytes.len() > MAX_OBJECT_BYTES {
                     let nr = NotReady {
                         reason: "JwksTooLarge",
                         message: format!(
-                            "the JWKS would be {} bytes; a ConfigMap holds at most {MAX_CONFIGMAP_BYTES}. Revoke or let old keys expire (shorter spec.rotation.overlap).",
+                            "the JWKS would be {} bytes; a ConfigMap holds at most {MAX_OBJECT_BYTES}. Revoke or let old keys expire (shorter spec.rotation.overlap).",
                             bytes.len()
                         ),
                     };
-                    return refuse(
-                        &sks,
-                        &ctx,
-                        obs.state.as_ref(),
-                        Some(&settings),
-                        nr,
-                        Some(StdDuration::from_secs(60)),
-                    )
-                    .await;
+                    return refuse_for_now(&sks, &ctx, obs.state.as_ref(), &settings, nr).await;
                 }
                 let client = ctx.client.clone();
                 let sks_ref = &sks;
@@ -565,7 +549,26 @@ async fn target_namespaces(
 const FINALIZER: &str = "keyturn.dev/jwks-copies";
 /// Data a Secret or ConfigMap can hold: 1 MiB less room for metadata.
 const MAX_OBJECT_BYTES: usize = 1024 * 1024 - 4096;
-const MAX_CONFIGMAP_BYTES: usize = MAX_OBJECT_BYTES;
+
+/// A size limit stops the next step: `Ready=False` with `nr`, checked again in a minute
+/// (keys expiring or a revocation make room without any change to the set).
+async fn refuse_for_now(
+    sks: &SigningKeySet,
+    ctx: &Context,
+    state: Option<&SetState>,
+    settings: &Settings,
+    nr: NotReady,
+) -> Result<Action, Error> {
+    refuse(
+        sks,
+        ctx,
+        state,
+        Some(settings),
+        nr,
+        Some(StdDuration::from_secs(60)),
+    )
+    .await
+}
 
 /// `TooManyKeys` when the internal Secret could not hold `next` (every key not yet removed,
 /// with its public JWK). It fills up before the JWKS does: without this check the write
