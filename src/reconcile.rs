@@ -143,15 +143,7 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                         "{kind} {ns}/{name} exists and is not managed by this SigningKeySet; keyturn leaves it untouched. Delete it or choose another name."
                     ),
                 };
-                return refuse(
-                    &sks,
-                    &ctx,
-                    None,
-                    Some(&settings),
-                    nr,
-                    Some(StdDuration::from_secs(60)),
-                )
-                .await;
+                return refuse_for_a_minute(&sks, &ctx, None, &settings, nr).await;
             }
         }
     }
@@ -199,15 +191,7 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                 sks.config_map_name()
             ),
         };
-        return refuse(
-            &sks,
-            &ctx,
-            None,
-            Some(&settings),
-            nr,
-            Some(StdDuration::from_secs(60)),
-        )
-        .await;
+        return refuse_for_a_minute(&sks, &ctx, None, &settings, nr).await;
     }
     let state = match internal.as_ref() {
         None => None,
@@ -283,7 +267,8 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                 if let Err(nr) = state_fits(&sks, &next) {
                     // The current key keeps signing; old keys leave after their overlap and
                     // make room, or a revocation does.
-                    return refuse_for_now(&sks, &ctx, obs.state.as_ref(), &settings, nr).await;
+                    return refuse_for_a_minute(&sks, &ctx, obs.state.as_ref(), &settings, nr)
+                        .await;
                 }
                 store_state(&secrets, &mut internal, &sks, &next, &ctx.metrics).await?;
                 info!(set = %sks.name_any(), namespace = %ns, kid = %kp.kid(), alg = %alg, ?reason, "stored new key");
@@ -301,7 +286,8 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                             bytes.len()
                         ),
                     };
-                    return refuse_for_now(&sks, &ctx, obs.state.as_ref(), &settings, nr).await;
+                    return refuse_for_a_minute(&sks, &ctx, obs.state.as_ref(), &settings, nr)
+                        .await;
                 }
                 let client = ctx.client.clone();
                 let sks_ref = &sks;
@@ -550,9 +536,9 @@ const FINALIZER: &str = "keyturn.dev/jwks-copies";
 /// Data a Secret or ConfigMap can hold: 1 MiB less room for metadata.
 const MAX_OBJECT_BYTES: usize = 1024 * 1024 - 4096;
 
-/// A size limit stops the next step: `Ready=False` with `nr`, checked again in a minute
-/// (keys expiring or a revocation make room without any change to the set).
-async fn refuse_for_now(
+/// `Ready=False` with `nr`, checked again in a minute: causes that clear without any change
+/// to the set (a foreign object deleted, a backup restored, old keys expiring).
+async fn refuse_for_a_minute(
     sks: &SigningKeySet,
     ctx: &Context,
     state: Option<&SetState>,

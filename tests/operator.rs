@@ -31,6 +31,26 @@ fn ready(reason: Option<&'static str>) -> impl Fn(Option<&SigningKeySet>) -> boo
     }
 }
 
+/// Waits for `Ready=False` with `reason` on set `name`; returns the condition's message.
+async fn wait_not_ready(sets: &Api<SigningKeySet>, name: &str, reason: &'static str) -> String {
+    let s = common::wait_object(
+        sets,
+        name,
+        &format!("Ready=False {reason}"),
+        Duration::from_secs(30),
+        ready(Some(reason)),
+    )
+    .await
+    .unwrap();
+    s.status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message
+}
+
 async fn wait_ready(client: &Client, ns: &str, name: &str) -> SigningKeySet {
     let api: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
     common::wait_object(
@@ -511,23 +531,8 @@ async fn what_the_schema_cannot_catch_becomes_ready_false_with_an_event() {
     )
     .await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
-    let s = common::wait_object(
-        &sets,
-        "clash",
-        "Ready=False InvalidSpec",
-        Duration::from_secs(30),
-        ready(Some("InvalidSpec")),
-    )
-    .await
-    .unwrap();
-    let c = s
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert!(c.message.contains("spec.secretName"), "{}", c.message);
+    let msg = wait_not_ready(&sets, "clash", "InvalidSpec").await;
+    assert!(msg.contains("spec.secretName"), "{msg}");
     common::wait_for("an InvalidSpec Event", Duration::from_secs(20), || async {
         (events_with_reason(&client, &ns, "InvalidSpec").await > 0).then_some(())
     })
@@ -570,26 +575,11 @@ async fn foreign_objects_with_the_target_name_are_left_byte_identical() {
     common::create_set(&client, &ns, "theirs", json!({})).await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     for (set, what) in [("mine", "ConfigMap"), ("theirs", "Secret")] {
-        let s = common::wait_object(
-            &sets,
-            set,
-            "Ready=False ForeignObject",
-            Duration::from_secs(30),
-            ready(Some("ForeignObject")),
-        )
-        .await
-        .unwrap();
-        let c = s
-            .status
-            .unwrap()
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let msg = wait_not_ready(&sets, set, "ForeignObject").await;
         assert!(
-            c.message.contains(what) && c.message.contains(&format!("{set}-")),
+            msg.contains(what) && msg.contains(&format!("{set}-")),
             "{}",
-            c.message
+            msg
         );
     }
     common::wait_for("ForeignObject Events", Duration::from_secs(20), || async {
@@ -643,23 +633,7 @@ async fn corrupted_internal_secret_is_reported_and_no_published_key_is_dropped()
         )
         .await
         .unwrap();
-    let s = common::wait_object(
-        &sets,
-        "auth",
-        "Ready=False InternalStateCorrupt",
-        Duration::from_secs(30),
-        ready(Some("InternalStateCorrupt")),
-    )
-    .await
-    .unwrap();
-    let msg = s
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message;
+    let msg = wait_not_ready(&sets, "auth", "InternalStateCorrupt").await;
     assert!(msg.contains("auth-keyturn-keys"), "{msg}");
     assert!(!msg.contains("PRIVATE"), "{msg}");
     // Past the time a rotation was due, nothing published has changed.
@@ -800,23 +774,7 @@ async fn a_deleted_internal_secret_never_replaces_published_keys() {
         .delete("auth-keyturn-keys", &DeleteParams::default())
         .await
         .unwrap();
-    let s = common::wait_object(
-        &sets,
-        "auth",
-        "Ready=False InternalStateMissing",
-        Duration::from_secs(30),
-        ready(Some("InternalStateMissing")),
-    )
-    .await
-    .unwrap();
-    let msg = s
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message;
+    let msg = wait_not_ready(&sets, "auth", "InternalStateMissing").await;
     assert!(msg.contains("auth-keyturn-keys"), "{msg}");
     assert_eq!(
         cms.get("auth-jwks").await.unwrap().data,
