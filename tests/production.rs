@@ -408,16 +408,19 @@ async fn sigterm_finishes_releases_the_lease_and_exits() {
     let client = common::client().await;
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "sigterm").await;
-    let args = [
-        "--leader-elect",
-        "--lease-namespace",
-        ns.as_str(),
-        "--lease-seconds",
-        "60",
-        "--instance",
-        "first",
-    ];
-    let mut op = common::Operator::start_as("first", &ns, common::kubeconfig_path(), &args);
+    let args = |instance| {
+        [
+            "--leader-elect",
+            "--lease-namespace",
+            ns.as_str(),
+            "--lease-seconds",
+            "60",
+            "--instance",
+            instance,
+        ]
+    };
+    let mut op =
+        common::Operator::start_as("first", &ns, common::kubeconfig_path(), &args("first"));
     common::wait_for("leadership", Duration::from_secs(30), || async {
         op.is_leader().then_some(())
     })
@@ -440,16 +443,7 @@ async fn sigterm_finishes_releases_the_lease_and_exits() {
         "the Lease still names a holder"
     );
     // A new replica leads at once, not after the 60 s lease would have expired.
-    let args2 = [
-        "--leader-elect",
-        "--lease-namespace",
-        ns.as_str(),
-        "--lease-seconds",
-        "60",
-        "--instance",
-        "second",
-    ];
-    let op2 = common::Operator::start_as("second", &ns, common::kubeconfig_path(), &args2);
+    let op2 = common::Operator::start_as("second", &ns, common::kubeconfig_path(), &args("second"));
     let start = Instant::now();
     common::wait_for(
         "the next replica leads",
