@@ -11,7 +11,9 @@ use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
+use crate::crd::{
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet, SigningKeySetGrant,
+};
 use crate::metrics::Metrics;
 use crate::publish::SOURCE_NAMESPACE_LABEL;
 use crate::reconcile::{Clock, Context, error_policy, reconcile};
@@ -22,6 +24,8 @@ pub struct Options {
     pub namespace: Option<String>,
     /// Name reported on Events.
     pub instance: String,
+    /// Namespace-only mode (needs `namespace`): no fan-out, no watch or read outside it.
+    pub namespace_only: bool,
 }
 
 /// Why the controller could not start.
@@ -32,6 +36,17 @@ pub enum StartError {
         "cannot list SigningKeySets ({0}); is the CRD installed? `keyturn crd | kubectl apply -f -`"
     )]
     NoCrd(#[source] kube::Error),
+    /// A watch the process needs cannot start (RBAC, a missing CRD, an unreachable server).
+    #[error(
+        "cannot list {what} ({source}); keyturn needs to watch them: check its RBAC (deploy/) and CRDs (crds/)"
+    )]
+    CannotWatch {
+        /// What could not be listed, e.g. `Secrets in namespace identity`.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// An API for `K` in one namespace, or in every namespace.
@@ -45,14 +60,64 @@ where
     }
 }
 
-/// Fails with a clear message when the CRD is not installed or the API is unreachable.
-/// Called once at start-up, before any replica competes for leadership.
-pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), StartError> {
-    let sets: Api<SigningKeySet> = scoped(client, namespace);
-    sets.list(&ListParams::default().limit(1))
+/// Lists once everything the process will watch, so that a missing CRD or RBAC rule fails
+/// the start with a message naming it instead of a replica that looks healthy and does
+/// nothing. Each list is tried [`PREFLIGHT_ATTEMPTS`] times, a second apart. Called once at
+/// start-up, before any replica competes for leadership.
+pub async fn preflight(
+    client: &Client,
+    namespace: Option<&str>,
+    namespace_only: bool,
+) -> Result<(), StartError> {
+    let lp = ListParams::default().limit(1);
+    let owned = ListParams::default()
+        .limit(1)
+        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let scope = namespace.map_or("every namespace".to_string(), |n| format!("namespace {n}"));
+    retry(scoped::<SigningKeySet>(client, namespace), &lp)
         .await
         .map_err(StartError::NoCrd)?;
+    let cannot = |what: String| move |source| StartError::CannotWatch { what, source };
+    retry(scoped::<Secret>(client, namespace), &owned)
+        .await
+        .map_err(cannot(format!("Secrets in {scope}")))?;
+    if namespace_only {
+        retry(scoped::<ConfigMap>(client, namespace), &owned)
+            .await
+            .map_err(cannot(format!("ConfigMaps in {scope}")))?;
+        return Ok(());
+    }
+    retry(Api::<ConfigMap>::all(client.clone()), &owned)
+        .await
+        .map_err(cannot("ConfigMaps in every namespace (JWKS copies)".into()))?;
+    retry(Api::<Namespace>::all(client.clone()), &lp)
+        .await
+        .map_err(cannot("Namespaces".into()))?;
+    retry(Api::<SigningKeySetGrant>::all(client.clone()), &lp)
+        .await
+        .map_err(cannot("SigningKeySetGrants in every namespace".into()))?;
     Ok(())
+}
+
+/// Attempts of each start-up list.
+pub const PREFLIGHT_ATTEMPTS: u32 = 3;
+
+async fn retry<K>(api: Api<K>, lp: &ListParams) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut attempt = 1;
+    loop {
+        match api.list(lp).await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < PREFLIGHT_ATTEMPTS => {
+                warn!(error = %e, attempt, "start-up check failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Runs the controller until `stop` resolves; in-flight reconciles finish first.
@@ -78,42 +143,73 @@ pub async fn run(
         client,
         clock,
         metrics,
+        namespace_only: opts.namespace_only,
+        scope: opts.namespace.clone(),
     });
     info!(namespace = ?opts.namespace, "keyturn controller starting");
     let controller = Controller::new(sets, watcher::Config::default());
     let store = controller.store();
-    // JWKS copies live in many namespaces and cannot carry ownerReferences: map them back by label.
-    let copies: Api<ConfigMap> = Api::all(client_for_watch.clone());
-    let store_ns = store.clone();
     let scope = opts.namespace.clone();
+    let mut controller = controller.owns(secrets, owned.clone());
+    if opts.namespace_only {
+        // Everything keyturn writes lives in the watched namespace.
+        controller = controller.owns(
+            scoped::<ConfigMap>(&client_for_watch, scope.as_deref()),
+            owned,
+        );
+    } else {
+        // JWKS copies live in many namespaces and cannot carry ownerReferences: map them back
+        // by label.
+        let copies: Api<ConfigMap> = Api::all(client_for_watch.clone());
+        let (store_ns, store_grants) = (store.clone(), store.clone());
+        controller = controller
+            .watches(copies, owned, move |cm| {
+                let labels = cm.labels();
+                match (labels.get(SET_LABEL), labels.get(SOURCE_NAMESPACE_LABEL)) {
+                    // Sets outside this controller's scope are another operator's business.
+                    (Some(_), Some(ns)) if scope.as_ref().is_some_and(|s| s != ns) => None,
+                    (Some(set), Some(ns)) => Some(ObjectRef::new(set).within(ns)),
+                    _ => None,
+                }
+            })
+            // A namespace created, labelled or deleted may change where a set's JWKS belongs.
+            .watches(
+                Api::<Namespace>::all(client_for_watch.clone()),
+                watcher::Config::default(),
+                move |ns| {
+                    let name = ns.name_any();
+                    store_ns
+                        .state()
+                        .into_iter()
+                        .filter(|s| {
+                            s.spec.jwks.namespace_selector.is_some()
+                                || s.spec.jwks.namespaces.contains(&name)
+                        })
+                        .map(|s| ObjectRef::from_obj(&*s))
+                        .collect::<Vec<_>>()
+                },
+            )
+            // A grant given or withdrawn changes where the sets it names may publish.
+            .watches(
+                Api::<SigningKeySetGrant>::all(client_for_watch),
+                watcher::Config::default(),
+                move |g| {
+                    store_grants
+                        .state()
+                        .into_iter()
+                        .filter(|s| {
+                            crate::consent::requested(s)
+                                && g.spec.from.iter().any(|f| {
+                                    s.namespace().as_ref() == Some(&f.namespace)
+                                        && f.name.as_ref().is_none_or(|n| *n == s.name_any())
+                                })
+                        })
+                        .map(|s| ObjectRef::from_obj(&*s))
+                        .collect::<Vec<_>>()
+                },
+            );
+    }
     controller
-        .owns(secrets, owned.clone())
-        .watches(copies, owned, move |cm| {
-            let labels = cm.labels();
-            match (labels.get(SET_LABEL), labels.get(SOURCE_NAMESPACE_LABEL)) {
-                // Sets outside this controller's scope are another operator's business.
-                (Some(_), Some(ns)) if scope.as_ref().is_some_and(|s| s != ns) => None,
-                (Some(set), Some(ns)) => Some(ObjectRef::new(set).within(ns)),
-                _ => None,
-            }
-        })
-        // A namespace created, labelled or deleted may change where a set's JWKS belongs.
-        .watches(
-            Api::<Namespace>::all(client_for_watch),
-            watcher::Config::default(),
-            move |ns| {
-                let name = ns.name_any();
-                store_ns
-                    .state()
-                    .into_iter()
-                    .filter(|s| {
-                        s.spec.jwks.namespace_selector.is_some()
-                            || s.spec.jwks.namespaces.contains(&name)
-                    })
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

@@ -308,6 +308,11 @@ pub struct KeyStatus {
     pub remove_at: Option<String>,
 }
 
+/// Name of the operator-internal Secret of the SigningKeySet `set`: `<set>-keyturn-keys`.
+pub fn internal_secret_name(set: &str) -> String {
+    format!("{set}-keyturn-keys")
+}
+
 impl SigningKeySet {
     /// Name of the signing Secret (`spec.secretName`, default `<name>-signing-key`).
     pub fn secret_name(&self) -> String {
@@ -319,7 +324,7 @@ impl SigningKeySet {
 
     /// Name of the operator-internal Secret holding every key's state and pending private keys.
     pub fn internal_secret_name(&self) -> String {
-        format!("{}-keyturn-keys", self.name_or_empty())
+        internal_secret_name(self.name_or_empty())
     }
 
     /// Name of the JWKS ConfigMap (`spec.jwks.configMapName`, default `<name>-jwks`).
@@ -342,5 +347,49 @@ impl SigningKeySet {
 
     fn name_or_empty(&self) -> &str {
         self.metadata.name.as_deref().unwrap_or_default()
+    }
+}
+
+/// Consent, written in a target namespace, for SigningKeySets elsewhere to publish a copy of
+/// their JWKS ConfigMap here (`spec.jwks.namespaces` / `namespaceSelector`). Without a grant
+/// keyturn writes nothing into a namespace other than the set's own. Only those who may create
+/// SigningKeySetGrants in this namespace (its administrators, or the cluster admin) can consent.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "keyturn.dev",
+    version = "v1alpha1",
+    kind = "SigningKeySetGrant",
+    namespaced,
+    shortname = "sksgrant",
+    printcolumn = r#"{"name":"From","type":"string","jsonPath":".spec.from[*].namespace"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKeySetGrantSpec {
+    /// The SigningKeySets whose JWKS copies this namespace accepts.
+    #[schemars(extend("minItems" = 1, "maxItems" = 64))]
+    pub from: Vec<GrantSource>,
+}
+
+/// One source of JWKS copies a namespace accepts.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantSource {
+    /// Namespace of the SigningKeySet.
+    #[schemars(extend("maxLength" = 63, "pattern" = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: String,
+    /// Name of the SigningKeySet; omit it to accept every SigningKeySet in `namespace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 253, "pattern" = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: Option<String>,
+}
+
+impl SigningKeySetGrant {
+    /// True when this grant accepts copies from the SigningKeySet `namespace/name`.
+    pub fn accepts(&self, namespace: &str, name: &str) -> bool {
+        self.spec
+            .from
+            .iter()
+            .any(|f| f.namespace == namespace && f.name.as_deref().is_none_or(|n| n == name))
     }
 }

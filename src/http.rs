@@ -1,97 +1,270 @@
-//! The HTTP endpoint: `GET /jwks/{namespace}/{name}` serves the same bytes as the set's
-//! JWKS ConfigMap, with `ETag`, conditional GET and a `Cache-Control: max-age` that never
-//! exceeds `prePublish` nor outlives the next key change; `/{namespace}/{name}/.well-known/
-//! openid-configuration` serves a discovery document when `spec.issuer` is set. Also
-//! `/healthz`, `/readyz` and `/metrics`.
+//! The HTTP endpoints.
 //!
-//! Every replica serves from its own watch caches (label-filtered), so the endpoint works
-//! on leaders and followers alike.
+//! The public port serves `GET /jwks/{namespace}/{name}` and, for sets with `spec.issuer`,
+//! `/{namespace}/{name}/.well-known/openid-configuration`, plus `/healthz` and `/readyz`.
+//! The admin port serves `/metrics`, `/healthz` and `/readyz`; it is never behind the public
+//! `keyturn-jwks` Service.
+//!
+//! What the public port serves for a set is derived here from keyturn's own state (I9): the
+//! set's internal Secret (owned by the set's uid), reduced to public JWKs on arrival, ordered
+//! by the planner's [`plan::published_order`] and limited to keys every copy has confirmed.
+//! No ConfigMap is read: whoever can write ConfigMaps can tamper with mounted copies, never
+//! with this endpoint. Every document is checked against the JWKS rules on the way out.
+//! Discovery URLs come from `--public-url`, never from a request header.
+//!
+//! Every replica serves from its own watch caches, so leaders and followers answer alike.
+//! Connections are bounded in number, header reading and request time are bounded, and so
+//! are concurrent requests and request bodies ([`Limits`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
 
 use crate::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
 use crate::metrics::Metrics;
+use crate::plan;
+use crate::state::{STATE_KEY, SetState};
 
 /// Media type of a JWK Set (RFC 7517 §8.5).
 pub const JWKS_CONTENT_TYPE: &str = "application/jwk-set+json";
+
+/// Bounds on what one client, or all of them together, can hold of the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A client must send a request's headers within this time (also the idle keep-alive
+    /// time): a slow or silent client is disconnected.
+    pub header_timeout: Duration,
+    /// A request must be answered within this time, or it gets `408`.
+    pub request_timeout: Duration,
+    /// Open connections per port; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Requests handled at once per port; more wait for a slot.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_concurrent_requests: 64,
+        }
+    }
+}
+
+/// Largest request header block accepted (then `431`).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Largest request body accepted (every route is a GET; then `413`).
+const MAX_BODY_BYTES: usize = 1024;
+
+/// Readiness of the process, shared by both ports: the watch caches have synced, and
+/// nothing fatal (a leader election that cannot start) has happened.
+#[derive(Default)]
+pub struct Health {
+    synced: AtomicBool,
+    failure: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// Marks the process unready for good, with the reason `/readyz` shows.
+    pub fn fail(&self, why: String) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// True once the caches have synced.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    fn unready(&self) -> Option<String> {
+        if let Some(f) = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Some(f);
+        }
+        (!self.synced()).then(|| "watch caches not synced".to_string())
+    }
+}
+
+/// A set's internal state as the endpoint keeps it: public keys only.
+struct Published {
+    /// uids in the Secret's ownerReferences: the state counts only for the set it names.
+    owners: Vec<String>,
+    /// The public state, or why it could not be read.
+    state: Result<SetState, String>,
+}
+
+type States = Arc<RwLock<HashMap<(String, String), Arc<Published>>>>;
 
 /// What the handlers read.
 #[derive(Clone)]
 struct AppState {
     sets: Store<SigningKeySet>,
-    cms: Store<ConfigMap>,
+    states: States,
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    health: Arc<Health>,
     public_url: Option<String>,
 }
 
-/// Starts the watch caches and serves HTTP on `listener` until `shutdown` resolves.
+/// Everything [`serve`] needs.
+pub struct Config {
+    /// Watch only this namespace (default: all).
+    pub namespace: Option<String>,
+    /// Base URL of the public port as clients reach it, for `jwks_uri` in discovery.
+    pub public_url: Option<String>,
+    /// Server limits, per port.
+    pub limits: Limits,
+}
+
+/// Starts the watch caches and serves the public and admin ports until `shutdown` resolves.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    public: TcpListener,
+    admin: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     client: Client,
-    namespace: Option<String>,
+    cfg: Config,
     metrics: Arc<Metrics>,
-    public_url: Option<String>,
+    health: Arc<Health>,
 ) -> std::io::Result<()> {
-    let sets_api: Api<SigningKeySet> = crate::controller::scoped(&client, namespace.as_deref());
-    let cms_api: Api<ConfigMap> = crate::controller::scoped(&client, namespace.as_deref());
+    let sets_api: Api<SigningKeySet> = crate::controller::scoped(&client, cfg.namespace.as_deref());
+    let secrets_api: Api<Secret> = crate::controller::scoped(&client, cfg.namespace.as_deref());
     let (sets, sets_writer) = reflector::store();
-    let (cms, cms_writer) = reflector::store();
-    let owned =
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     tokio::spawn(
         reflector::reflector(sets_writer, watcher(sets_api, watcher::Config::default()))
             .default_backoff()
             .for_each(|_| async {}),
     );
-    tokio::spawn(
-        reflector::reflector(cms_writer, watcher(cms_api, owned.clone()))
-            .default_backoff()
-            .for_each(|_| async {}),
-    );
-    let ready = Arc::new(AtomicBool::new(false));
+    let states: States = Arc::default();
+    let (states_synced, mut synced_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(follow_states(secrets_api, states.clone(), states_synced));
     {
-        let (sets, cms, ready) = (sets.clone(), cms.clone(), ready.clone());
+        let (sets, health) = (sets.clone(), health.clone());
         tokio::spawn(async move {
-            if sets.wait_until_ready().await.is_ok() && cms.wait_until_ready().await.is_ok() {
-                ready.store(true, Ordering::SeqCst);
+            if sets.wait_until_ready().await.is_ok() && synced_rx.wait_for(|s| *s).await.is_ok() {
+                health.synced.store(true, Ordering::SeqCst);
             }
         });
     }
     let state = AppState {
         sets,
-        cms,
+        states,
         metrics,
-        ready,
-        public_url,
+        health,
+        public_url: cfg.public_url.map(|u| u.trim_end_matches('/').to_string()),
     };
-    tracing::info!(addr = %listener.local_addr()?, "HTTP endpoint listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    tracing::info!(public = %public.local_addr()?, admin = %admin.local_addr()?, "HTTP endpoints listening");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (p, a) = tokio::join!(
+        serve_with_limits(
+            public,
+            public_router(state.clone()),
+            cfg.limits,
+            stopped(rx.clone())
+        ),
+        serve_with_limits(admin, admin_router(state), cfg.limits, stopped(rx)),
+    );
+    p.and(a)
 }
 
-/// The routes over the given state.
-fn router(state: AppState) -> Router {
+/// Keeps `states` equal to the public part of every internal Secret in `api`'s scope.
+/// Other Secrets (the signing Secrets) are dropped as they arrive.
+async fn follow_states(api: Api<Secret>, states: States, synced: tokio::sync::watch::Sender<bool>) {
+    let owned =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let mut events = watcher(api, owned).default_backoff().boxed();
+    let mut relist: Option<HashMap<(String, String), Arc<Published>>> = None;
+    let put = |map: &mut HashMap<_, _>, s: &Secret| match published(s) {
+        Some((k, v)) => {
+            map.insert(k, Arc::new(v));
+        }
+        None => {
+            if let Some(k) = state_key(s) {
+                map.remove(&k);
+            }
+        }
+    };
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => relist = Some(HashMap::new()),
+            Ok(watcher::Event::InitApply(s)) => {
+                if let Some(m) = relist.as_mut() {
+                    put(m, &s);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(m) = relist.take() {
+                    *states.write().unwrap_or_else(|e| e.into_inner()) = m;
+                }
+                let _ = synced.send(true);
+            }
+            Ok(watcher::Event::Apply(s)) => {
+                put(&mut states.write().unwrap_or_else(|e| e.into_inner()), &s)
+            }
+            Ok(watcher::Event::Delete(s)) => {
+                if let Some(k) = state_key(&s) {
+                    states.write().unwrap_or_else(|e| e.into_inner()).remove(&k);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watching keyturn's Secrets for the HTTP endpoint")
+            }
+        }
+    }
+}
+
+/// (namespace, set) when `s` is the internal Secret of a set: keyturn's label naming the
+/// set and the internal Secret's name for it.
+fn state_key(s: &Secret) -> Option<(String, String)> {
+    let labels = s.labels();
+    let set = labels.get(SET_LABEL)?;
+    (labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+        && s.name_any() == crate::crd::internal_secret_name(set))
+    .then(|| (s.namespace().unwrap_or_default(), set.clone()))
+}
+
+fn published(s: &Secret) -> Option<((String, String), Published)> {
+    let key = state_key(s)?;
+    let owners = s.owner_references().iter().map(|o| o.uid.clone()).collect();
+    let state = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get(STATE_KEY))
+        .ok_or_else(|| "no state".to_string())
+        .and_then(|b| SetState::public_from_bytes(&b.0).map_err(|e| e.to_string()));
+    Some((key, Published { owners, state }))
+}
+
+fn public_router(state: AppState) -> Router {
     Router::new()
         .route("/jwks/{namespace}/{name}", get(jwks))
         .route(
@@ -100,9 +273,82 @@ fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
         .with_state(state)
+}
+
+fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` within `limits` until `stop` resolves, then lets open
+/// requests finish (at most 10 s).
+async fn serve_with_limits(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let router = router
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests,
+        ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+            _ = &mut stop => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_header_size(MAX_HEADER_BYTES)
+            .serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(router.clone()),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open HTTP connections did not finish within 10 s");
+    }
+    Ok(())
 }
 
 fn error(code: StatusCode, msg: &str) -> Response {
@@ -122,67 +368,87 @@ fn valid_name(s: &str) -> bool {
         && !s.contains("..")
 }
 
-/// The set and the exact bytes of its JWKS ConfigMap in its own namespace.
 /// A refusal: status code and message.
 type Refusal = (StatusCode, &'static str);
 
-fn lookup(
-    state: &AppState,
-    ns: &str,
-    name: &str,
-) -> Result<(Arc<SigningKeySet>, Vec<u8>), Refusal> {
+/// What the endpoint serves for one set at `now`.
+struct Served {
+    set: Arc<SigningKeySet>,
+    bytes: Vec<u8>,
+    max_age: i64,
+}
+
+fn lookup(state: &AppState, ns: &str, name: &str, now: DateTime<Utc>) -> Result<Served, Refusal> {
     if !valid_name(ns) || !valid_name(name) {
         return Err((
             StatusCode::BAD_REQUEST,
             "namespace and name must be DNS-1123 names",
         ));
     }
-    let not_found = (StatusCode::NOT_FOUND, "no such SigningKeySet");
-    let unpublished = (StatusCode::NOT_FOUND, "JWKS not published yet");
     let set = state
         .sets
         .get(&ObjectRef::new(name).within(ns))
-        .ok_or(not_found)?;
-    let cm = state
-        .cms
-        .get(&ObjectRef::new(&set.config_map_name()).within(ns))
-        .filter(|cm| cm.labels().get(SET_LABEL) == Some(&set.name_any()))
-        .ok_or(unpublished)?;
-    let bytes = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&set.jwks_key()))
-        .ok_or(unpublished)?;
-    Ok((set, bytes.as_bytes().to_vec()))
+        .ok_or((StatusCode::NOT_FOUND, "no such SigningKeySet"))?;
+    let published = state
+        .states
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(ns.to_string(), name.to_string()))
+        .cloned()
+        .ok_or((StatusCode::NOT_FOUND, "JWKS not published yet"))?;
+    let uid = set.meta().uid.clone().unwrap_or_default();
+    if !published.owners.contains(&uid) {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this SigningKeySet's key state is not owned by it; nothing is served",
+        ));
+    }
+    let keys = published.state.as_ref().map_err(|_| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "keyturn cannot read this SigningKeySet's key state; see its Ready condition",
+        )
+    })?;
+    let settings = plan::validate(&set.spec, None).map_err(|_| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this SigningKeySet's spec is invalid; see its Ready condition",
+        )
+    })?;
+    let bytes = jwks_document(keys, &settings, now)
+        .ok_or((StatusCode::NOT_FOUND, "JWKS not published yet"))?;
+    if let Err(e) = crate::jwks::validate(&bytes) {
+        // Cannot happen for a state keyturn wrote; never serve what breaks the rules.
+        tracing::error!(namespace = ns, name, error = %e, "refusing to serve a JWKS that breaks the rules");
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the JWKS breaks the publication rules; nothing is served",
+        ));
+    }
+    let max_age = max_age(keys, &settings, now);
+    Ok(Served {
+        set,
+        bytes,
+        max_age,
+    })
 }
 
-/// `max-age` in seconds: at most `prePublish`, and never past the next planned change of
-/// the JWKS (publication of the next key, activation, removal of a retired key).
-pub fn max_age(set: &SigningKeySet, now: DateTime<Utc>) -> i64 {
-    let pre = crate::duration::parse(&set.spec.rotation.pre_publish)
-        .map(|d| d.num_seconds())
-        .unwrap_or(0);
-    let mut next: Vec<DateTime<Utc>> = vec![];
-    if let Some(st) = &set.status {
-        let parse = |s: &String| s.parse::<DateTime<Utc>>().ok();
-        if let Some(r) = st.next_rotation_time.as_ref().and_then(parse) {
-            next.push(r);
-            if let Ok(p) = crate::duration::parse(&set.spec.rotation.pre_publish) {
-                next.push(r - p);
-            }
-        }
-        next.extend(
-            st.keys
-                .iter()
-                .filter_map(|k| k.remove_at.as_ref())
-                .filter_map(parse),
-        );
-    }
-    let until_change = next
+/// The JWKS of a set as every copy holds it: the planner's published order, limited to keys
+/// whose publication every copy confirmed. `None` before the first key is published.
+fn jwks_document(state: &SetState, s: &plan::Settings, now: DateTime<Utc>) -> Option<Vec<u8>> {
+    let keys: Vec<serde_json::Value> = plan::published_order(state, s, now)
         .into_iter()
-        .filter(|t| *t > now)
-        .min()
-        .map(|t| (t - now).num_seconds());
+        .filter(|r| r.published_at.is_some())
+        .map(|r| r.public_jwk.clone())
+        .collect();
+    (!keys.is_empty()).then(|| crate::jwks::to_bytes(&keys))
+}
+
+/// `max-age` in seconds: at most `prePublish`, and never past the planner's next transition
+/// (publication of the next key, activation, removal of a retired key).
+pub fn max_age(state: &SetState, s: &plan::Settings, now: DateTime<Utc>) -> i64 {
+    let pre = s.pre_publish.num_seconds();
+    let until_change = plan::next_transition(state, s, now).map(|t| (t - now).num_seconds());
     pre.min(until_change.unwrap_or(pre)).max(0)
 }
 
@@ -203,28 +469,27 @@ fn if_none_match(headers: &HeaderMap, tag: &str) -> bool {
         .any(|v| v == tag || v == "*")
 }
 
+fn cache_control(max_age: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("public, max-age={max_age}")).expect("ascii")
+}
+
 async fn jwks(
     State(state): State<AppState>,
-    method: Method,
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
     state.metrics.http("jwks");
-    let (set, bytes) = match lookup(&state, &ns, &name) {
+    let served = match lookup(&state, &ns, &name, Utc::now()) {
         Ok(x) => x,
         Err((code, msg)) => return error(code, msg),
     };
-    let tag = etag(&bytes);
-    let cache = format!("public, max-age={}", max_age(&set, Utc::now()));
+    let tag = etag(&served.bytes);
     let mut h = HeaderMap::new();
     h.insert(
         header::ETAG,
         HeaderValue::from_str(&tag).expect("base64url is a valid header"),
     );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_str(&cache).expect("ascii"),
-    );
+    h.insert(header::CACHE_CONTROL, cache_control(served.max_age));
     if if_none_match(&headers, &tag) {
         return (StatusCode::NOT_MODIFIED, h).into_response();
     }
@@ -232,40 +497,31 @@ async fn jwks(
         header::CONTENT_TYPE,
         HeaderValue::from_static(JWKS_CONTENT_TYPE),
     );
-    if method == Method::HEAD {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        return (StatusCode::OK, h).into_response();
-    }
-    (StatusCode::OK, h, bytes).into_response()
+    (StatusCode::OK, h, served.bytes).into_response()
 }
 
 async fn discovery(
     State(state): State<AppState>,
     Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
     state.metrics.http("discovery");
-    let (set, bytes) = match lookup(&state, &ns, &name) {
+    let served = match lookup(&state, &ns, &name, Utc::now()) {
         Ok(x) => x,
         Err((code, msg)) => return error(code, msg),
     };
-    let Some(issuer) = set.spec.issuer.clone() else {
+    let Some(issuer) = served.set.spec.issuer.clone() else {
         return error(
             StatusCode::NOT_FOUND,
             "this SigningKeySet has no spec.issuer",
         );
     };
-    let base = match &state.public_url {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            format!("http://{host}")
-        }
+    let Some(base) = &state.public_url else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "discovery needs the operator's --public-url (the URL clients reach this endpoint at); keyturn never builds URLs from request headers",
+        );
     };
-    let mut algs: Vec<String> = crate::jwks::parse(&bytes)
+    let mut algs: Vec<String> = crate::jwks::parse(&served.bytes)
         .unwrap_or_default()
         .iter()
         .filter_map(|k| k.get("alg").and_then(|a| a.as_str()).map(str::to_string))
@@ -277,15 +533,17 @@ async fn discovery(
         "jwks_uri": format!("{base}/jwks/{ns}/{name}"),
         "id_token_signing_alg_values_supported": algs,
     });
-    let cache = format!("public, max-age={}", max_age(&set, Utc::now()));
-    ([(header::CACHE_CONTROL, cache)], axum::Json(doc)).into_response()
+    (
+        [(header::CACHE_CONTROL, cache_control(served.max_age))],
+        axum::Json(doc),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "watch caches not synced\n").into_response()
+    match state.health.unready() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
@@ -303,6 +561,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::Algorithm;
+    use crate::keys::KeyPair;
+    use crate::state::KeyRecord;
 
     #[test]
     fn names_are_checked() {
@@ -325,34 +586,68 @@ mod tests {
         }
     }
 
-    #[test]
-    fn max_age_never_exceeds_pre_publish_nor_the_next_change() {
-        let mut set: SigningKeySet = serde_json::from_value(json!({
-            "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
-            "metadata": {"name": "a", "namespace": "b"},
-            "spec": {"rotation": {"interval": "720h", "prePublish": "1h", "overlap": "24h"}}
-        }))
+    fn settings(pre: &str) -> plan::Settings {
+        let spec: crate::crd::SigningKeySetSpec = serde_json::from_value(
+            json!({"rotation": {"interval": "720h", "prePublish": pre, "overlap": "24h"}}),
+        )
         .unwrap();
-        let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
-        assert_eq!(max_age(&set, now), 3600, "no status: prePublish");
-        set.status = Some(crate::crd::SigningKeySetStatus {
-            next_rotation_time: Some("2026-01-10T00:00:00Z".into()),
-            ..Default::default()
-        });
-        assert_eq!(max_age(&set, now), 3600);
-        // 10 minutes before the next key is published: max-age 600.
-        let soon: DateTime<Utc> = "2026-01-09T22:50:00Z".parse().unwrap();
-        assert_eq!(max_age(&set, soon), 600);
-        // A retired key leaves in 90 s.
-        set.status
-            .as_mut()
-            .unwrap()
-            .keys
-            .push(crate::crd::KeyStatus {
-                remove_at: Some("2026-01-01T00:01:30Z".into()),
-                ..Default::default()
-            });
-        assert_eq!(max_age(&set, now), 90);
+        plan::validate(&spec, None).unwrap()
+    }
+
+    fn record(t: &str, published: bool) -> KeyRecord {
+        let kp = KeyPair::generate(Algorithm::ES256, None).unwrap();
+        let t: DateTime<Utc> = t.parse().unwrap();
+        KeyRecord {
+            kid: kp.kid().to_string(),
+            alg: kp.alg(),
+            public_jwk: kp.public_jwk(),
+            private_pem: None,
+            created_at: t,
+            published_at: published.then_some(t),
+            activated_at: None,
+            retired_at: None,
+            manual: false,
+        }
+    }
+
+    #[test]
+    fn max_age_never_exceeds_pre_publish_nor_the_next_transition() {
+        let s = settings("1h");
+        let mut active = record("2026-01-01T00:00:00Z", true);
+        active.activated_at = active.published_at;
+        let mut state = SetState::new();
+        state.keys.push(active);
+        let now: DateTime<Utc> = "2026-01-02T00:00:00Z".parse().unwrap();
+        assert_eq!(max_age(&state, &s, now), 3600);
+        // 10 minutes before the next key is generated and published (720h - 1h after
+        // activation): max-age 600.
+        let soon: DateTime<Utc> = "2026-01-30T22:50:00Z".parse().unwrap();
+        assert_eq!(max_age(&state, &s, soon), 600);
+        // A retired key leaves in 90 s (24h overlap).
+        let mut retired = record("2025-12-01T00:00:00Z", true);
+        retired.activated_at = retired.published_at;
+        retired.retired_at = Some("2026-01-01T00:01:30Z".parse().unwrap());
+        state.keys.push(retired);
+        let t: DateTime<Utc> = "2026-01-02T00:00:00Z".parse().unwrap();
+        assert_eq!(max_age(&state, &s, t), 90);
+    }
+
+    #[test]
+    fn only_keys_every_copy_confirmed_are_served() {
+        let s = settings("1h");
+        let mut state = SetState::new();
+        assert_eq!(jwks_document(&state, &s, Utc::now()), None, "nothing yet");
+        let pending = record("2026-01-01T00:00:00Z", false);
+        state.keys.push(pending.clone());
+        assert_eq!(
+            jwks_document(&state, &s, Utc::now()),
+            None,
+            "stored but not yet published everywhere"
+        );
+        state.keys[0].published_at = Some(pending.created_at);
+        let doc = jwks_document(&state, &s, Utc::now()).unwrap();
+        assert_eq!(crate::jwks::kids(&doc).unwrap(), vec![pending.kid.clone()]);
+        crate::jwks::validate(&doc).unwrap();
     }
 
     #[test]

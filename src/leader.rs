@@ -26,14 +26,17 @@ pub struct Election {
     pub duration_secs: u64,
 }
 
-/// A shutdown signal every part of the process can wait on.
+/// A shutdown signal every part of the process can wait on: SIGTERM, SIGINT, or a part
+/// that failed and asks the rest to stop ([`Shutdown::request`]).
 #[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub struct Shutdown(watch::Receiver<bool>, Arc<watch::Sender<bool>>);
 
 impl Shutdown {
     /// Listens for SIGTERM and SIGINT.
     pub fn on_signals() -> Shutdown {
         let (tx, rx) = watch::channel(false);
+        let tx = Arc::new(tx);
+        let shutdown = Shutdown(rx, tx.clone());
         tokio::spawn(async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -44,7 +47,12 @@ impl Shutdown {
             }
             let _ = tx.send(true);
         });
-        Shutdown(rx)
+        shutdown
+    }
+
+    /// Asks every part of the process to stop.
+    pub fn request(&self) {
+        let _ = self.1.send(true);
     }
 
     /// Resolves once shutdown was requested.
@@ -56,7 +64,17 @@ impl Shutdown {
     pub fn requested(&self) -> bool {
         *self.0.borrow()
     }
+
+    /// A signal for tests and embedders: stops when `request` is called.
+    pub fn manual() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        Shutdown(rx, Arc::new(tx))
+    }
 }
+
+/// Attempts to start leader election (1 s, 2 s, 4 s, 8 s apart) before the process gives up
+/// and exits non-zero: a replica that can never lead must not look healthy.
+pub const START_ATTEMPTS: u32 = 5;
 
 /// How long in-flight reconciles may run after shutdown before the controller is dropped;
 /// well within the Deployment's 30 s termination grace period.
@@ -79,8 +97,9 @@ pub async fn run_as_leader<F, Fut>(
     election: Option<Election>,
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
+    on_failure: impl Fn(String),
     controller: F,
-) -> Result<(), kube_lease_manager::LeaseManagerError>
+) -> Result<(), LeaderError>
 where
     F: Fn(std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>) -> Fut,
     Fut: Future<Output = ()>,
@@ -91,14 +110,30 @@ where
         return Ok(());
     };
     let grace = (e.duration_secs / 3).max(1);
-    let manager = LeaseManagerBuilder::new(client, LEASE_NAME)
-        .with_namespace(&e.namespace)
-        .with_identity(&e.identity)
-        .with_duration(e.duration_secs)
-        .with_grace(grace)
-        .with_field_manager(format!("keyturn-lease-{}", e.identity))
-        .build()
-        .await?;
+    let mut attempt = 0;
+    let manager = loop {
+        let built = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+            .with_namespace(&e.namespace)
+            .with_identity(&e.identity)
+            .with_duration(e.duration_secs)
+            .with_grace(grace)
+            .with_field_manager(format!("keyturn-lease-{}", e.identity))
+            .build()
+            .await;
+        match built {
+            Ok(m) => break m,
+            Err(err) if attempt + 1 < START_ATTEMPTS && !shutdown.requested() => {
+                attempt += 1;
+                let why = format!(
+                    "leader election cannot start (attempt {attempt} of {START_ATTEMPTS}): {err}"
+                );
+                warn!(lease = LEASE_NAME, namespace = %e.namespace, "{why}");
+                on_failure(why);
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            }
+            Err(err) => return Err(LeaderError::Start(err)),
+        }
+    };
     let (mut leading, task) = manager.watch().await;
     info!(lease = LEASE_NAME, namespace = %e.namespace, identity = %e.identity, "waiting for leadership");
     loop {
@@ -127,6 +162,7 @@ where
         }
         warn!(identity = %e.identity, "lost leadership; the controller stopped, waiting to lead again");
     }
+    let unexpected = !shutdown.requested();
     // Dropping the receiver makes the manager release the Lease for the other replica.
     drop(leading);
     match tokio::time::timeout(Duration::from_secs(5), task).await {
@@ -135,5 +171,19 @@ where
         Ok(Err(err)) => warn!(error = %err, "lease task failed"),
         Err(_) => warn!("Lease release timed out; the other replica takes over when it expires"),
     }
+    if unexpected {
+        return Err(LeaderError::Stopped);
+    }
     Ok(())
+}
+
+/// Why this replica can no longer take part in leader election.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    /// The Lease could not be read or created, [`START_ATTEMPTS`] times.
+    #[error("leader election cannot start: {0}")]
+    Start(#[source] kube_lease_manager::LeaseManagerError),
+    /// The lease manager stopped without a shutdown request.
+    #[error("leader election stopped unexpectedly")]
+    Stopped,
 }

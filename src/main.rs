@@ -28,8 +28,12 @@ struct Cli {
 enum Command {
     /// Run the operator against the cluster in KUBECONFIG (or the in-cluster config).
     Run(RunArgs),
-    /// Print the SigningKeySet CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions (SigningKeySet, SigningKeySetGrant) as YAML.
+    Crd {
+        /// Write one file per CRD into this directory (as `crds/` holds them) instead.
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+    },
     /// Show one SigningKeySet: each key's state and its timeline relative to now.
     Status {
         /// The set, as NAMESPACE/NAME.
@@ -51,13 +55,32 @@ struct RunArgs {
     /// This replica's name, for Events and the Lease (default: the host name).
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
-    /// Address of the HTTP endpoint: /jwks/{namespace}/{name}, discovery, /metrics, /healthz, /readyz.
+    /// Address of the public HTTP endpoint: /jwks/{namespace}/{name}, discovery, /healthz, /readyz.
     #[arg(long, env = "KEYTURN_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: std::net::SocketAddr,
-    /// Base URL clients use to reach the HTTP endpoint, for `jwks_uri` in discovery documents
-    /// (default: http://<Host header>).
-    #[arg(long, env = "KEYTURN_PUBLIC_URL")]
+    /// Address of the admin endpoint: /metrics, /healthz, /readyz. Keep it off the public Service.
+    #[arg(long, env = "KEYTURN_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    metrics_addr: std::net::SocketAddr,
+    /// Base URL clients use to reach the public endpoint, for `jwks_uri` in discovery documents.
+    /// Without it discovery answers 503: keyturn never builds URLs from request headers.
+    #[arg(long, env = "KEYTURN_PUBLIC_URL", value_parser = parse_public_url)]
     public_url: Option<String>,
+    /// Namespace-only mode (needs --namespace): read and write nothing outside that namespace;
+    /// no fan-out, no cluster-scoped access. For the namespaced install (deploy/namespaced).
+    #[arg(long, env = "KEYTURN_NAMESPACE_ONLY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", requires = "namespace")]
+    namespace_only: bool,
+    /// HTTP: time a client has to send a request's headers (also the keep-alive idle time).
+    #[arg(long, env = "KEYTURN_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    http_header_timeout: std::time::Duration,
+    /// HTTP: time within which a request is answered, else 408.
+    #[arg(long, env = "KEYTURN_HTTP_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    http_request_timeout: std::time::Duration,
+    /// HTTP: open connections per port; more wait in the kernel's backlog.
+    #[arg(long, env = "KEYTURN_HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    http_max_connections: u64,
+    /// HTTP: requests handled at once per port.
+    #[arg(long, env = "KEYTURN_HTTP_MAX_CONCURRENT_REQUESTS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    http_max_concurrent_requests: u64,
     /// Elect a leader among replicas with a coordination.k8s.io Lease; only the leader writes.
     #[arg(long, env = "KEYTURN_LEADER_ELECT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     leader_elect: bool,
@@ -67,6 +90,30 @@ struct RunArgs {
     /// Seconds a Lease is valid without renewal; a dead leader is replaced within this time.
     #[arg(long, env = "KEYTURN_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     lease_seconds: u64,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    keyturn::duration::parse(s)
+        .map_err(|e| e.to_string())
+        .and_then(|d| d.to_std().map_err(|e| e.to_string()))
+        .and_then(|d| {
+            if d.is_zero() {
+                Err("must be greater than 0".to_string())
+            } else {
+                Ok(d)
+            }
+        })
+}
+
+fn parse_public_url(s: &str) -> Result<String, String> {
+    let ok = (s.starts_with("https://") || s.starts_with("http://"))
+        && !s.contains(['?', '#', ' ', '"', '<', '>', '\\'])
+        && s.len() <= 2048;
+    if ok {
+        Ok(s.trim_end_matches('/').to_string())
+    } else {
+        Err("must be an http(s) URL without query or fragment".into())
+    }
 }
 
 fn init_logging(format: &str) {
@@ -120,8 +167,16 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Crd => {
+        Command::Crd { out_dir: None } => {
             print!("{}", keyturn::crd_yaml());
+            Ok(())
+        }
+        Command::Crd { out_dir: Some(dir) } => {
+            for (file, yaml) in keyturn::crd_files() {
+                let path = dir.join(file);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             Ok(())
         }
         Command::Status { target, output } => {
@@ -153,23 +208,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API")?;
-            keyturn::controller::check_crd(&client, a.namespace.as_deref()).await?;
+            keyturn::controller::preflight(&client, a.namespace.as_deref(), a.namespace_only)
+                .await?;
             let instance = a
                 .instance
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| "keyturn".into());
             let metrics = Arc::new(keyturn::metrics::Metrics::new());
+            let health = Arc::new(keyturn::http::Health::default());
             let shutdown = keyturn::leader::Shutdown::on_signals();
-            let listener = tokio::net::TcpListener::bind(a.http_addr)
+            let public = tokio::net::TcpListener::bind(a.http_addr)
                 .await
                 .with_context(|| format!("binding the HTTP endpoint to {}", a.http_addr))?;
+            let admin = tokio::net::TcpListener::bind(a.metrics_addr)
+                .await
+                .with_context(|| format!("binding the admin endpoint to {}", a.metrics_addr))?;
             let http = keyturn::http::serve(
-                listener,
+                public,
+                admin,
                 shutdown.clone().wait(),
                 client.clone(),
-                a.namespace.clone(),
+                keyturn::http::Config {
+                    namespace: a.namespace.clone(),
+                    public_url: a.public_url,
+                    limits: keyturn::http::Limits {
+                        header_timeout: a.http_header_timeout,
+                        request_timeout: a.http_request_timeout,
+                        max_connections: a.http_max_connections as usize,
+                        max_concurrent_requests: a.http_max_concurrent_requests as usize,
+                    },
+                },
                 metrics.clone(),
-                a.public_url,
+                health.clone(),
             );
             let election = a.leader_elect.then(|| keyturn::leader::Election {
                 namespace: a.lease_namespace.clone(),
@@ -177,19 +247,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 duration_secs: a.lease_seconds,
             });
             let (ns, inst, m, c) = (a.namespace, instance, metrics.clone(), client.clone());
-            let controller =
-                keyturn::leader::run_as_leader(client, election, shutdown, metrics, move |stop| {
+            let namespace_only = a.namespace_only;
+            let h = health.clone();
+            let controller = keyturn::leader::run_as_leader(
+                client,
+                election,
+                shutdown.clone(),
+                metrics,
+                move |why| h.fail(why),
+                move |stop| {
                     let opts = keyturn::controller::Options {
                         namespace: ns.clone(),
                         instance: inst.clone(),
+                        namespace_only,
                     };
                     let clock: keyturn::reconcile::Clock = Arc::new(chrono::Utc::now);
                     let (m, c) = (m.clone(), c.clone());
                     keyturn::controller::run(c, opts, clock, m, stop)
-                });
-            let (h, l) = tokio::join!(http, controller);
-            h.context("serving HTTP")?;
-            l.context("leader election")?;
+                },
+            );
+            // Whichever part ends first ends the process: a replica that cannot elect or
+            // serve must not look healthy while doing nothing.
+            tokio::pin!(http, controller);
+            tokio::select! {
+                h = &mut http => {
+                    shutdown.request();
+                    controller.await.context("leader election")?;
+                    h.context("serving HTTP")?;
+                }
+                l = &mut controller => {
+                    if let Err(e) = &l {
+                        health.fail(e.to_string());
+                        tracing::error!(error = %e, "stopping: this replica cannot take part in leader election");
+                    }
+                    shutdown.request();
+                    http.await.context("serving HTTP")?;
+                    l.context("leader election")?;
+                }
+            }
             tracing::info!("keyturn stopped");
             Ok(())
         }

@@ -408,15 +408,26 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
     }
 
     // 7. Idle until the next transition.
+    Plan::Idle {
+        wake_at: next_transition(state, s, now),
+    }
+}
+
+/// The next instant after `now` at which the plan changes something: the next key's
+/// generation and publication, an activation, or a retired key's removal. Every change of
+/// the published JWKS happens at one of these instants (or on a spec change).
+pub fn next_transition(
+    state: &SetState,
+    s: &Settings,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     let mut wake: Vec<DateTime<Utc>> = vec![];
-    if cand_i.is_none() {
+    if candidate(state, s).is_none() {
         wake.extend(generate_at(state, s));
     }
     wake.extend(activate_at(state, s));
     wake.extend(state.keys.iter().filter_map(|r| remove_at(r, s)));
-    Plan::Idle {
-        wake_at: wake.into_iter().filter(|t| *t > now).min(),
-    }
+    wake.into_iter().filter(|t| *t > now).min()
 }
 
 /// Drops revoked records; a revoked Active record only when `with_active` (its

@@ -10,14 +10,17 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::crd::{FIELD_MANAGER, KeyStatus, ROTATE_ANNOTATION, SigningKeySet, SigningKeySetStatus};
+use crate::consent::{self, FanOut};
+use crate::crd::{
+    FIELD_MANAGER, KeyStatus, ROTATE_ANNOTATION, SigningKeySet, SigningKeySetGrant,
+    SigningKeySetStatus,
+};
 use crate::keys::KeyPair;
 use crate::metrics::Metrics;
 use crate::plan::{self, Observed, Plan, Settings, Step, Transition};
@@ -37,6 +40,21 @@ pub struct Context {
     pub clock: Clock,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Namespace-only mode: never read or write outside the set's namespace (no fan-out).
+    pub namespace_only: bool,
+    /// The one namespace this controller watches, if any.
+    pub scope: Option<String>,
+}
+
+impl Context {
+    /// Where JWKS copies are looked for: every namespace, or (namespace-only) none but the
+    /// sets' own.
+    fn copies_api(&self) -> Api<ConfigMap> {
+        match (self.namespace_only, &self.scope) {
+            (true, Some(ns)) => Api::namespaced(self.client.clone(), ns),
+            _ => Api::all(self.client.clone()),
+        }
+    }
 }
 
 /// Errors a reconcile can end with; each becomes a retry with backoff.
@@ -147,10 +165,9 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
             }
         }
     }
-    let fan_out =
-        !sks.spec.jwks.namespaces.is_empty() || sks.spec.jwks.namespace_selector.is_some();
-    let targets = match target_namespaces(&sks, &ctx.client, &ns).await? {
-        Ok(t) => t,
+    let fan_out = consent::requested(&sks);
+    let spread = match fan_out_of(&sks, &ctx).await? {
+        Ok(f) => f,
         Err(why) => {
             let nr = NotReady {
                 reason: "InvalidSpec",
@@ -159,10 +176,11 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
             return refuse(&sks, &ctx, None, Some(&settings), nr, None).await;
         }
     };
+    let targets = spread.targets.clone();
     let mut copies: BTreeMap<String, ConfigMap> = BTreeMap::new();
     if fan_out || has_finalizer(&sks) {
-        let all: Api<ConfigMap> = Api::all(ctx.client.clone());
-        for c in all
+        for c in ctx
+            .copies_api()
             .list(&ListParams::default().labels(&publish::copies_selector(&sks)))
             .await?
         {
@@ -173,7 +191,7 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
             }
         }
     }
-    if fan_out && !has_finalizer(&sks) {
+    if fan_out && !ctx.namespace_only && !has_finalizer(&sks) {
         set_finalizer(&sks, &ctx, true).await?;
     }
     if let Some(c) = cm.clone() {
@@ -408,6 +426,9 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
         .await;
     }
     let mut status = derive_status(&sks, &settings, state, now, None, &ns);
+    if fan_out {
+        report_fan_out(&sks, &ctx, &mut status, &spread).await;
+    }
     let current = obs
         .published
         .as_ref()
@@ -496,41 +517,53 @@ fn observe_published(
     }
 }
 
-/// Namespaces that get a JWKS copy: the set's own, the listed ones that exist, and those the
-/// selector matches; terminating namespaces are skipped. `Ok(Err(why))` for a bad selector.
-async fn target_namespaces(
-    sks: &SigningKeySet,
-    client: &Client,
-    own: &str,
-) -> Result<Result<BTreeSet<String>, String>, Error> {
-    let mut t = BTreeSet::from([own.to_string()]);
-    let jwks = &sks.spec.jwks;
-    if jwks.namespaces.is_empty() && jwks.namespace_selector.is_none() {
-        return Ok(Ok(t));
+/// Where the set's JWKS goes: its own namespace, and the requested ones that consented
+/// (read here, decided by [`consent::fan_out`]). `Ok(Err(why))` for a selector the API
+/// server would not accept.
+async fn fan_out_of(sks: &SigningKeySet, ctx: &Context) -> Result<Result<FanOut, String>, Error> {
+    if !consent::requested(sks) {
+        let own = sks.namespace().unwrap_or_default();
+        return Ok(Ok(FanOut {
+            targets: BTreeSet::from([own]),
+            ..Default::default()
+        }));
     }
-    let selector = match &jwks.namespace_selector {
-        None => None,
-        Some(sel) => match Selector::try_from(sel.clone()) {
-            Ok(s) => Some(s),
-            Err(e) => return Ok(Err(format!("spec.jwks.namespaceSelector: {e}"))),
-        },
-    };
-    let nss: Api<Namespace> = Api::all(client.clone());
-    let listed: BTreeSet<&String> = jwks.namespaces.iter().collect();
-    for n in nss.list(&ListParams::default()).await? {
-        let active = n.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
-            && n.metadata.deletion_timestamp.is_none();
-        let name = n.name_any();
-        let chosen = listed.contains(&name)
-            || selector
-                .as_ref()
-                .is_some_and(|s| s.matches(n.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())));
-        if active && chosen {
-            t.insert(name);
-        }
+    if ctx.namespace_only {
+        return Ok(Ok(consent::own_only(sks)));
     }
-    Ok(Ok(t))
+    let namespaces = Api::<Namespace>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let grants = Api::<SigningKeySetGrant>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?;
+    Ok(consent::fan_out(sks, &namespaces.items, &grants.items))
 }
+
+/// Adds the `FanOut` condition; a Warning Event when it turns False or names other namespaces.
+async fn report_fan_out(
+    sks: &SigningKeySet,
+    ctx: &Context,
+    status: &mut SigningKeySetStatus,
+    spread: &FanOut,
+) {
+    let (st, reason, message) = consent::condition(sks, spread);
+    let before = sks
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == FAN_OUT_CONDITION));
+    let changed = before.is_none_or(|c| c.status != st || c.message != message);
+    if changed && st == "False" {
+        warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason, denied = ?spread.denied, "fan-out refused");
+        publish_event(sks, ctx, EventType::Warning, reason, "Publish", &message).await;
+    }
+    status
+        .conditions
+        .push(condition(sks, FAN_OUT_CONDITION, st, reason, &message));
+}
+
+/// Condition type saying whether every namespace the spec asks for consented.
+pub const FAN_OUT_CONDITION: &str = "FanOut";
 
 const FINALIZER: &str = "keyturn.dev/jwks-copies";
 /// Data a Secret or ConfigMap can hold: 1 MiB less room for metadata.
@@ -613,8 +646,8 @@ async fn finalize(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let own = sks.namespace().unwrap_or_default();
-    let all: Api<ConfigMap> = Api::all(ctx.client.clone());
-    for c in all
+    for c in ctx
+        .copies_api()
         .list(&ListParams::default().labels(&publish::copies_selector(sks)))
         .await?
     {
@@ -820,6 +853,16 @@ async fn refuse(
         .filter(|c| c.type_ != "Ready")
         .collect();
     conds.insert(0, condition(sks, "Ready", "False", nr.reason, &nr.message));
+    // A refusal does not re-evaluate consent: keep what the last full reconcile reported.
+    if consent::requested(sks)
+        && let Some(c) = sks
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == FAN_OUT_CONDITION))
+        && !conds.iter().any(|c| c.type_ == FAN_OUT_CONDITION)
+    {
+        conds.push(c.clone());
+    }
     status.conditions = conds;
     write_status(sks, ctx, status).await?;
     Ok(match retry {

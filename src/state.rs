@@ -198,6 +198,32 @@ impl SetState {
     }
 }
 
+impl SetState {
+    /// The public part of a stored state: every record without its private key (dropped and
+    /// wiped here), each public JWK checked. For readers that serve keys, never sign.
+    pub fn public_from_bytes(bytes: &[u8]) -> Result<SetState, StateError> {
+        let mut state: SetState = serde_json::from_slice(bytes)
+            .map_err(|e| StateError::Parse(format!("{} at line {}", classify(&e), e.line())))?;
+        if state.version != STATE_VERSION {
+            return Err(StateError::Version(state.version));
+        }
+        for r in &mut state.keys {
+            r.private_pem = None;
+            crate::jwks::validate_key(&r.public_jwk).map_err(|e| StateError::Record {
+                kid: r.kid.clone(),
+                why: format!("public JWK: {e}"),
+            })?;
+            if r.public_jwk.get("kid").and_then(Value::as_str) != Some(r.kid.as_str()) {
+                return Err(StateError::Record {
+                    kid: r.kid.clone(),
+                    why: "public JWK kid differs from record kid".into(),
+                });
+            }
+        }
+        Ok(state)
+    }
+}
+
 impl Default for SetState {
     fn default() -> Self {
         Self::new()

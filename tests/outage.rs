@@ -213,7 +213,7 @@ async fn the_operator_rides_out_api_server_and_etcd_outages() {
         log.contains("reconcile failed") || log.contains("reconcile error"),
         "no outage in the log"
     );
-    let (_, metrics) = op.http_get("/metrics").unwrap();
+    let (_, metrics) = op.admin_get("/metrics").unwrap();
     assert!(
         metrics.contains("keyturn_reconcile_errors_total{"),
         "no outage in /metrics"

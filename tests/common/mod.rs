@@ -128,31 +128,51 @@ fn root() -> PathBuf {
 
 static CRD: OnceCell<()> = OnceCell::const_new();
 
-/// Installs the CRD from `crds/` (server-side apply) and waits until it is established.
+/// Installs the CRDs from `crds/` (server-side apply) and waits until they are established.
 pub async fn ensure_crd(client: &Client) {
     CRD.get_or_init(|| async {
-        let text = std::fs::read_to_string(root().join("crds/signingkeyset.yaml"))
-            .expect("crds/signingkeyset.yaml");
-        let crd: CustomResourceDefinition = serde_norway::from_str(&text).expect("CRD YAML parses");
-        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let name = crd.metadata.name.clone().unwrap();
-        api.patch(
-            &name,
-            &PatchParams::apply("keyturn-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply CRD");
-        wait_object(
-            &api,
-            &name,
-            "CRD established",
-            Duration::from_secs(30),
-            conditions::is_crd_established(),
-        )
-        .await;
+        for file in ["signingkeyset.yaml", "signingkeysetgrant.yaml"] {
+            let text = std::fs::read_to_string(root().join("crds").join(file))
+                .unwrap_or_else(|e| panic!("crds/{file}: {e}"));
+            let crd: CustomResourceDefinition =
+                serde_norway::from_str(&text).expect("CRD YAML parses");
+            let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+            let name = crd.metadata.name.clone().unwrap();
+            api.patch(
+                &name,
+                &PatchParams::apply("keyturn-tests").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .expect("apply CRD");
+            wait_object(
+                &api,
+                &name,
+                "CRD established",
+                Duration::from_secs(30),
+                conditions::is_crd_established(),
+            )
+            .await;
+        }
     })
     .await;
+}
+
+/// Consent: a SigningKeySetGrant in `in_ns` accepting JWKS copies from the set
+/// `from_ns/name` (every set of `from_ns` when `name` is `None`). Returns the grant's name.
+pub async fn grant(client: &Client, in_ns: &str, from_ns: &str, name: Option<&str>) -> String {
+    let grant_name = format!("from-{from_ns}-{}", name.unwrap_or("all"));
+    let g: keyturn::crd::SigningKeySetGrant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySetGrant",
+        "metadata": {"name": grant_name},
+        "spec": {"from": [{"namespace": from_ns, "name": name}]}
+    }))
+    .expect("a grant");
+    Api::<keyturn::crd::SigningKeySetGrant>::namespaced(client.clone(), in_ns)
+        .create(&PostParams::default(), &g)
+        .await
+        .expect("create SigningKeySetGrant");
+    grant_name
 }
 
 /// A `keyturn run` process watching one namespace; killed (SIGKILL) on drop.
@@ -162,8 +182,10 @@ pub struct Operator {
     pub log: PathBuf,
     namespace: String,
     extra: Vec<String>,
-    /// Loopback port of its HTTP endpoint.
+    /// Loopback port of its public HTTP endpoint.
     pub http_port: u16,
+    /// Loopback port of its admin endpoint (/metrics, probes).
+    pub metrics_port: u16,
     kubeconfig: PathBuf,
 }
 
@@ -187,6 +209,7 @@ impl Operator {
             namespace: namespace.into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             http_port,
+            metrics_port: free_port(),
             kubeconfig: kubeconfig_path(),
         };
         op.spawn();
@@ -208,6 +231,10 @@ impl Operator {
                 "json",
             ])
             .args(["--http-addr", &format!("127.0.0.1:{}", self.http_port)])
+            .args([
+                "--metrics-addr",
+                &format!("127.0.0.1:{}", self.metrics_port),
+            ])
             .args(&self.extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,keyturn=debug,kube=warn")
@@ -230,6 +257,7 @@ impl Operator {
             namespace: namespace.into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             http_port: free_port(),
+            metrics_port: free_port(),
             kubeconfig,
         };
         op.spawn();
@@ -254,29 +282,24 @@ impl Operator {
         None
     }
 
-    /// GETs a path on its HTTP endpoint; `None` when it does not answer.
+    /// GETs a path on its public HTTP endpoint; `None` when it does not answer.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).ok()?;
-        let status = buf.split(' ').nth(1)?.parse().ok()?;
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Some((status, body))
+        http_get(self.http_port, path)
+    }
+
+    /// GETs a path on its admin endpoint; `None` when it does not answer.
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.metrics_port, path)
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().unwrap()
     }
 
     /// True when its /metrics says it holds the Lease.
     pub fn is_leader(&self) -> bool {
-        self.http_get("/metrics")
+        self.admin_get("/metrics")
             .is_some_and(|(_, body)| body.lines().any(|l| l.trim() == "keyturn_leader 1"))
     }
 
@@ -366,6 +389,26 @@ impl Rng {
     pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
         &xs[(self.next() % xs.len() as u64) as usize]
     }
+}
+
+/// GETs a path on a loopback port: (status, body); `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split(' ').nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
 }
 
 /// A free loopback port.

@@ -1,0 +1,301 @@
+//! Consent for fan-out (invariant I8): which namespaces other than its own a SigningKeySet's
+//! JWKS copy may be written into. A namespace consents with a [`SigningKeySetGrant`] naming
+//! the set (or every set of its namespace); nothing else counts: not the set's spec, not a
+//! label on the namespace, not a ConfigMap anyone could write. Pure functions of (set,
+//! observed namespaces, observed grants), unit-tested here; `reconcile` reads the objects.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+
+use crate::crd::{SigningKeySet, SigningKeySetGrant};
+
+/// Where a set's JWKS goes, and where it would go but may not.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FanOut {
+    /// Namespaces that get a copy: the set's own, and every requested one that consented.
+    pub targets: BTreeSet<String>,
+    /// Namespaces the spec asks for that did not consent (sorted): nothing is written there.
+    pub denied: Vec<String>,
+    /// Why `denied` is denied: [`Denial::NoGrant`] or, in namespace-only mode, [`Denial::Disabled`].
+    pub denial: Denial,
+}
+
+/// Why requested namespaces get no copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Denial {
+    /// No SigningKeySetGrant there accepts the set.
+    #[default]
+    NoGrant,
+    /// The operator runs in namespace-only mode and writes nowhere else.
+    Disabled,
+}
+
+/// True when the spec asks for copies outside the set's namespace.
+pub fn requested(sks: &SigningKeySet) -> bool {
+    !sks.spec.jwks.namespaces.is_empty() || sks.spec.jwks.namespace_selector.is_some()
+}
+
+/// The fan-out of `sks` given every namespace and every grant of the cluster. Listed
+/// namespaces that do not exist and terminating namespaces are skipped (neither targets nor
+/// denied). `Err` names a selector the API server would not accept.
+pub fn fan_out(
+    sks: &SigningKeySet,
+    namespaces: &[Namespace],
+    grants: &[SigningKeySetGrant],
+) -> Result<FanOut, String> {
+    let own = sks.namespace().unwrap_or_default();
+    let name = sks.name_any();
+    let mut out = FanOut {
+        targets: BTreeSet::from([own.clone()]),
+        ..Default::default()
+    };
+    let jwks = &sks.spec.jwks;
+    let selector = match &jwks.namespace_selector {
+        None => None,
+        Some(sel) => Some(
+            Selector::try_from(sel.clone())
+                .map_err(|e| format!("spec.jwks.namespaceSelector: {e}"))?,
+        ),
+    };
+    let consenting: BTreeSet<String> = grants
+        .iter()
+        .filter(|g| g.accepts(&own, &name))
+        .filter_map(|g| g.namespace())
+        .collect();
+    let no_labels = BTreeMap::new();
+    for n in namespaces {
+        let ns = n.name_any();
+        let active = n.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
+            && n.metadata.deletion_timestamp.is_none();
+        let chosen = jwks.namespaces.contains(&ns)
+            || selector
+                .as_ref()
+                .is_some_and(|s| s.matches(n.metadata.labels.as_ref().unwrap_or(&no_labels)));
+        if ns == own || !active || !chosen {
+            continue;
+        }
+        if consenting.contains(&ns) {
+            out.targets.insert(ns);
+        } else {
+            out.denied.push(ns);
+        }
+    }
+    out.denied.sort();
+    Ok(out)
+}
+
+/// Namespace-only mode: the set's own namespace only; every listed namespace (and the
+/// selector, which cannot be evaluated without reading namespaces) is denied.
+pub fn own_only(sks: &SigningKeySet) -> FanOut {
+    let own = sks.namespace().unwrap_or_default();
+    let mut denied: Vec<String> = sks
+        .spec
+        .jwks
+        .namespaces
+        .iter()
+        .filter(|n| **n != own)
+        .cloned()
+        .collect();
+    if sks.spec.jwks.namespace_selector.is_some() {
+        denied.push("(spec.jwks.namespaceSelector)".into());
+    }
+    denied.sort();
+    denied.dedup();
+    FanOut {
+        targets: BTreeSet::from([own]),
+        denied,
+        denial: Denial::Disabled,
+    }
+}
+
+/// How many denied namespaces a condition message names before "and N more".
+const NAMED: usize = 10;
+
+/// The `FanOut` condition of a set that asks for copies elsewhere: (status, reason, message).
+pub fn condition(sks: &SigningKeySet, f: &FanOut) -> (&'static str, &'static str, String) {
+    let set = format!("{}/{}", sks.namespace().unwrap_or_default(), sks.name_any());
+    if f.denied.is_empty() {
+        return (
+            "True",
+            "Consented",
+            format!(
+                "every requested namespace consented; the JWKS goes to {} namespace(s)",
+                f.targets.len()
+            ),
+        );
+    }
+    let mut names = f.denied[..f.denied.len().min(NAMED)].join(", ");
+    if f.denied.len() > NAMED {
+        names.push_str(&format!(" and {} more", f.denied.len() - NAMED));
+    }
+    match f.denial {
+        Denial::NoGrant => (
+            "False",
+            "ConsentMissing",
+            format!(
+                "no SigningKeySetGrant accepts {set} in: {names}; keyturn writes nothing there (see docs/security.md)"
+            ),
+        ),
+        Denial::Disabled => (
+            "False",
+            "FanOutDisabled",
+            format!(
+                "keyturn runs in namespace-only mode and writes nothing outside {}: {names} get no copy",
+                sks.namespace().unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn set(spec: serde_json::Value) -> SigningKeySet {
+        serde_json::from_value(json!({
+            "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
+            "metadata": {"name": "auth", "namespace": "tenant-a"}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn ns(name: &str, labels: serde_json::Value) -> Namespace {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+    }
+
+    fn grant(in_ns: &str, from: serde_json::Value) -> SigningKeySetGrant {
+        serde_json::from_value(json!({
+            "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySetGrant",
+            "metadata": {"name": "g", "namespace": in_ns}, "spec": {"from": from}
+        }))
+        .unwrap()
+    }
+
+    fn cluster() -> Vec<Namespace> {
+        vec![
+            ns("tenant-a", json!({})),
+            ns("payments", json!({"jwks": "on"})),
+            ns("kube-system", json!({"jwks": "on"})),
+            ns("gateway", json!({})),
+        ]
+    }
+
+    fn set_of(v: &[&str]) -> BTreeSet<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn without_a_grant_nothing_outside_the_own_namespace() {
+        let s = set(json!({"jwks": {"namespaces": ["payments", "kube-system"],
+            "namespaceSelector": {"matchLabels": {"jwks": "on"}}}}));
+        let f = fan_out(&s, &cluster(), &[]).unwrap();
+        assert_eq!(f.targets, set_of(&["tenant-a"]));
+        assert_eq!(f.denied, vec!["kube-system", "payments"]);
+        let (status, reason, msg) = condition(&s, &f);
+        assert_eq!((status, reason), ("False", "ConsentMissing"));
+        assert!(msg.contains("tenant-a/auth") && msg.contains("kube-system, payments"));
+    }
+
+    #[test]
+    fn a_grant_naming_the_set_or_its_namespace_consents() {
+        let s = set(json!({"jwks": {"namespaces": ["payments", "gateway", "kube-system"]}}));
+        let grants = [
+            grant(
+                "payments",
+                json!([{"namespace": "tenant-a", "name": "auth"}]),
+            ),
+            grant("gateway", json!([{"namespace": "tenant-a"}])),
+        ];
+        let f = fan_out(&s, &cluster(), &grants).unwrap();
+        assert_eq!(f.targets, set_of(&["tenant-a", "payments", "gateway"]));
+        assert_eq!(f.denied, vec!["kube-system"]);
+    }
+
+    #[test]
+    fn a_grant_for_another_set_or_namespace_does_not_consent() {
+        let s = set(json!({"jwks": {"namespaces": ["payments", "gateway"]}}));
+        let grants = [
+            grant(
+                "payments",
+                json!([{"namespace": "tenant-a", "name": "other"}]),
+            ),
+            grant("gateway", json!([{"namespace": "tenant-b"}])),
+            // A grant in the set's own namespace says nothing about payments.
+            grant("tenant-a", json!([{"namespace": "tenant-a"}])),
+        ];
+        let f = fan_out(&s, &cluster(), &grants).unwrap();
+        assert_eq!(f.targets, set_of(&["tenant-a"]));
+        assert_eq!(f.denied, vec!["gateway", "payments"]);
+    }
+
+    #[test]
+    fn the_selector_needs_consent_too_and_skips_terminating_namespaces() {
+        let s = set(json!({"jwks": {"namespaceSelector": {"matchLabels": {"jwks": "on"}}}}));
+        let mut nss = cluster();
+        let mut gone = ns("leaving", json!({"jwks": "on"}));
+        gone.status = Some(k8s_openapi::api::core::v1::NamespaceStatus {
+            phase: Some("Terminating".into()),
+            ..Default::default()
+        });
+        nss.push(gone);
+        let grants = [
+            grant("payments", json!([{"namespace": "tenant-a"}])),
+            grant("leaving", json!([{"namespace": "tenant-a"}])),
+        ];
+        let f = fan_out(&s, &nss, &grants).unwrap();
+        assert_eq!(f.targets, set_of(&["tenant-a", "payments"]));
+        assert_eq!(f.denied, vec!["kube-system"]);
+        assert_eq!(condition(&s, &f).1, "ConsentMissing");
+    }
+
+    #[test]
+    fn a_bad_selector_names_the_field() {
+        let s = set(json!({"jwks": {"namespaceSelector": {"matchExpressions": [
+            {"key": "a", "operator": "In", "values": []}]}}}));
+        let e = fan_out(&s, &cluster(), &[]).unwrap_err();
+        assert!(e.starts_with("spec.jwks.namespaceSelector"), "{e}");
+    }
+
+    #[test]
+    fn full_consent_is_a_true_condition() {
+        let s = set(json!({"jwks": {"namespaces": ["payments"]}}));
+        let f = fan_out(
+            &s,
+            &cluster(),
+            &[grant("payments", json!([{"namespace": "tenant-a"}]))],
+        )
+        .unwrap();
+        assert_eq!(condition(&s, &f).0, "True");
+    }
+
+    #[test]
+    fn namespace_only_mode_denies_every_other_namespace() {
+        let s = set(json!({"jwks": {"namespaces": ["payments", "tenant-a"],
+            "namespaceSelector": {"matchLabels": {"jwks": "on"}}}}));
+        let f = own_only(&s);
+        assert_eq!(f.targets, set_of(&["tenant-a"]));
+        assert_eq!(
+            f.denied,
+            vec![
+                "(spec.jwks.namespaceSelector)".to_string(),
+                "payments".into()
+            ]
+        );
+        assert_eq!(condition(&s, &f).1, "FanOutDisabled");
+    }
+
+    #[test]
+    fn long_denials_are_cut_in_the_message() {
+        let s = set(json!({"jwks": {"namespaceSelector": {}}}));
+        let nss: Vec<Namespace> = (0..25)
+            .map(|i| ns(&format!("n{i:02}"), json!({})))
+            .collect();
+        let f = fan_out(&s, &nss, &[]).unwrap();
+        assert_eq!(f.denied.len(), 25);
+        assert!(condition(&s, &f).2.contains("and 15 more"));
+    }
+}
