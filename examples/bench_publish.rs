@@ -24,17 +24,26 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(1000);
     let client = Client::try_default().await?;
     let nss: Api<Namespace> = Api::all(client.clone());
-    // Setup: N labelled namespaces and a source namespace.
+    // Setup: N labelled namespaces, each consenting (a SigningKeySetGrant) to copies from
+    // bench-src/bench, and a source namespace.
     let names: Vec<String> = (0..n).map(|i| format!("bench-{i:04}")).collect();
     futures::stream::iter(names.iter().cloned().chain(["bench-src".to_string()]))
         .for_each_concurrent(CONCURRENCY, |name| {
-            let nss = nss.clone();
+            let (nss, client) = (nss.clone(), client.clone());
             async move {
                 let ns: Namespace = serde_json::from_value(
                     json!({"metadata": {"name": name, "labels": {LABEL: "on"}}}),
                 )
                 .unwrap();
                 let _ = nss.create(&PostParams::default(), &ns).await;
+                let grant: keyturn::crd::SigningKeySetGrant = serde_json::from_value(json!({
+                    "metadata": {"name": "bench"},
+                    "spec": {"from": [{"namespace": "bench-src", "name": "bench"}]}
+                }))
+                .unwrap();
+                let _ = Api::<keyturn::crd::SigningKeySetGrant>::namespaced(client, &name)
+                    .create(&PostParams::default(), &grant)
+                    .await;
             }
         })
         .await;

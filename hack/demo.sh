@@ -43,7 +43,8 @@ say "installing the CRD"
 
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 say "starting the operator (log: $DIR/keyturn.log; JWKS at http://127.0.0.1:$PORT/jwks/default/demo)"
-"$KEYTURN" run --http-addr "127.0.0.1:$PORT" >"$DIR/keyturn.log" 2>&1 &
+ADMIN_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+"$KEYTURN" run --http-addr "127.0.0.1:$PORT" --metrics-addr "127.0.0.1:$ADMIN_PORT" >"$DIR/keyturn.log" 2>&1 &
 op_pid=$!
 
 say "applying a SigningKeySet that rotates every $INTERVAL (prePublish $PRE, overlap $OVERLAP)"

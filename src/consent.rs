@@ -255,7 +255,7 @@ mod tests {
     #[test]
     fn a_bad_selector_names_the_field() {
         let s = set(json!({"jwks": {"namespaceSelector": {"matchExpressions": [
-            {"key": "a", "operator": "In", "values": []}]}}}));
+            {"key": "a", "operator": "Sometimes", "values": ["x"]}]}}}));
         let e = fan_out(&s, &cluster(), &[]).unwrap_err();
         assert!(e.starts_with("spec.jwks.namespaceSelector"), "{e}");
     }

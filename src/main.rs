@@ -66,7 +66,7 @@ struct RunArgs {
     #[arg(long, env = "KEYTURN_PUBLIC_URL", value_parser = parse_public_url)]
     public_url: Option<String>,
     /// Namespace-only mode (needs --namespace): read and write nothing outside that namespace;
-    /// no fan-out, no cluster-scoped access. For the namespaced install (deploy/namespaced).
+    /// no fan-out, no cluster-scoped access. For the namespaced install (deploy-namespaced).
     #[arg(long, env = "KEYTURN_NAMESPACE_ONLY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", requires = "namespace")]
     namespace_only: bool,
     /// HTTP: time a client has to send a request's headers (also the keep-alive idle time).

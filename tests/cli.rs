@@ -58,18 +58,26 @@ fn bad_flags_give_one_line_and_a_non_zero_exit() {
 fn crd_prints_what_crds_holds() {
     let out = keyturn(&["crd"]);
     assert!(out.status.success());
-    let on_disk = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/signingkeyset.yaml"
-    ))
-    .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), on_disk);
+    // Every file of crds/, one YAML document each.
+    let on_disk: Vec<String> = ["signingkeyset.yaml", "signingkeysetgrant.yaml"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(format!("{}/crds/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        })
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), on_disk.join("---\n"));
 }
 
 #[test]
 fn run_without_a_cluster_fails_with_a_clear_message() {
     let out = Command::new(env!("CARGO_BIN_EXE_keyturn"))
-        .args(["run", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "run",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
         .env("KUBECONFIG", "/nonexistent/kubeconfig")
         .env_remove("KUBERNETES_SERVICE_HOST")
         .output()

@@ -36,6 +36,7 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
         .create(&PostParams::default(), &copy_obj)
         .await
         .unwrap();
+    common::grant(&client, &copy_ns, &ns, None).await;
     let cms: Api<ConfigMap> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let copies_cfg =
@@ -74,6 +75,8 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
                 "--log-format",
                 "json",
                 "--http-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
                 "127.0.0.1:0",
             ])
             .env("KUBECONFIG", &kubeconfig)

@@ -64,6 +64,9 @@ async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
     let later = format!("{src}-later");
     namespace(&client, &listed, json!({})).await;
     namespace(&client, &before, json!({label.clone(): "on"})).await;
+    for ns in [&listed, &before] {
+        common::grant(&client, ns, &src, Some("fan")).await;
+    }
     let _op = common::Operator::start(&src);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
     let obj: SigningKeySet = serde_json::from_value(json!({
@@ -81,6 +84,7 @@ async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
 
     // A namespace created later with the label gets its copy.
     namespace(&client, &later, json!({label.clone(): "on"})).await;
+    common::grant(&client, &later, &src, None).await;
     wait_identical(&client, &src, &later, "fan-jwks").await;
 
     // Through a rotation, every copy keeps matching the source.
@@ -154,6 +158,7 @@ async fn a_foreign_configmap_blocks_activation_and_is_never_touched() {
     let src = common::fresh_namespace(&client, "block").await;
     let other = format!("{src}-other");
     namespace(&client, &other, json!({})).await;
+    common::grant(&client, &other, &src, None).await;
     let foreign_api: Api<ConfigMap> = Api::namespaced(client.clone(), &other);
     let foreign = foreign_api
         .create(

@@ -9,9 +9,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -63,6 +62,8 @@ async fn kustomize_base_is_accepted_by_the_api_server() {
     );
     for obj in [
         "customresourcedefinition.apiextensions.k8s.io/signingkeysets.keyturn.dev",
+        "customresourcedefinition.apiextensions.k8s.io/signingkeysetgrants.keyturn.dev",
+        "clusterrole.rbac.authorization.k8s.io/keyturn-admin",
         "namespace/keyturn-system",
         "serviceaccount/keyturn",
         "clusterrole.rbac.authorization.k8s.io/keyturn",
@@ -81,9 +82,14 @@ async fn kustomize_base_is_accepted_by_the_api_server() {
         "service-tokens-es256.yaml",
         "oidc-issuer-rs256.yaml",
         "migrate-rs256-to-es256.yaml",
+        "grant-service-tokens.yaml",
+        "networkpolicy.yaml",
     ] {
         let text = std::fs::read_to_string(root().join("examples").join(ex)).unwrap();
-        let text = text.replace("namespace: default", &format!("namespace: {ns}"));
+        let text = text
+            .replace("namespace: default", &format!("namespace: {ns}"))
+            .replace("namespace: gateway", &format!("namespace: {ns}"))
+            .replace("namespace: keyturn-system", &format!("namespace: {ns}"));
         let out = common::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&text));
         assert!(
             out.status.success(),
@@ -138,43 +144,6 @@ async fn deployment_pods_are_admitted_under_restricted_pod_security() {
     }
 }
 
-/// Writes a kubeconfig that authenticates with a ServiceAccount token.
-async fn token_kubeconfig(client: &Client, ns: &str, sa: &str, path: &std::path::Path) {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    sas.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap(),
-    )
-    .await
-    .unwrap();
-    let tr: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-            .unwrap();
-    let tr: TokenRequest = sas
-        .create_subresource("token", sa, &PostParams::default(), &tr)
-        .await
-        .expect("TokenRequest");
-    let token = serde_json::to_value(&tr).unwrap()["status"]["token"]
-        .as_str()
-        .expect("a token")
-        .to_string();
-    let admin = std::fs::read_to_string(common::kubeconfig_path()).unwrap();
-    let server = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
-        .unwrap()
-        .to_string();
-    let ca = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("certificate-authority: "))
-        .unwrap()
-        .to_string();
-    let kc = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {server}, certificate-authority: {ca}}}\nusers:\n- name: {sa}\n  user: {{token: {token}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: {sa}}}\ncurrent-context: c\n"
-    );
-    std::fs::write(path, kc).unwrap();
-}
-
 #[tokio::test]
 async fn least_privilege_rbac_is_enough_for_a_full_rotation_with_fan_out() {
     let client = common::client().await;
@@ -201,7 +170,7 @@ async fn least_privilege_rbac_is_enough_for_a_full_rotation_with_fan_out() {
         String::from_utf8_lossy(&out.stderr)
     );
     let kc = std::env::temp_dir().join(format!("{sa}.kubeconfig"));
-    token_kubeconfig(&client, &home, &sa, &kc).await;
+    common::token_kubeconfig(&client, &home, &sa, &kc).await;
 
     let mut op = common::Operator::start_as(
         "rbac",
@@ -217,6 +186,7 @@ async fn least_privilege_rbac_is_enough_for_a_full_rotation_with_fan_out() {
             "rbac-0",
         ],
     );
+    common::grant(&client, &dst, &src, Some("auth")).await;
     common::create_set(&client, &src, "auth", json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [dst]}})).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
     let first = common::wait_object(

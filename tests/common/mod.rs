@@ -10,12 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
+use serde_json::json;
 use tokio::sync::OnceCell;
 
 /// Path of the kubeconfig the harness wrote. Panics with instructions when none is set:
@@ -339,6 +341,100 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Creates ServiceAccount `sa` in `ns` and writes a kubeconfig that authenticates with a
+/// token of it (TokenRequest, one hour).
+pub async fn token_kubeconfig(client: &Client, ns: &str, sa: &str, path: &std::path::Path) {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let tr: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let tr: TokenRequest = sas
+        .create_subresource("token", sa, &PostParams::default(), &tr)
+        .await
+        .expect("TokenRequest");
+    let token = serde_json::to_value(&tr).unwrap()["status"]["token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    let admin = std::fs::read_to_string(kubeconfig_path()).unwrap();
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_string();
+    let ca = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority: "))
+        .unwrap()
+        .to_string();
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {server}, certificate-authority: {ca}}}\nusers:\n- name: {sa}\n  user: {{token: {token}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: {sa}}}\ncurrent-context: c\n"
+    );
+    std::fs::write(path, kc).unwrap();
+}
+
+/// A client with the identity of a ServiceAccount that has only the rights the test gives
+/// it: an attacker's view of the cluster. Creates the ServiceAccount `sa` in `ns`.
+pub async fn restricted_client(client: &Client, ns: &str, sa: &str) -> (Client, PathBuf) {
+    let path = std::env::temp_dir().join(format!("{ns}-{sa}.kubeconfig"));
+    token_kubeconfig(client, ns, sa, &path).await;
+    let kc = Kubeconfig::read_from(&path).expect("readable kubeconfig");
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("valid kubeconfig");
+    (Client::try_from(cfg).expect("client"), path)
+}
+
+/// Grants `rules` (RBAC PolicyRules as JSON) in namespace `in_ns` to ServiceAccount
+/// `sa_ns/sa` with a Role and RoleBinding named `name`.
+pub async fn allow(
+    client: &Client,
+    in_ns: &str,
+    name: &str,
+    sa_ns: &str,
+    sa: &str,
+    rules: serde_json::Value,
+) {
+    use k8s_openapi::api::rbac::v1::Role;
+    let role: Role =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "rules": rules}))
+            .unwrap();
+    Api::<Role>::namespaced(client.clone(), in_ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("create Role");
+    bind(client, in_ns, name, "Role", name, sa_ns, sa).await;
+}
+
+/// Binds ServiceAccount `sa_ns/sa` to the role `kind/role` in namespace `in_ns`.
+pub async fn bind(
+    client: &Client,
+    in_ns: &str,
+    name: &str,
+    kind: &str,
+    role: &str,
+    sa_ns: &str,
+    sa: &str,
+) {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let rb: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_ns}]
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), in_ns)
+        .create(&PostParams::default(), &rb)
+        .await
+        .expect("create RoleBinding");
 }
 
 /// A SigningKeySet manifest as JSON (untyped, so tests can send what the types cannot hold).

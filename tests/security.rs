@@ -1,0 +1,959 @@
+//! The trust boundaries (DESIGN.md, docs/security.md), attacked from the identities an
+//! attacker would have — ServiceAccounts bound only to that attacker's rights — against the
+//! real control plane with the operator running:
+//!
+//! - a tenant who may create SigningKeySets in its own namespace tries to put keys into
+//!   namespaces that did not consent (listed, selected, `kube-system`) and to consent for them;
+//! - someone who may write ConfigMaps forges and tampers with JWKS ConfigMaps, hoping the HTTP
+//!   endpoint serves them;
+//! - a network client forges the Host header, holds connections open, sends slow headers and
+//!   bodies, and looks for /metrics on the public port;
+//! - an operator that cannot elect a leader or cannot watch must fail, not look healthy;
+//! - the namespace-only install runs a rotation under its own token with nothing else.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::invariants::{Seen, observe};
+use keyturn::crd::{SigningKeySet, SigningKeySetGrant};
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The condition `type_` of a set: (status, reason, message).
+fn condition(s: &SigningKeySet, type_: &str) -> Option<(String, String, String)> {
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until the set's condition `type_` has `status` and `reason`; returns its message.
+async fn wait_condition(
+    sets: &Api<SigningKeySet>,
+    name: &str,
+    type_: &'static str,
+    status: &'static str,
+    reason: &'static str,
+) -> String {
+    let s = common::wait_object(
+        sets,
+        name,
+        &format!("{name}: {type_}={status} ({reason})"),
+        Duration::from_secs(60),
+        move |o: Option<&SigningKeySet>| {
+            o.and_then(|s| condition(s, type_))
+                .is_some_and(|(st, r, _)| st == status && r == reason)
+        },
+    )
+    .await
+    .unwrap();
+    condition(&s, type_).unwrap().2
+}
+
+/// keyturn's ConfigMaps in `ns` that came from sets in `from`.
+async fn copies_from(client: &Client, ns: &str, from: &str) -> Vec<String> {
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("keyturn.dev/source-namespace={from}")))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|c| c.name_any())
+        .collect()
+}
+
+fn is_forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> bool {
+    matches!(r, Err(kube::Error::Api(e)) if e.code == 403)
+}
+
+/// The user-facing aggregated ClusterRoles of deploy/rbac-users.yaml.
+fn apply_user_roles() {
+    let out = common::kubectl(
+        &[
+            "apply",
+            "-f",
+            root().join("deploy/rbac-users.yaml").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    apply_user_roles();
+    let tenant = common::fresh_namespace(&client, "tenant").await;
+    let victim = common::fresh_namespace(&client, "victim").await;
+    let label = format!("jwks-{tenant}");
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &victim,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {label.clone(): "on"}}})),
+        )
+        .await
+        .unwrap();
+    // The tenant: may manage SigningKeySets (and read Events) in its own namespace, nothing else.
+    let (tenant_client, _) = common::restricted_client(&client, &tenant, "tenant").await;
+    common::allow(
+        &client,
+        &tenant,
+        "tenant",
+        &tenant,
+        "tenant",
+        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]},
+               {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["get", "list"]}]),
+    )
+    .await;
+    // The victim's administrator: the default `admin` role (which aggregates keyturn-admin).
+    let (victim_admin, _) = common::restricted_client(&client, &victim, "admin").await;
+    common::bind(
+        &client,
+        &victim,
+        "admin",
+        "ClusterRole",
+        "admin",
+        &victim,
+        "admin",
+    )
+    .await;
+
+    // Observe every JWKS copy of tenant/auth in any namespace, and the tenant's signing Secrets.
+    let copies_cfg = kube::runtime::watcher::Config::default().labels(&format!(
+        "keyturn.dev/source-namespace={tenant},keyturn.dev/signing-key-set=auth"
+    ));
+    let mut observed = observe(
+        Api::<ConfigMap>::all(client.clone()),
+        copies_cfg,
+        Api::namespaced(client.clone(), &tenant),
+    )
+    .await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let observer = tokio::spawn(async move {
+        while let Some(o) = observed.next().await {
+            let _ = tx.send(o);
+        }
+    });
+
+    let _op = common::Operator::start(&tenant);
+    let tenant_sets: Api<SigningKeySet> = Api::namespaced(tenant_client.clone(), &tenant);
+    let pp = PostParams::default();
+    let set = |name: &str, jwks: serde_json::Value| -> SigningKeySet {
+        serde_json::from_value(common::set_manifest(
+            name,
+            json!({"rotation": {"interval": "9s", "prePublish": "3s", "overlap": "3s"}, "jwks": jwks}),
+        ))
+        .unwrap()
+    };
+    tenant_sets
+        .create(
+            &pp,
+            &set(
+                "auth",
+                json!({"namespaces": [victim, "kube-system"], "configMapName": "payments-trusted-issuers"}),
+            ),
+        )
+        .await
+        .expect("the tenant may create sets in its namespace");
+    tenant_sets
+        .create(
+            &pp,
+            &set(
+                "sel",
+                json!({"namespaceSelector": {"matchLabels": {label.clone(): "on"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+
+    // The tenant cannot consent on behalf of the victim or kube-system.
+    for ns in [victim.as_str(), "kube-system"] {
+        let g: SigningKeySetGrant = serde_json::from_value(json!({
+            "metadata": {"name": "mine"}, "spec": {"from": [{"namespace": tenant}]}
+        }))
+        .unwrap();
+        let r = Api::<SigningKeySetGrant>::namespaced(tenant_client.clone(), ns)
+            .create(&pp, &g)
+            .await;
+        assert!(is_forbidden(r), "the tenant created a grant in {ns}");
+    }
+
+    // Both sets work in their own namespace, and say where they may not publish.
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &tenant);
+    wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    let msg = wait_condition(&sets, "auth", "FanOut", "False", "ConsentMissing").await;
+    assert!(
+        msg.contains(&victim) && msg.contains("kube-system"),
+        "{msg}"
+    );
+    let msg = wait_condition(&sets, "sel", "FanOut", "False", "ConsentMissing").await;
+    assert!(msg.contains(&victim), "{msg}");
+    // ... with a Warning Event the tenant can read.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(tenant_client.clone(), &tenant);
+    common::wait_for(
+        "a ConsentMissing Event naming the victim",
+        Duration::from_secs(30),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("ConsentMissing")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.note.as_deref().is_some_and(|n| n.contains(&victim))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // Nothing of the tenant's reached either namespace, under any name.
+    for ns in [victim.as_str(), "kube-system"] {
+        assert_eq!(
+            copies_from(&client, ns, &tenant).await,
+            Vec::<String>::new(),
+            "{ns}"
+        );
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        for name in ["payments-trusted-issuers", "sel-jwks"] {
+            assert!(
+                cms.get_opt(name).await.unwrap().is_none(),
+                "{ns}/{name} was written"
+            );
+        }
+    }
+
+    // The victim's administrator consents to tenant/auth only: its copy appears there.
+    // (The `admin` role gets keyturn-admin's rules from the ClusterRole aggregation controller.)
+    let as_admin = format!("system:serviceaccount:{victim}:admin");
+    common::wait_for(
+        "admin aggregates keyturn-admin",
+        Duration::from_secs(30),
+        || async {
+            let out = common::kubectl(
+                &[
+                    "auth",
+                    "can-i",
+                    "create",
+                    "signingkeysetgrants.keyturn.dev",
+                    "-n",
+                    &victim,
+                    "--as",
+                    &as_admin,
+                ],
+                None,
+            );
+            (String::from_utf8_lossy(&out.stdout).trim() == "yes").then_some(())
+        },
+    )
+    .await;
+    let grant = common::grant(&victim_admin, &victim, &tenant, Some("auth")).await;
+    let victim_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &victim);
+    let own_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &tenant);
+    common::wait_for("the consented copy", Duration::from_secs(30), || async {
+        let c = victim_cms
+            .get_opt("payments-trusted-issuers")
+            .await
+            .unwrap()?;
+        let o = own_cms.get_opt("payments-trusted-issuers").await.unwrap()?;
+        (c.data == o.data).then_some(())
+    })
+    .await;
+    wait_condition(&sets, "auth", "FanOut", "False", "ConsentMissing").await; // kube-system still refused
+    assert_eq!(
+        copies_from(&client, "kube-system", &tenant).await,
+        Vec::<String>::new()
+    );
+    assert!(
+        victim_cms.get_opt("sel-jwks").await.unwrap().is_none(),
+        "a grant naming auth let sel in"
+    );
+
+    // Rotations now wait for the consented copy: every key generated after the copy appeared
+    // was in it for prePublish before it signed (ordered by etcd revision, timed by arrival).
+    // The key after next is the first sure to be generated after the grant.
+    let granted_at = Instant::now();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &tenant);
+    let kid = |s: &Secret| String::from_utf8(s.data.as_ref().unwrap()["kid"].0.clone()).unwrap();
+    let k0 = kid(&secrets.get("auth-signing-key").await.unwrap());
+    let mut seen_kids = vec![k0.clone()];
+    for _ in 0..3 {
+        let last = seen_kids.last().unwrap().clone();
+        let s = common::wait_object(
+            &secrets,
+            "auth-signing-key",
+            "a rotation",
+            Duration::from_secs(40),
+            move |o: Option<&Secret>| {
+                o.is_some_and(|s| {
+                    String::from_utf8_lossy(&s.data.as_ref().unwrap()["kid"].0) != last
+                })
+            },
+        )
+        .await
+        .unwrap();
+        seen_kids.push(kid(&s));
+    }
+    let mut victim_jwks: Vec<(u64, Instant, Vec<String>)> = vec![];
+    let mut signers: Vec<(u64, Instant, String)> = vec![];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while signers
+        .iter()
+        .filter(|(_, _, k)| *k == seen_kids[2])
+        .count()
+        == 0
+    {
+        match tokio::time::timeout(deadline - Instant::now(), rx.recv()).await {
+            Ok(Some((_, Some(ns), Seen::Jwks { rv, at, kids, .. }))) if ns == victim => {
+                victim_jwks.push((rv, at, kids))
+            }
+            Ok(Some((_, None, Seen::Signer { rv, at, kid, .. }))) => signers.push((rv, at, kid)),
+            Ok(Some(_)) => {}
+            _ => panic!("the observer never saw the activation of {}", seen_kids[3]),
+        }
+    }
+    while let Ok(o) = rx.try_recv() {
+        match o {
+            (_, Some(ns), Seen::Jwks { rv, at, kids, .. }) if ns == victim => {
+                victim_jwks.push((rv, at, kids))
+            }
+            (_, None, Seen::Signer { rv, at, kid, .. }) => signers.push((rv, at, kid)),
+            _ => {}
+        }
+    }
+    observer.abort();
+    for k in &seen_kids[2..] {
+        let (srv, sat, _) = signers
+            .iter()
+            .find(|(_, at, kid)| kid == k && *at >= granted_at)
+            .unwrap_or_else(|| {
+                panic!("no activation of {k} observed after the grant; kids {seen_kids:?}, signers {:?}", signers.iter().map(|(rv, at, k)| (rv, *at >= granted_at, k)).collect::<Vec<_>>())
+            });
+        let (crv, cat, _) = victim_jwks
+            .iter()
+            .find(|(_, _, kids)| kids.contains(k))
+            .unwrap_or_else(|| panic!("{k} signed but never appeared in the consented copy"));
+        assert!(
+            crv < srv,
+            "{k} signed (rv {srv}) before the consented copy had it (rv {crv})"
+        );
+        assert!(
+            *sat + common::invariants::JITTER >= *cat + Duration::from_secs(3),
+            "{k} signed {:?} after it reached the consented copy; prePublish is 3s",
+            *sat - *cat
+        );
+    }
+
+    // Withdrawing consent removes keyturn's copy, and only it.
+    Api::<SigningKeySetGrant>::namespaced(victim_admin.clone(), &victim)
+        .delete(&grant, &Default::default())
+        .await
+        .unwrap();
+    common::wait_for(
+        "the copy removed after consent was withdrawn",
+        Duration::from_secs(30),
+        || async {
+            victim_cms
+                .get_opt("payments-trusted-issuers")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let v = victim.clone();
+    common::wait_object(
+        &sets,
+        "auth",
+        "FanOut names the victim again",
+        Duration::from_secs(30),
+        move |o: Option<&SigningKeySet>| {
+            o.and_then(|s| condition(s, "FanOut"))
+                .is_some_and(|(st, r, m)| st == "False" && r == "ConsentMissing" && m.contains(&v))
+        },
+    )
+    .await;
+}
+
+/// A JWKS with a symmetric key and its secret: what a forger would like verifiers to trust.
+const FORGED: &str = r#"{"keys":[{"kty":"oct","kid":"forged","alg":"HS256","use":"sig","k":"Zm9yZ2VkLXNlY3JldC1rZXktbWF0ZXJpYWw"}]}"#;
+
+fn leaked(body: &str) -> bool {
+    body.contains("forged") || body.contains("Zm9yZ2Vk") || body.contains("\"oct\"")
+}
+
+#[tokio::test]
+async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "forge").await;
+    // The attacker may write ConfigMaps in the namespace, nothing else.
+    let (attacker, _) = common::restricted_client(&client, &ns, "cm-writer").await;
+    common::allow(
+        &client,
+        &ns,
+        "cm-writer",
+        &ns,
+        "cm-writer",
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}]),
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(attacker.clone(), &ns);
+    let forged: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "auth-jwks", "labels": {
+            "app.kubernetes.io/managed-by": "keyturn",
+            "keyturn.dev/signing-key-set": "auth",
+            "keyturn.dev/source-namespace": ns}},
+        "data": {"jwks.json": FORGED}
+    }))
+    .unwrap();
+    cms.create(&PostParams::default(), &forged).await.unwrap();
+    let op = common::Operator::start_with(&ns, &["--public-url", "https://keys.example.test"]);
+    common::create_set(
+        &client,
+        &ns,
+        "auth",
+        json!({"rotation": {"interval": "720h", "prePublish": "10m", "overlap": "1h"}, "issuer": "https://auth.example.test"}),
+    )
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    wait_condition(&sets, "auth", "Ready", "False", "ForeignObject").await;
+    // Wait until the endpoint knows the set (its cache has it) and check what it answers.
+    let jwks_path = format!("/jwks/{ns}/auth");
+    let discovery_path = format!("/{ns}/auth/.well-known/openid-configuration");
+    common::wait_for(
+        "the endpoint to know the set",
+        Duration::from_secs(20),
+        || async {
+            let (code, body) = op.http_get(&jwks_path)?;
+            (code != 404 || !body.contains("no such SigningKeySet")).then_some(())
+        },
+    )
+    .await;
+    for path in [&jwks_path, &discovery_path] {
+        let r = raw_get(op.http_port, path, "x").await;
+        assert!(matches!(r.status, 404 | 503), "{path}: {}", r.status);
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
+        assert!(!leaked(&r.body), "{path} served the forgery: {}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("a JSON reason");
+        assert!(v["error"].is_string());
+    }
+
+    // The attacker gives up the name; keyturn publishes its own.
+    cms.delete("auth-jwks", &Default::default()).await.unwrap();
+    wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    let own: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let genuine = common::wait_for(
+        "the genuine JWKS served",
+        Duration::from_secs(20),
+        || async {
+            let cm = own.get_opt("auth-jwks").await.unwrap()?;
+            let bytes = cm.data.as_ref()?.get("jwks.json")?.clone();
+            let (code, body) = op.http_get(&jwks_path)?;
+            (code == 200 && body == bytes).then_some(bytes)
+        },
+    )
+    .await;
+
+    // Now it tampers with keyturn's own ConfigMap (an owned object, ownerReference intact):
+    // the mounted copy is the attacker's for a moment, the endpoint never is.
+    let mut tampered = cms.get("auth-jwks").await.unwrap();
+    tampered
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("jwks.json".into(), FORGED.into());
+    cms.replace("auth-jwks", &PostParams::default(), &tampered)
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let r = raw_get(op.http_port, &jwks_path, "x").await;
+        assert_eq!(r.status, 200);
+        assert!(
+            !leaked(&r.body),
+            "the endpoint served the tampered ConfigMap"
+        );
+        assert_eq!(r.body, genuine, "the endpoint serves what keyturn derived");
+    }
+    // ... and keyturn puts its own bytes back into the ConfigMap.
+    common::wait_for(
+        "the tampered ConfigMap repaired",
+        Duration::from_secs(30),
+        || async {
+            let cm = own.get("auth-jwks").await.ok()?;
+            (cm.data.as_ref()?.get("jwks.json")? == &genuine).then_some(())
+        },
+    )
+    .await;
+
+    // Discovery: URLs from --public-url, never from the Host header.
+    let d = raw_get(op.http_port, &discovery_path, "evil.example.net").await;
+    assert_eq!(d.status, 200);
+    assert!(!d.body.contains("evil.example.net"), "{}", d.body);
+    let doc: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+    assert_eq!(
+        doc["jwks_uri"],
+        format!("https://keys.example.test/jwks/{ns}/auth")
+    );
+}
+
+#[tokio::test]
+async fn discovery_without_a_public_url_refuses_instead_of_trusting_host() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "nohost").await;
+    let op = common::Operator::start(&ns);
+    common::create_set(
+        &client,
+        &ns,
+        "auth",
+        json!({"issuer": "https://auth.example.test"}),
+    )
+    .await;
+    let path = format!("/jwks/{ns}/auth");
+    common::wait_for("JWKS served", Duration::from_secs(30), || async {
+        (op.http_get(&path)?.0 == 200).then_some(())
+    })
+    .await;
+    let r = raw_get(
+        op.http_port,
+        &format!("/{ns}/auth/.well-known/openid-configuration"),
+        "evil.example.net",
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(!r.body.contains("evil.example.net"), "{}", r.body);
+    assert!(r.body.contains("--public-url"), "{}", r.body);
+}
+
+/// A parsed response.
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse(buf: &[u8]) -> Option<Resp> {
+    let text = String::from_utf8_lossy(buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().into(), v.trim().into()))
+        })
+        .collect();
+    Some(Resp {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+async fn raw_get(port: u16, path: &str, host: &str) -> Resp {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![];
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    parse(&buf).expect("an HTTP response")
+}
+
+/// Reads until the server closes the connection; `None` if it is still open after `limit`.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut buf = vec![];
+    match tokio::time::timeout(limit, s.read_to_end(&mut buf)).await {
+        Ok(_) => Some(buf),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn the_public_port_is_bounded_and_has_no_metrics() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "limits").await;
+    let op = common::Operator::start_with(&ns, &["--http-header-timeout", "1s"]);
+    common::wait_for("the endpoint up", Duration::from_secs(30), || async {
+        (op.http_get("/readyz")?.0 == 200).then_some(())
+    })
+    .await;
+    let port = op.http_port;
+
+    // /metrics is only on the admin port.
+    let r = raw_get(port, "/metrics", "x").await;
+    assert_eq!(r.status, 404);
+    assert!(!r.body.contains("keyturn_"), "{}", r.body);
+    let (code, body) = op.admin_get("/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("keyturn_reconciles_total"), "{body}");
+
+    // A slow client that never finishes its headers is cut off by the header timeout, and so
+    // is one that connects and says nothing.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    for (what, s) in [("slow headers", &mut slow), ("silence", &mut silent)] {
+        let got = closed_within(s, Duration::from_secs(10)).await;
+        let got = got
+            .unwrap_or_else(|| panic!("{what}: still connected 10 s after a 1 s header timeout"));
+        if let Some(r) = parse(&got) {
+            assert_eq!(r.status, 408, "{what}");
+        }
+    }
+    // A body on a GET is refused past its limit.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = closed_within(&mut s, Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert_eq!(parse(&got).map(|r| r.status), Some(413));
+    // Still serving.
+    assert_eq!(raw_get(port, "/healthz", "x").await.status, 200);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_bound_wait_for_a_free_slot() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "conns").await;
+    let op = common::Operator::start_with(
+        &ns,
+        &[
+            "--http-max-connections",
+            "4",
+            "--http-header-timeout",
+            "60s",
+        ],
+    );
+    common::wait_for("the endpoint up", Duration::from_secs(30), || async {
+        (op.http_get("/readyz")?.0 == 200).then_some(())
+    })
+    .await;
+    // Four idle connections hold every slot.
+    let mut idle = vec![];
+    for _ in 0..4 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", op.http_port))
+                .await
+                .unwrap(),
+        );
+    }
+    // The fifth is accepted by the kernel but not served while they stay.
+    let mut fifth = tokio::net::TcpStream::connect(("127.0.0.1", op.http_port))
+        .await
+        .unwrap();
+    fifth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut fifth, Duration::from_secs(2))
+            .await
+            .is_none(),
+        "a fifth connection was served while four held every slot"
+    );
+    // One leaves; the fifth is served.
+    drop(idle.pop());
+    let got = closed_within(&mut fifth, Duration::from_secs(10))
+        .await
+        .expect("the fifth connection served once a slot was free");
+    assert_eq!(parse(&got).map(|r| r.status), Some(200));
+}
+
+#[tokio::test]
+async fn an_operator_that_cannot_elect_becomes_unready_and_exits() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "noelect").await;
+    // The Lease's namespace does not exist: the election can never start.
+    let mut op = common::Operator::start_with(
+        &ns,
+        &[
+            "--leader-elect",
+            "--lease-namespace",
+            &format!("{ns}-missing"),
+        ],
+    );
+    let why = common::wait_for(
+        "/readyz to say why it is not ready",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = op.admin_get("/readyz")?;
+            (code == 503 && body.contains("leader election cannot start")).then_some(body)
+        },
+    )
+    .await;
+    assert!(why.contains("attempt"), "{why}");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = op.exited() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "still running 60 s after the election failed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!status.success(), "exited with {status}");
+    let log = op.log_text();
+    assert!(log.contains("leader election cannot start"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test]
+async fn an_operator_that_cannot_watch_fails_at_start_naming_what() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "nowatch").await;
+    // An identity that may read SigningKeySets and nothing else.
+    let (_, kc) = common::restricted_client(&client, &ns, "half").await;
+    common::allow(
+        &client,
+        &ns,
+        "half",
+        &ns,
+        "half",
+        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["get", "list", "watch"]}]),
+    )
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .args([
+            "run",
+            "--namespace",
+            &ns,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("KUBECONFIG", &kc)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot list Secrets in namespace"), "{err}");
+    assert!(err.contains("RBAC"), "{err}");
+}
+
+/// `kubectl kustomize deploy-namespaced`, as JSON objects.
+fn namespaced_install() -> Vec<serde_json::Value> {
+    let out = common::kubectl(
+        &[
+            "kustomize",
+            root().join("deploy-namespaced").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split("\n---\n")
+        .map(|doc| serde_norway::from_str(doc).expect("YAML"))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_namespace_only_install_rotates_under_its_own_token_and_nothing_else() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let objs = namespaced_install();
+    let kinds: BTreeMap<String, String> = objs
+        .iter()
+        .map(|o| {
+            (
+                format!(
+                    "{}/{}",
+                    o["kind"].as_str().unwrap(),
+                    o["metadata"]["name"].as_str().unwrap()
+                ),
+                String::new(),
+            )
+        })
+        .collect();
+    assert!(!kinds.contains_key("ClusterRole/keyturn"), "{kinds:?}");
+    assert!(
+        !kinds.contains_key("ClusterRoleBinding/keyturn"),
+        "{kinds:?}"
+    );
+    let deploy = objs.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(
+        args.as_array()
+            .unwrap()
+            .contains(&json!("--namespace-only")),
+        "{args}"
+    );
+
+    // The overlay's Roles, bound to a ServiceAccount of this test's namespace.
+    let ns = common::fresh_namespace(&client, "nsonly").await;
+    let other = common::fresh_namespace(&client, "nsonly-other").await;
+    common::grant(&client, &other, &ns, None).await;
+    let sa = "keyturn";
+    let (_, kc) = common::restricted_client(&client, &ns, sa).await;
+    let mut rbac = vec![];
+    for o in objs
+        .iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "RoleBinding")
+    {
+        let text = serde_json::to_string(o)
+            .unwrap()
+            .replace("keyturn-system", &ns);
+        rbac.push(serde_json::from_str::<serde_json::Value>(&text).unwrap());
+    }
+    assert_eq!(
+        rbac.len(),
+        4,
+        "the keyturn and leader-election Roles and bindings"
+    );
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": rbac});
+    let out = common::kubectl(&["apply", "-f", "-"], Some(&list.to_string()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It really has nothing cluster-wide.
+    for (verb, res) in [
+        ("list", "secrets"),
+        ("list", "configmaps"),
+        ("list", "namespaces"),
+    ] {
+        let out = common::kubectl(
+            &[
+                "auth",
+                "can-i",
+                verb,
+                res,
+                "--all-namespaces",
+                "--as",
+                &format!("system:serviceaccount:{ns}:{sa}"),
+            ],
+            None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "no",
+            "{verb} {res}"
+        );
+    }
+
+    let mut op = common::Operator::start_as(
+        "nsonly",
+        &ns,
+        kc,
+        &[
+            "--namespace-only",
+            "--leader-elect",
+            "--lease-namespace",
+            &ns,
+            "--lease-seconds",
+            "10",
+            "--instance",
+            "nsonly-0",
+        ],
+    );
+    common::create_set(&client, &ns, "auth", json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [other]}})).await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let msg = wait_condition(&sets, "auth", "FanOut", "False", "FanOutDisabled").await;
+    assert!(msg.contains(&other), "{msg}");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let kid = |s: &Secret| String::from_utf8(s.data.as_ref().unwrap()["kid"].0.clone()).unwrap();
+    let first = common::wait_object(
+        &secrets,
+        "auth-signing-key",
+        "first key",
+        Duration::from_secs(60),
+        |o: Option<&Secret>| o.is_some(),
+    )
+    .await
+    .unwrap();
+    let first = kid(&first);
+    common::wait_object(
+        &secrets,
+        "auth-signing-key",
+        "a rotation",
+        Duration::from_secs(30),
+        move |o: Option<&Secret>| {
+            o.is_some_and(|s| String::from_utf8_lossy(&s.data.as_ref().unwrap()["kid"].0) != first)
+        },
+    )
+    .await;
+    // The endpoint serves it too, from the namespace-scoped caches.
+    let path = format!("/jwks/{ns}/auth");
+    common::wait_for("JWKS served", Duration::from_secs(20), || async {
+        (op.http_get(&path)?.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(
+        copies_from(&client, &other, &ns).await,
+        Vec::<String>::new(),
+        "a copy left the namespace"
+    );
+    op.assert_running();
+    let log = op.log_text();
+    for bad in ["orbidden", "\"code\":403"] {
+        assert!(
+            !log.contains(bad),
+            "deploy-namespaced lacks a permission the code uses: {}",
+            log.lines().find(|l| l.contains(bad)).unwrap()
+        );
+    }
+    assert!(log.contains("acquired leadership"), "{log}");
+}
