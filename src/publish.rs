@@ -85,10 +85,10 @@ pub fn labels(sks: &SigningKeySet) -> BTreeMap<String, String> {
     ])
 }
 
-/// The controller ownerReference to `sks` (same namespace only).
+/// The controller ownerReference to `sks` (same namespace only). A set without a uid (not
+/// read from the API server; `reconcile` refuses those first) gets an empty one.
 pub fn owner_ref(sks: &SigningKeySet) -> OwnerReference {
-    sks.controller_owner_ref(&())
-        .expect("a SigningKeySet read from the API server has a uid")
+    sks.controller_owner_ref(&()).unwrap_or_default()
 }
 
 /// True when `meta` carries keyturn's labels for `sks` and an ownerReference to its uid.
@@ -195,7 +195,7 @@ pub fn jwks_config_map(sks: &SigningKeySet, namespace: &str, bytes: &[u8]) -> Co
         metadata: m,
         data: Some(BTreeMap::from([(
             sks.jwks_key(),
-            String::from_utf8(bytes.to_vec()).expect("JWKS is UTF-8 JSON"),
+            String::from_utf8_lossy(bytes).into_owned(),
         )])),
         ..Default::default()
     }
@@ -282,7 +282,8 @@ where
                 crate::fault::wrote();
                 return Ok(Some(o));
             }
-            let mut value = serde_json::to_value(&desired).expect("objects serialize");
+            let mut value = serde_json::to_value(&desired)
+                .map_err(|e| api_err(kube::Error::SerdeError(e)))?;
             value["apiVersion"] = K::api_version(&()).as_ref().into();
             value["kind"] = K::kind(&()).as_ref().into();
             let pp = PatchParams::apply(FIELD_MANAGER).force();
@@ -299,8 +300,8 @@ where
 /// A merge patch that sets `desired`'s data and deletes the data keys only `cur` has, with
 /// `cur`'s resourceVersion as precondition; `None` when `cur` has no such key.
 fn data_replacing_patch<K: Serialize>(cur: &K, desired: &K) -> Option<serde_json::Value> {
-    let cur = serde_json::to_value(cur).expect("objects serialize");
-    let want = serde_json::to_value(desired).expect("objects serialize");
+    let cur = serde_json::to_value(cur).ok()?;
+    let want = serde_json::to_value(desired).ok()?;
     let want_data = want.get("data").and_then(|d| d.as_object());
     let mut data = want_data.cloned().unwrap_or_default();
     let mut stale = false;

@@ -72,6 +72,10 @@ pub enum Error {
     /// The object has no namespace or uid (not read from the API server).
     #[error("SigningKeySet has no {0}")]
     Incomplete(&'static str),
+    /// A rule keyturn relies on did not hold (a bug): this reconcile stops, the set becomes
+    /// `Ready=False` with reason `InternalError` and an Event, and it is retried in a minute.
+    #[error("internal error: {0}")]
+    Invariant(String),
 }
 
 impl Error {
@@ -83,6 +87,7 @@ impl Error {
             Error::Kube(_) => "ApiError",
             Error::Key(_) => "KeyGenerationFailed",
             Error::Incomplete(_) => "Incomplete",
+            Error::Invariant(_) => "InternalError",
         }
     }
 }
@@ -95,8 +100,23 @@ struct NotReady {
 
 const MAX_STEPS: usize = 32;
 
-/// Reconciles one SigningKeySet.
+/// Reconciles one SigningKeySet. A broken internal rule ends this reconcile as
+/// `Ready=False` (`InternalError`) with an Event, never as a panic.
 pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match reconcile_set(sks.clone(), ctx.clone()).await {
+        Err(Error::Invariant(why)) => {
+            ctx.metrics.error("InternalError");
+            let nr = NotReady {
+                reason: "InternalError",
+                message: format!("keyturn hit an internal error and changed nothing more: {why}"),
+            };
+            refuse(&sks, &ctx, None, None, nr, Some(StdDuration::from_secs(60))).await
+        }
+        other => other,
+    }
+}
+
+async fn reconcile_set(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = sks.namespace().ok_or(Error::Incomplete("namespace"))?;
     sks.uid().ok_or(Error::Incomplete("uid"))?;
     ctx.metrics.reconcile_started();
@@ -280,7 +300,7 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
             } => {
                 let kp = tokio::task::spawn_blocking(move || KeyPair::generate(alg, rsa_bits))
                     .await
-                    .expect("key generation does not panic")?;
+                    .map_err(|e| Error::Invariant(format!("key generation task failed: {e}")))??;
                 let next = plan::with_new_key(obs.state.as_ref(), &kp, reason, rotate_token, now);
                 if let Err(nr) = state_fits(&sks, &next) {
                     // The current key keeps signing; old keys leave after their overlap and
@@ -293,9 +313,12 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                 obs.state = Some(next);
             }
             Step::Publish(kids) => {
-                let state = obs.state.as_ref().expect("publish follows store");
-                let bytes =
-                    publish::jwks_bytes(state, &kids).expect("planner publishes stored keys only");
+                let state = obs.state.as_ref().ok_or(Error::Invariant(
+                    "the plan publishes before any key is stored".into(),
+                ))?;
+                let bytes = publish::jwks_bytes(state, &kids).ok_or(Error::Invariant(
+                    "the plan publishes a key that is not stored".into(),
+                ))?;
                 if bytes.len() > MAX_OBJECT_BYTES {
                     let nr = NotReady {
                         reason: "JwksTooLarge",
@@ -353,14 +376,20 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                 obs.published = Some(kids);
             }
             Step::Sign(kid) => {
-                let state = obs.state.as_ref().expect("sign follows store");
+                let state = obs.state.as_ref().ok_or(Error::Invariant(
+                    "the plan signs before any key is stored".into(),
+                ))?;
                 let rec = state
                     .keys
                     .iter()
                     .find(|r| r.kid == kid)
-                    .expect("planner signs with stored keys");
+                    .ok_or(Error::Invariant(format!(
+                        "the plan signs with key {kid}, which is not stored"
+                    )))?;
                 let desired = publish::signing_secret(&sks, rec)
-                    .expect("Pending and Active records hold a valid private key");
+                    .ok_or(Error::Invariant(format!(
+                        "key {kid} has no usable private key for the signing Secret"
+                    )))?;
                 if let Some(o) = publish::write(
                     &secrets,
                     signing.as_ref(),
@@ -405,7 +434,9 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
     }
 
     // status
-    let state = obs.state.as_ref().expect("a settled plan has state");
+    let state = obs.state.as_ref().ok_or(Error::Invariant(
+        "the plan settled without any stored key".into(),
+    ))?;
     let now = (ctx.clock)();
     if !publish_failures.is_empty() {
         let nr = NotReady {

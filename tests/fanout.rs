@@ -254,6 +254,7 @@ async fn renaming_the_jwks_key_moves_the_data_in_every_copy() {
     let src = common::fresh_namespace(&client, "rename").await;
     let listed = format!("{src}-listed");
     namespace(&client, &listed, json!({})).await;
+    common::grant(&client, &listed, &src, Some("ren")).await;
     let _op = common::Operator::start(&src);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
     common::create_set(

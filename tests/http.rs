@@ -111,7 +111,7 @@ async fn http_edge_cases() {
     let client = common::client().await;
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "http").await;
-    let op = common::Operator::start(&ns);
+    let op = common::Operator::start_with(&ns, &["--public-url", "https://keys.example.test/"]);
     let port = op.http_port;
     common::create_set(&client, &ns, "web", json!({"rotation": {"interval": "720h", "prePublish": "10m", "overlap": "1h"}, "issuer": "https://auth.example.com"})).await;
     common::create_set(&client, &ns, "plain", json!({})).await;
@@ -126,7 +126,10 @@ async fn http_edge_cases() {
     } else {
         wait_http_200(port, &path).await
     };
-    assert_eq!(ok.body, cm_bytes, "HTTP serves the ConfigMap's bytes");
+    assert_eq!(
+        ok.body, cm_bytes,
+        "HTTP serves the bytes of the ConfigMap (both derived from keyturn's state)"
+    );
     assert_eq!(ok.header("content-type"), Some("application/jwk-set+json"));
     let cache = ok.header("cache-control").unwrap();
     let max_age: i64 = cache
@@ -233,8 +236,11 @@ async fn http_edge_cases() {
     assert_eq!(d.status, 200);
     let doc: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
     assert_eq!(doc["issuer"], "https://auth.example.com");
-    let jwks_uri = doc["jwks_uri"].as_str().unwrap();
-    assert!(jwks_uri.ends_with(&path), "{jwks_uri}");
+    assert_eq!(
+        doc["jwks_uri"],
+        format!("https://keys.example.test{path}"),
+        "from --public-url (its trailing slash dropped), never from Host"
+    );
     assert_eq!(
         doc["id_token_signing_alg_values_supported"],
         json!(["ES256"])
@@ -247,10 +253,12 @@ async fn http_edge_cases() {
     .await;
     assert_eq!(no_issuer.status, 404);
 
-    // Health and metrics.
+    // Health on both ports; metrics on the admin port only.
     assert_eq!(get(port, "/healthz", "").await.status, 200);
     assert_eq!(get(port, "/readyz", "").await.status, 200);
-    let m = get(port, "/metrics", "").await;
+    assert_eq!(get(op.metrics_port, "/readyz", "").await.status, 200);
+    assert_eq!(get(port, "/metrics", "").await.status, 404);
+    let m = get(op.metrics_port, "/metrics", "").await;
     let text = String::from_utf8(m.body).unwrap();
     assert!(
         text.contains("keyturn_http_requests_total{reason=\"jwks\"}"),
