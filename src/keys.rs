@@ -63,6 +63,68 @@ impl fmt::Debug for KeyPair {
     }
 }
 
+/// Test access to key internals.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// The Ed25519 seed of `kp`.
+    pub fn ed25519_seed(kp: &super::KeyPair) -> [u8; 32] {
+        match &kp.inner {
+            super::Inner::Ed25519(k) => k.to_bytes(),
+            _ => panic!("not an Ed25519 key"),
+        }
+    }
+}
+
+/// RFC 8410 §7: `PrivateKeyInfo { version 0, id-Ed25519, OCTET STRING { OCTET STRING seed } }`.
+fn ed25519_pkcs8_v1(
+    k: &ed25519_dalek::SigningKey,
+    le: pkcs8::LineEnding,
+) -> pkcs8::Result<Zeroizing<String>> {
+    use pkcs8::der::pem::PemLabel;
+
+    /// The DER of a PEM document.
+    fn der_of(pem: &str) -> Vec<u8> {
+        pkcs8::der::pem::decode_vec(pem.as_bytes()).unwrap().1
+    }
+
+    #[test]
+    fn private_pem_is_pkcs8_v1_as_openssl_writes_it() {
+        for alg in Algorithm::ALL {
+            let n = if alg == Algorithm::EdDSA { 200 } else { 3 };
+            for _ in 0..n {
+                let kp = KeyPair::generate(alg, None).unwrap();
+                let pem = kp.to_pkcs8_pem();
+                assert!(pem.ends_with("-----\n"), "{alg}: trailing newline");
+                assert!(pem.lines().all(|l| l.len() <= 64), "{alg}: 64-column lines");
+                let der = der_of(&pem);
+                let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).unwrap();
+                assert_eq!(info.version(), pkcs8::Version::V1, "{alg}: PKCS#8 v1");
+                assert!(info.public_key.is_none(), "{alg}: no RFC 5958 public key");
+                if alg == Algorithm::EdDSA {
+                    // RFC 8410 §10.3's example layout: 48 bytes, this fixed prefix.
+                    assert_eq!(der.len(), 48);
+                    assert_eq!(
+                        der[..16],
+                        [
+                            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70,
+                            0x04, 0x22, 0x04, 0x20
+                        ]
+                    );
+                }
+                let back = KeyPair::from_pkcs8_pem(alg, &pem).unwrap();
+                assert_eq!(back.kid(), kp.kid(), "{alg}: same key back");
+            }
+        }
+    }
+    // CurvePrivateKey ::= OCTET STRING (tag 0x04, length 32, the seed).
+    let mut inner = Zeroizing::new([0u8; 34]);
+    inner[0] = 0x04;
+    inner[1] = 0x20;
+    inner[2..].copy_from_slice(k.as_bytes());
+    let info = pkcs8::PrivateKeyInfo::new(ed25519_dalek::pkcs8::ALGORITHM_ID, &inner[..]);
+    Ok(pkcs8::der::SecretDocument::try_from(info)?.to_pem(pkcs8::PrivateKeyInfo::PEM_LABEL, le)?)
+}
+
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -139,14 +201,17 @@ impl KeyPair {
         }
     }
 
-    /// The private key as PKCS#8 PEM (LF line endings).
+    /// The private key as PKCS#8 **v1** PEM: RFC 5208 `PrivateKeyInfo` without the RFC 5958
+    /// public-key field, the form `openssl genpkey` writes (64-column base64, LF, trailing
+    /// newline). OpenSSL 3.0, Node and Python `cryptography` reject the v2 form for Ed25519,
+    /// which is what ed25519-dalek writes, so Ed25519 is encoded here from its seed.
     pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
         let le = pkcs8::LineEnding::LF;
         let pem = match &self.inner {
             Inner::Rsa(k) => rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(k.as_ref(), le),
             Inner::P256(k) => k.to_pkcs8_pem(le),
             Inner::P384(k) => k.to_pkcs8_pem(le),
-            Inner::Ed25519(k) => k.to_pkcs8_pem(le),
+            Inner::Ed25519(k) => ed25519_pkcs8_v1(k, le),
         };
         pem.expect("encoding an in-memory private key as PKCS#8 cannot fail")
     }

@@ -129,9 +129,11 @@ pub fn signing_data(rec: &KeyRecord) -> Option<BTreeMap<String, ByteString>> {
             "private.jwk.json".to_string(),
             ByteString(kp.private_jwk_json().as_bytes().to_vec()),
         ),
+        // Re-encoded, not copied from the record: keys stored by an older keyturn in the
+        // PKCS#8 v2 form are written in the v1 form every stack loads (same key, same kid).
         (
             "private.pem".to_string(),
-            ByteString(pem.expose().as_bytes().to_vec()),
+            ByteString(kp.to_pkcs8_pem().as_bytes().to_vec()),
         ),
     ]))
 }
@@ -282,8 +284,8 @@ where
                 crate::fault::wrote();
                 return Ok(Some(o));
             }
-            let mut value = serde_json::to_value(&desired)
-                .map_err(|e| api_err(kube::Error::SerdeError(e)))?;
+            let mut value =
+                serde_json::to_value(&desired).map_err(|e| api_err(kube::Error::SerdeError(e)))?;
             value["apiVersion"] = K::api_version(&()).as_ref().into();
             value["kind"] = K::kind(&()).as_ref().into();
             let pp = PatchParams::apply(FIELD_MANAGER).force();
@@ -383,6 +385,36 @@ mod tests {
                 "data": {"jwks.json": null, "keys.json": "{new}"},
             })
         );
+    }
+
+    #[test]
+    fn an_ed25519_key_stored_in_the_v2_form_is_written_in_the_v1_form() {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let kp = KeyPair::generate(crate::crd::Algorithm::EdDSA, None).unwrap();
+        // What keyturn stored before: ed25519-dalek's own encoding, PKCS#8 v2.
+        let seed = crate::keys::tests_support::ed25519_seed(&kp);
+        let v2 = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .to_pkcs8_pem(pkcs8::LineEnding::LF)
+            .unwrap();
+        assert_ne!(
+            v2.as_str(),
+            kp.to_pkcs8_pem().as_str(),
+            "the two forms differ"
+        );
+        let rec = KeyRecord {
+            kid: kp.kid().into(),
+            alg: kp.alg(),
+            public_jwk: kp.public_jwk(),
+            private_pem: Some(crate::state::Sensitive::new(v2)),
+            created_at: chrono::Utc::now(),
+            published_at: None,
+            activated_at: None,
+            retired_at: None,
+            manual: false,
+        };
+        let data = signing_data(&rec).unwrap();
+        assert_eq!(data["private.pem"].0, kp.to_pkcs8_pem().as_bytes());
+        assert_eq!(data["kid"].0, kp.kid().as_bytes());
     }
 
     #[test]

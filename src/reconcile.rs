@@ -386,10 +386,9 @@ async fn reconcile_set(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
                     .ok_or(Error::Invariant(format!(
                         "the plan signs with key {kid}, which is not stored"
                     )))?;
-                let desired = publish::signing_secret(&sks, rec)
-                    .ok_or(Error::Invariant(format!(
-                        "key {kid} has no usable private key for the signing Secret"
-                    )))?;
+                let desired = publish::signing_secret(&sks, rec).ok_or(Error::Invariant(
+                    format!("key {kid} has no usable private key for the signing Secret"),
+                ))?;
                 if let Some(o) = publish::write(
                     &secrets,
                     signing.as_ref(),
