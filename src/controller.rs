@@ -147,6 +147,10 @@ pub async fn run(
         scope: opts.namespace.clone(),
     });
     info!(namespace = ?opts.namespace, "keyturn controller starting");
+    let forget = tokio::spawn(forget_deleted_sets(
+        scoped(&client_for_watch, opts.namespace.as_deref()),
+        ctx.metrics.clone(),
+    ));
     let controller = Controller::new(sets, watcher::Config::default());
     let store = controller.store();
     let scope = opts.namespace.clone();
@@ -219,5 +223,46 @@ pub async fn run(
             }
         })
         .await;
+    forget.abort();
     info!("keyturn controller stopped");
+}
+
+/// Drops the per-set metric series of every SigningKeySet that is deleted (and, after each
+/// relist, of every set that no longer exists). Metadata only: no spec or status is held.
+async fn forget_deleted_sets(
+    api: Api<kube::core::PartialObjectMeta<SigningKeySet>>,
+    metrics: Arc<Metrics>,
+) {
+    use kube::runtime::WatchStreamExt;
+    use kube::runtime::watcher::Event;
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut listed: Option<std::collections::BTreeSet<(String, String)>> = None;
+    let key = |m: &kube::core::PartialObjectMeta<SigningKeySet>| {
+        (m.namespace().unwrap_or_default(), m.name_any())
+    };
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(Event::Delete(m)) => {
+                let (ns, name) = key(&m);
+                metrics.forget_set(&ns, &name);
+            }
+            Ok(Event::Init) => listed = Some(Default::default()),
+            Ok(Event::InitApply(m)) => {
+                if let Some(l) = listed.as_mut() {
+                    l.insert(key(&m));
+                }
+            }
+            Ok(Event::InitDone) => {
+                if let Some(l) = listed.take() {
+                    for (ns, name) in metrics.sets().into_iter().filter(|s| !l.contains(s)) {
+                        metrics.forget_set(&ns, &name);
+                    }
+                }
+            }
+            Ok(Event::Apply(_)) => {}
+            Err(e) => debug!(error = %e, "watching SigningKeySet deletions for metrics"),
+        }
+    }
 }

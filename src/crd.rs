@@ -35,7 +35,10 @@ pub const FIELD_MANAGER: &str = "keyturn";
     printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.keyCount"}"#,
     printcolumn = r#"{"name":"Next rotation","type":"string","jsonPath":".status.nextRotationTime"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // The name is the value of the keyturn.dev/signing-key-set label on every object keyturn
+    // writes, and label values are at most 63 characters.
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 63").message("metadata.name: a SigningKeySet's name must be at most 63 characters (it is a label value on every object keyturn writes)")
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [

@@ -81,41 +81,6 @@ fn ed25519_pkcs8_v1(
     le: pkcs8::LineEnding,
 ) -> pkcs8::Result<Zeroizing<String>> {
     use pkcs8::der::pem::PemLabel;
-
-    /// The DER of a PEM document.
-    fn der_of(pem: &str) -> Vec<u8> {
-        pkcs8::der::pem::decode_vec(pem.as_bytes()).unwrap().1
-    }
-
-    #[test]
-    fn private_pem_is_pkcs8_v1_as_openssl_writes_it() {
-        for alg in Algorithm::ALL {
-            let n = if alg == Algorithm::EdDSA { 200 } else { 3 };
-            for _ in 0..n {
-                let kp = KeyPair::generate(alg, None).unwrap();
-                let pem = kp.to_pkcs8_pem();
-                assert!(pem.ends_with("-----\n"), "{alg}: trailing newline");
-                assert!(pem.lines().all(|l| l.len() <= 64), "{alg}: 64-column lines");
-                let der = der_of(&pem);
-                let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).unwrap();
-                assert_eq!(info.version(), pkcs8::Version::V1, "{alg}: PKCS#8 v1");
-                assert!(info.public_key.is_none(), "{alg}: no RFC 5958 public key");
-                if alg == Algorithm::EdDSA {
-                    // RFC 8410 §10.3's example layout: 48 bytes, this fixed prefix.
-                    assert_eq!(der.len(), 48);
-                    assert_eq!(
-                        der[..16],
-                        [
-                            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70,
-                            0x04, 0x22, 0x04, 0x20
-                        ]
-                    );
-                }
-                let back = KeyPair::from_pkcs8_pem(alg, &pem).unwrap();
-                assert_eq!(back.kid(), kp.kid(), "{alg}: same key back");
-            }
-        }
-    }
     // CurvePrivateKey ::= OCTET STRING (tag 0x04, length 32, the seed).
     let mut inner = Zeroizing::new([0u8; 34]);
     inner[0] = 0x04;
@@ -374,6 +339,41 @@ mod tests {
     }
 
     use pkcs8::der::pem::PemLabel;
+
+    /// The DER of a PEM document.
+    fn der_of(pem: &str) -> Vec<u8> {
+        pkcs8::der::pem::decode_vec(pem.as_bytes()).unwrap().1
+    }
+
+    #[test]
+    fn private_pem_is_pkcs8_v1_as_openssl_writes_it() {
+        for alg in Algorithm::ALL {
+            let n = if alg == Algorithm::EdDSA { 200 } else { 3 };
+            for _ in 0..n {
+                let kp = KeyPair::generate(alg, None).unwrap();
+                let pem = kp.to_pkcs8_pem();
+                assert!(pem.ends_with("-----\n"), "{alg}: trailing newline");
+                assert!(pem.lines().all(|l| l.len() <= 64), "{alg}: 64-column lines");
+                let der = der_of(&pem);
+                let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).unwrap();
+                assert_eq!(info.version(), pkcs8::Version::V1, "{alg}: PKCS#8 v1");
+                assert!(info.public_key.is_none(), "{alg}: no RFC 5958 public key");
+                if alg == Algorithm::EdDSA {
+                    // RFC 8410 §10.3's example layout: 48 bytes, this fixed prefix.
+                    assert_eq!(der.len(), 48);
+                    assert_eq!(
+                        der[..16],
+                        [
+                            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70,
+                            0x04, 0x22, 0x04, 0x20
+                        ]
+                    );
+                }
+                let back = KeyPair::from_pkcs8_pem(alg, &pem).unwrap();
+                assert_eq!(back.kid(), kp.kid(), "{alg}: same key back");
+            }
+        }
+    }
 
     const PKCS8_LABEL: &str = pkcs8::PrivateKeyInfo::PEM_LABEL;
 

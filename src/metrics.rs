@@ -54,6 +54,7 @@ pub struct Metrics {
     http: Family<ReasonLabels, Counter>,
     leader: Gauge,
     consecutive: Mutex<HashMap<(String, String), u32>>,
+    observed: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -78,6 +79,7 @@ impl Metrics {
             http: Family::default(),
             leader: Gauge::default(),
             consecutive: Mutex::new(HashMap::new()),
+            observed: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles started", m.reconciles.clone());
@@ -215,6 +217,49 @@ impl Metrics {
             .lock()
             .expect("metrics lock")
             .remove(&(namespace.into(), name.into()));
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((namespace.into(), name.into()));
+    }
+
+    /// Drops every per-set series (and the error streak) of a set that is gone, so clusters
+    /// that create and delete sets do not grow `/metrics` without bound.
+    pub fn forget_set(&self, namespace: &str, name: &str) {
+        for st in [KeyState::Pending, KeyState::Active, KeyState::Retired] {
+            self.keys.remove(&StateLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                state: st.as_str().into(),
+            });
+        }
+        self.next_rotation.remove(&SetLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        });
+        self.consecutive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.into(), name.into()));
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.into(), name.into()));
+    }
+
+    /// Sets that have per-set series: (namespace, name).
+    pub fn sets(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .consecutive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        v.extend(self.observed.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// Increments and returns a set's consecutive error count (for backoff).
@@ -223,5 +268,24 @@ impl Metrics {
         let n = m.entry((namespace.into(), name.into())).or_insert(0);
         *n += 1;
         *n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_set_leaves_no_series() {
+        let m = Metrics::new();
+        m.observe_set("a", "one", &SetState::new(), Some(Duration::seconds(5)));
+        m.observe_set("a", "two", &SetState::new(), None);
+        m.consecutive_errors("a", "one");
+        assert!(m.encode().contains("name=\"one\""));
+        m.forget_set("a", "one");
+        let text = m.encode();
+        assert!(!text.contains("name=\"one\""), "{text}");
+        assert!(text.contains("name=\"two\""), "{text}");
+        assert_eq!(m.sets(), vec![("a".to_string(), "two".to_string())]);
     }
 }

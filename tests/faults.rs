@@ -301,3 +301,41 @@ async fn fuzzed_specs_are_accepted_and_reconciled_or_rejected_with_a_message() {
     op.assert_running();
     assert!(!op.log_text().contains("panicked"));
 }
+
+#[tokio::test]
+async fn names_keyturn_cannot_use_are_rejected_at_apply_naming_the_field() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "names").await;
+    let _op = common::Operator::start(&ns);
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    // 1 and 63 characters: accepted, and they get keys (the name is a label value on every
+    // object keyturn writes).
+    for n in [1, 63] {
+        let name = "a".repeat(n);
+        common::create_set(&client, &ns, &name, json!({})).await;
+        common::wait_object(
+            &sets,
+            &name,
+            &format!("a {n}-character name Ready"),
+            Duration::from_secs(60),
+            |o: Option<&SigningKeySet>| {
+                o.and_then(ready_condition)
+                    .is_some_and(|(status, _, _)| status == "True")
+            },
+        )
+        .await;
+    }
+    // 64 and 253 characters (a valid object name, an invalid label value): refused at apply.
+    for n in [64, 253] {
+        let name = "b".repeat(n);
+        match common::try_create_set(&client, &ns, &name, json!({})).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{n}: {}", e.message);
+                assert!(e.message.contains("metadata.name"), "{n}: {}", e.message);
+                assert!(e.message.contains("63"), "{n}: {}", e.message);
+            }
+            other => panic!("a {n}-character name was accepted: {other:?}"),
+        }
+    }
+}
