@@ -256,7 +256,13 @@ impl Metrics {
             .keys()
             .cloned()
             .collect();
-        v.extend(self.observed.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
+        v.extend(
+            self.observed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
         v.sort();
         v.dedup();
         v

@@ -134,15 +134,17 @@ async fn an_old_eddsa_signing_secret_is_rewritten_once_in_the_v1_form() {
     let mut op = common::Operator::start(&ns);
     common::create_set(&client, &ns, "ed", json!({"algorithm": "EdDSA"})).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let s = common::wait_object(
-        &secrets,
-        "ed-signing-key",
-        "signing Secret",
-        Duration::from_secs(60),
-        |o: Option<&Secret>| o.is_some(),
-    )
-    .await
-    .unwrap();
+    let sets: Api<keyturn::crd::SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let ready = |o: Option<&keyturn::crd::SigningKeySet>| {
+        o.and_then(|s| s.status.as_ref()).is_some_and(|st| {
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    };
+    // Settled (the key's activation recorded) before the old operator goes away.
+    common::wait_object(&sets, "ed", "Ready", Duration::from_secs(60), ready).await;
+    let s = secrets.get("ed-signing-key").await.unwrap();
     op.kill();
     let kid = data(&s, "kid");
     let v1 = data(&s, "private.pem");
@@ -230,19 +232,12 @@ async fn an_old_eddsa_signing_secret_is_rewritten_once_in_the_v1_form() {
     load_everywhere("upgraded", &fixed);
     let rv = fixed.metadata.resource_version.clone();
     // Settled: Ready with this key, and the rewrite was the signing Secret's only write.
-    let sets: Api<keyturn::crd::SigningKeySet> = Api::namespaced(client.clone(), &ns);
     common::wait_object(
         &sets,
         "ed",
         "Ready after the upgrade",
         Duration::from_secs(30),
-        |o: Option<&keyturn::crd::SigningKeySet>| {
-            o.and_then(|s| s.status.as_ref()).is_some_and(|st| {
-                st.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-        },
+        ready,
     )
     .await;
     let (_, metrics) = op.admin_get("/metrics").unwrap();

@@ -839,3 +839,43 @@ async fn keyturn_status_shows_each_key_and_its_timeline() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
 }
+
+#[tokio::test]
+async fn a_deleted_sets_metric_series_disappear() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "metrics").await;
+    let op = common::Operator::start(&ns);
+    for name in ["stays", "goes"] {
+        common::create_set(&client, &ns, name, json!({})).await;
+        wait_ready(&client, &ns, name).await;
+    }
+    let series = |name: &str| format!("namespace=\"{ns}\",name=\"{name}\"");
+    let scrape = || {
+        op.admin_get("/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+    common::wait_for("both sets' series", Duration::from_secs(20), || async {
+        let m = scrape();
+        (m.contains(&series("stays")) && m.contains(&series("goes"))).then_some(())
+    })
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let uid = sets.get("goes").await.unwrap().metadata.uid.unwrap();
+    sets.delete("goes", &DeleteParams::default()).await.unwrap();
+    common::wait_deleted(&sets, "goes", &uid, Duration::from_secs(30)).await;
+    let m = common::wait_for(
+        "the deleted set's series gone",
+        Duration::from_secs(20),
+        || async {
+            let m = scrape();
+            (!m.contains(&series("goes"))).then_some(m)
+        },
+    )
+    .await;
+    assert!(
+        m.contains(&series("stays")),
+        "the other set keeps its series:\n{m}"
+    );
+}
