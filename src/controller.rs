@@ -147,6 +147,7 @@ pub async fn run(
         scope: opts.namespace.clone(),
     });
     info!(namespace = ?opts.namespace, "keyturn controller starting");
+    let metrics_for_gone = ctx.metrics.clone();
     let forget = tokio::spawn(forget_deleted_sets(
         scoped(&client_for_watch, opts.namespace.as_deref()),
         ctx.metrics.clone(),
@@ -216,10 +217,22 @@ pub async fn run(
     controller
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => debug!(set = %obj.name, namespace = ?obj.namespace, "reconciled"),
-                Err(e) => warn!(error = %e, "reconcile error"),
+        .for_each(|res| {
+            let metrics = metrics_for_gone.clone();
+            async move {
+                match res {
+                    Ok((obj, _)) => {
+                        debug!(set = %obj.name, namespace = ?obj.namespace, "reconciled")
+                    }
+                    // A trigger (its objects being garbage-collected) for a set that is gone:
+                    // normal after a deletion, and the last word on its metric series (any
+                    // reconcile that was in flight has finished by now).
+                    Err(kube::runtime::controller::Error::ObjectNotFound(r)) => {
+                        debug!(set = %r.name, namespace = ?r.namespace, "set is gone");
+                        metrics.forget_set(r.namespace.as_deref().unwrap_or_default(), &r.name);
+                    }
+                    Err(e) => warn!(error = %e, "reconcile error"),
+                }
             }
         })
         .await;
@@ -246,6 +259,7 @@ async fn forget_deleted_sets(
         match ev {
             Ok(Event::Delete(m)) => {
                 let (ns, name) = key(&m);
+                debug!(set = %name, namespace = %ns, "set deleted; dropping its metric series");
                 metrics.forget_set(&ns, &name);
             }
             Ok(Event::Init) => listed = Some(Default::default()),
