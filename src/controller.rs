@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -138,6 +138,24 @@ pub async fn run(
         instance: Some(opts.instance.clone()),
     };
     let client_for_watch = client.clone();
+    // Namespaces being deleted (cluster-wide mode): their sets go quietly.
+    let (namespaces, follow_namespaces) = if opts.namespace_only {
+        (None, None)
+    } else {
+        let (store, writer) = kube::runtime::reflector::store();
+        let task = tokio::spawn(
+            kube::runtime::reflector(
+                writer,
+                watcher(
+                    Api::<Namespace>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+            )
+            .default_backoff()
+            .for_each(|_| async {}),
+        );
+        (Some(store), Some(task))
+    };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -145,6 +163,7 @@ pub async fn run(
         metrics,
         namespace_only: opts.namespace_only,
         scope: opts.namespace.clone(),
+        namespaces,
     });
     info!(namespace = ?opts.namespace, "keyturn controller starting");
     let metrics_for_gone = ctx.metrics.clone();
@@ -231,12 +250,19 @@ pub async fn run(
                         debug!(set = %r.name, namespace = ?r.namespace, "set is gone");
                         metrics.forget_set(r.namespace.as_deref().unwrap_or_default(), &r.name);
                     }
+                    // error_policy has already logged it (or kept a teardown quiet).
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(e, r)) => {
+                        debug!(set = %r.name, namespace = ?r.namespace, error = %e, "reconcile failed")
+                    }
                     Err(e) => warn!(error = %e, "reconcile error"),
                 }
             }
         })
         .await;
     forget.abort();
+    if let Some(t) = follow_namespaces {
+        t.abort();
+    }
     info!("keyturn controller stopped");
 }
 
@@ -246,7 +272,6 @@ async fn forget_deleted_sets(
     api: Api<kube::core::PartialObjectMeta<SigningKeySet>>,
     metrics: Arc<Metrics>,
 ) {
-    use kube::runtime::WatchStreamExt;
     use kube::runtime::watcher::Event;
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()

@@ -12,9 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::consent::{self, FanOut};
 use crate::crd::{
@@ -44,9 +45,28 @@ pub struct Context {
     pub namespace_only: bool,
     /// The one namespace this controller watches, if any.
     pub scope: Option<String>,
+    /// Every namespace (cluster-wide mode), to tell a namespace being deleted.
+    pub namespaces: Option<Store<Namespace>>,
 }
 
 impl Context {
+    /// True when `ns` is being deleted: its sets are going away, not broken.
+    pub fn namespace_terminating(&self, ns: &str) -> bool {
+        self.namespaces
+            .as_ref()
+            .and_then(|s| s.get(&ObjectRef::new(ns)))
+            .is_some_and(|n| {
+                n.metadata.deletion_timestamp.is_some()
+                    || n.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
+            })
+    }
+
+    /// True when the set is being deleted, or its namespace is: no alarms for it.
+    fn going_away(&self, sks: &SigningKeySet) -> bool {
+        sks.metadata.deletion_timestamp.is_some()
+            || self.namespace_terminating(&sks.namespace().unwrap_or_default())
+    }
+
     /// Where JWKS copies are looked for: every namespace, or (namespace-only) none but the
     /// sets' own.
     fn copies_api(&self) -> Api<ConfigMap> {
@@ -125,6 +145,12 @@ async fn reconcile_set(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
 
     if sks.metadata.deletion_timestamp.is_some() {
         return finalize(&sks, &ctx).await;
+    }
+    if ctx.namespace_terminating(&ns) {
+        // Its Secrets are being deleted under it; the set goes next (and, with copies
+        // elsewhere, is finalized above).
+        debug!(set = %sks.name_any(), namespace = %ns, "namespace is being deleted; nothing to do");
+        return Ok(Action::await_change());
     }
 
     // read
@@ -658,12 +684,19 @@ async fn set_finalizer(sks: &SigningKeySet, ctx: &Context, present: bool) -> Res
     // resourceVersion makes this a compare-and-swap: other finalizers are never lost.
     let patch =
         json!({"metadata": {"finalizers": fins, "resourceVersion": sks.resource_version()}});
-    api.patch(
-        &sks.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    match api
+        .patch(
+            &sks.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        // Releasing the finalizer of a set that is already gone: done.
+        Err(kube::Error::Api(e)) if e.code == 404 && !present => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
     crate::fault::wrote();
     ctx.metrics.write("finalizer");
     Ok(())
@@ -844,6 +877,10 @@ async fn refuse(
     nr: NotReady,
     retry: Option<StdDuration>,
 ) -> Result<Action, Error> {
+    if ctx.going_away(sks) {
+        debug!(set = %sks.name_any(), reason = nr.reason, "not reporting: the set is going away");
+        return Ok(Action::await_change());
+    }
     let already = sks.status.as_ref().is_some_and(|s| {
         s.conditions.iter().any(|c| {
             c.type_ == "Ready"
@@ -969,6 +1006,11 @@ async fn publish_event(
 
 /// Retry policy: back off on errors, report them in the log and metrics.
 pub fn error_policy(sks: Arc<SigningKeySet>, err: &Error, ctx: Arc<Context>) -> Action {
+    if ctx.going_away(&sks) {
+        // A teardown, not a failure: retried, never alarmed.
+        debug!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), error = %err, "reconcile failed while the set is going away");
+        return Action::requeue(StdDuration::from_secs(5));
+    }
     warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = err.reason(), error = %err, "reconcile failed");
     ctx.metrics.error(err.reason());
     let n = ctx

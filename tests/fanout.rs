@@ -287,3 +287,65 @@ async fn renaming_the_jwks_key_moves_the_data_in_every_copy() {
         .await;
     }
 }
+
+/// Sum of every series of a counter in a Prometheus text scrape.
+fn counter_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_of_rotating_sets_is_a_quiet_teardown() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let src = common::fresh_namespace(&client, "teardown").await;
+    let dst = format!("{src}-copies");
+    namespace(&client, &dst, json!({})).await;
+    common::grant(&client, &dst, &src, None).await;
+    let op = common::Operator::start(&src);
+    let names: Vec<String> = (0..10).map(|i| format!("set{i}")).collect();
+    for name in &names {
+        common::create_set(&client, &src, name, json!({"rotation": {"interval": "4s", "prePublish": "1s", "overlap": "1s"}, "jwks": {"namespaces": [dst]}})).await;
+    }
+    for name in &names {
+        wait_identical(&client, &src, &dst, &format!("{name}-jwks")).await;
+    }
+    let scrape = || op.admin_get("/metrics").map(|(_, m)| m).unwrap_or_default();
+    let before = scrape();
+    let log_before = op.log_text().lines().count();
+
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let uid = nss.get(&src).await.unwrap().metadata.uid.unwrap();
+    nss.delete(&src, &DeleteParams::default()).await.unwrap();
+    common::wait_deleted(&nss, &src, &uid, Duration::from_secs(120)).await;
+    // The finalizer still removed every copy in the other namespace.
+    let copies: Api<ConfigMap> = Api::namespaced(client.clone(), &dst);
+    common::wait_for("copies removed", Duration::from_secs(30), || async {
+        copies
+            .list(&ListParams::default().labels(&format!("keyturn.dev/source-namespace={src}")))
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let after = scrape();
+    for counter in ["keyturn_reconcile_errors_total", "keyturn_not_ready_total"] {
+        assert_eq!(
+            counter_sum(&before, counter),
+            counter_sum(&after, counter),
+            "{counter} moved during a teardown:\n{after}"
+        );
+    }
+    let log = op.log_text();
+    let noisy: Vec<&str> = log
+        .lines()
+        .skip(log_before)
+        .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert!(noisy.is_empty(), "a teardown logged warnings: {noisy:#?}");
+}

@@ -84,28 +84,33 @@ async fn the_operator_rides_out_api_server_and_etcd_outages() {
             .unwrap(),
     )
     .unwrap();
-    // The CRD and a namespace on this plane.
-    let text = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds/signingkeyset.yaml"),
-    )
-    .unwrap();
-    let crd: CustomResourceDefinition = serde_norway::from_str(&text).unwrap();
+    // The CRDs and a namespace on this plane.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "signingkeysets.keyturn.dev",
-        &PatchParams::apply("keyturn-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
-    common::wait_object(
-        &crds,
-        "signingkeysets.keyturn.dev",
-        "CRD",
-        Duration::from_secs(30),
-        conditions::is_crd_established(),
-    )
-    .await;
+    for file in ["signingkeyset.yaml", "signingkeysetgrant.yaml"] {
+        let text = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("crds")
+                .join(file),
+        )
+        .unwrap();
+        let crd: CustomResourceDefinition = serde_norway::from_str(&text).unwrap();
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(
+            &name,
+            &PatchParams::apply("keyturn-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+        common::wait_object(
+            &crds,
+            &name,
+            "CRD",
+            Duration::from_secs(30),
+            conditions::is_crd_established(),
+        )
+        .await;
+    }
     let ns = "outage";
     let nsobj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
     Api::<Namespace>::all(client.clone())
