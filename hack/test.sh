@@ -11,7 +11,13 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says what it cost when the next one starts (and the total at the end).
+CURRENT="" ; STARTED=$SECONDS
+step() {
+  [ -n "$CURRENT" ] && printf '    (%s: %ds)\n' "$CURRENT" $((SECONDS - STARTED))
+  CURRENT="$*"; STARTED=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
 
 step "toolchain"
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
@@ -60,3 +66,4 @@ step "demo: hack/demo.sh as the README runs it, until it has shown two rotations
 KEYTURN_DEMO_ROTATIONS=2 timeout 900 "$ROOT/hack/demo.sh" >"$PLANE/demo.log" 2>&1 || { tail -n 40 "$PLANE/demo.log"; exit 1; }
 grep -a -q "rotation 2:" "$PLANE/demo.log"
 echo "demo: saw 2 rotations"
+printf '    (%s: %ds)\n\nhack/test.sh passed in %ds\n' "$CURRENT" $((SECONDS - STARTED)) "$SECONDS"

@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::api::Api;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn wait_published(client: &Client, ns: &str, cm: &str) -> ConfigMap {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -28,56 +27,7 @@ async fn wait_published(client: &Client, ns: &str, cm: &str) -> ConfigMap {
     .unwrap()
 }
 
-/// A parsed HTTP/1.1 response.
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Sends raw request bytes (exactly as given: no path normalization) and reads the reply.
-async fn raw(port: u16, request: &[u8]) -> std::io::Result<Resp> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(request).await?;
-    let mut buf = vec![];
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("server answers within 10s")?;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or(std::io::ErrorKind::UnexpectedEof)?;
-    let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect();
-    Ok(Resp {
-        status,
-        headers,
-        body: buf[split + 4..].to_vec(),
-    })
-}
+use common::{Resp, raw_request as raw};
 
 async fn get(port: u16, path: &str, extra: &str) -> Resp {
     let req = format!(

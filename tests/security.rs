@@ -24,6 +24,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::invariants::{Seen, observe};
+use common::{Resp, parse_response as parse};
 use keyturn::crd::{SigningKeySet, SigningKeySetGrant};
 
 fn root() -> std::path::PathBuf {
@@ -454,8 +455,12 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
         let r = raw_get(op.http_port, path, "x").await;
         assert!(matches!(r.status, 404 | 503), "{path}: {}", r.status);
         assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
-        assert!(!leaked(&r.body), "{path} served the forgery: {}", r.body);
-        let v: serde_json::Value = serde_json::from_str(&r.body).expect("a JSON reason");
+        assert!(
+            !leaked(&r.text()),
+            "{path} served the forgery: {}",
+            r.text()
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.text()).expect("a JSON reason");
         assert!(v["error"].is_string());
     }
 
@@ -490,10 +495,14 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
         let r = raw_get(op.http_port, &jwks_path, "x").await;
         assert_eq!(r.status, 200);
         assert!(
-            !leaked(&r.body),
+            !leaked(&r.text()),
             "the endpoint served the tampered ConfigMap"
         );
-        assert_eq!(r.body, genuine, "the endpoint serves what keyturn derived");
+        assert_eq!(
+            r.text(),
+            genuine,
+            "the endpoint serves what keyturn derived"
+        );
     }
     // ... and keyturn puts its own bytes back into the ConfigMap.
     common::wait_for(
@@ -509,8 +518,8 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
     // Discovery: URLs from --public-url, never from the Host header.
     let d = raw_get(op.http_port, &discovery_path, "evil.example.net").await;
     assert_eq!(d.status, 200);
-    assert!(!d.body.contains("evil.example.net"), "{}", d.body);
-    let doc: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+    assert!(!d.text().contains("evil.example.net"), "{}", d.text());
+    let doc: serde_json::Value = serde_json::from_str(&d.text()).unwrap();
     assert_eq!(
         doc["jwks_uri"],
         format!("https://keys.example.test/jwks/{ns}/auth")
@@ -543,59 +552,17 @@ async fn discovery_without_a_public_url_refuses_instead_of_trusting_host() {
     .await;
     assert_eq!(r.status, 503);
     assert_eq!(r.header("cache-control"), Some("no-store"));
-    assert!(!r.body.contains("evil.example.net"), "{}", r.body);
-    assert!(r.body.contains("--public-url"), "{}", r.body);
-}
-
-/// A parsed response.
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn parse(buf: &[u8]) -> Option<Resp> {
-    let text = String::from_utf8_lossy(buf).to_string();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let mut lines = head.lines();
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers = lines
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().into(), v.trim().into()))
-        })
-        .collect();
-    Some(Resp {
-        status,
-        headers,
-        body: body.to_string(),
-    })
+    assert!(!r.text().contains("evil.example.net"), "{}", r.text());
+    assert!(r.text().contains("--public-url"), "{}", r.text());
 }
 
 async fn raw_get(port: u16, path: &str, host: &str) -> Resp {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(
+    common::raw_request(
+        port,
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
-    .unwrap();
-    let mut buf = vec![];
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("an answer within 10 s")
-        .unwrap();
-    parse(&buf).expect("an HTTP response")
+    .expect("an HTTP response")
 }
 
 /// Reads until the server closes the connection; `None` if it is still open after `limit`.
@@ -622,7 +589,7 @@ async fn the_public_port_is_bounded_and_has_no_metrics() {
     // /metrics is only on the admin port.
     let r = raw_get(port, "/metrics", "x").await;
     assert_eq!(r.status, 404);
-    assert!(!r.body.contains("keyturn_"), "{}", r.body);
+    assert!(!r.text().contains("keyturn_"), "{}", r.text());
     let (code, body) = op.admin_get("/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(body.contains("keyturn_reconciles_total"), "{body}");
@@ -948,12 +915,6 @@ async fn the_namespace_only_install_rotates_under_its_own_token_and_nothing_else
     );
     op.assert_running();
     let log = op.log_text();
-    for bad in ["orbidden", "\"code\":403"] {
-        assert!(
-            !log.contains(bad),
-            "deploy-namespaced lacks a permission the code uses: {}",
-            log.lines().find(|l| l.contains(bad)).unwrap()
-        );
-    }
+    common::assert_no_forbidden(&log, "deploy-namespaced's Roles");
     assert!(log.contains("acquired leadership"), "{log}");
 }

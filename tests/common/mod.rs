@@ -507,6 +507,73 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A parsed HTTP/1.1 response.
+pub struct Resp {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    /// The first header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Parses a complete HTTP/1.1 response; `None` when `buf` is not one.
+pub fn parse_response(buf: &[u8]) -> Option<Resp> {
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let mut lines = head.lines();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    Some(Resp {
+        status,
+        headers,
+        body: buf[split + 4..].to_vec(),
+    })
+}
+
+/// Sends raw request bytes (exactly as given: no path normalization) and reads the reply
+/// until the server closes the connection (at most 10 s).
+pub async fn raw_request(port: u16, request: &[u8]) -> std::io::Result<Resp> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(request).await?;
+    let mut buf = vec![];
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("server answers within 10s")?;
+    parse_response(&buf).ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+}
+
+/// Panics when an operator's log shows a request its RBAC refused: the roles under test lack
+/// a permission the code uses.
+pub fn assert_no_forbidden(log: &str, roles: &str) {
+    for bad in ["orbidden", "\"code\":403"] {
+        if let Some(line) = log.lines().find(|l| l.contains(bad)) {
+            panic!("{roles} lack a permission the code uses: {line}");
+        }
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
