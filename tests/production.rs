@@ -189,24 +189,7 @@ async fn least_privilege_rbac_is_enough_for_a_full_rotation_with_fan_out() {
     common::grant(&client, &dst, &src, Some("auth")).await;
     common::create_set(&client, &src, "auth", json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [dst]}})).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
-    let first = common::wait_object(
-        &secrets,
-        "auth-signing-key",
-        "first key",
-        Duration::from_secs(60),
-        |o: Option<&Secret>| o.is_some(),
-    )
-    .await
-    .unwrap();
-    let first = kid_of(&first);
-    common::wait_object(
-        &secrets,
-        "auth-signing-key",
-        "a rotation",
-        Duration::from_secs(30),
-        move |o: Option<&Secret>| o.is_some_and(|s| kid_of(s) != first),
-    )
-    .await;
+    common::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;
     let copy: Api<ConfigMap> = Api::namespaced(client.clone(), &dst);
     assert!(
         copy.get_opt("auth-jwks").await.unwrap().is_some(),

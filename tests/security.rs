@@ -881,27 +881,7 @@ async fn the_namespace_only_install_rotates_under_its_own_token_and_nothing_else
     let msg = wait_condition(&sets, "auth", "FanOut", "False", "FanOutDisabled").await;
     assert!(msg.contains(&other), "{msg}");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let kid = |s: &Secret| String::from_utf8(s.data.as_ref().unwrap()["kid"].0.clone()).unwrap();
-    let first = common::wait_object(
-        &secrets,
-        "auth-signing-key",
-        "first key",
-        Duration::from_secs(60),
-        |o: Option<&Secret>| o.is_some(),
-    )
-    .await
-    .unwrap();
-    let first = kid(&first);
-    common::wait_object(
-        &secrets,
-        "auth-signing-key",
-        "a rotation",
-        Duration::from_secs(30),
-        move |o: Option<&Secret>| {
-            o.is_some_and(|s| String::from_utf8_lossy(&s.data.as_ref().unwrap()["kid"].0) != first)
-        },
-    )
-    .await;
+    common::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;
     // The endpoint serves it too, from the namespace-scoped caches.
     let path = format!("/jwks/{ns}/auth");
     common::wait_for("JWKS served", Duration::from_secs(20), || async {

@@ -574,6 +574,41 @@ pub fn assert_no_forbidden(log: &str, roles: &str) {
     }
 }
 
+/// The kid a signing Secret holds.
+pub fn signing_kid(s: &k8s_openapi::api::core::v1::Secret) -> String {
+    String::from_utf8_lossy(&s.data.as_ref().expect("Secret data")["kid"].0).into_owned()
+}
+
+/// Waits for the signing Secret `name` to appear, then for one rotation (its kid changes).
+/// Returns the first and the second kid.
+pub async fn wait_first_key_then_rotation(
+    secrets: &Api<k8s_openapi::api::core::v1::Secret>,
+    name: &str,
+) -> (String, String) {
+    use k8s_openapi::api::core::v1::Secret;
+    let first = wait_object(
+        secrets,
+        name,
+        "first key",
+        Duration::from_secs(60),
+        |o: Option<&Secret>| o.is_some(),
+    )
+    .await
+    .unwrap();
+    let first = signing_kid(&first);
+    let f = first.clone();
+    let next = wait_object(
+        secrets,
+        name,
+        "a rotation",
+        Duration::from_secs(30),
+        move |o: Option<&Secret>| o.is_some_and(|s| signing_kid(s) != f),
+    )
+    .await
+    .unwrap();
+    (first, signing_kid(&next))
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
