@@ -111,6 +111,9 @@ pub struct Observed {
     /// Kid in the signing Secret, when its content is exactly what keyturn writes for that
     /// key; `None` when missing or different.
     pub signing: Option<String>,
+    /// Pending keys recorded as published that some JWKS copy lacks (a namespace that joined
+    /// or consented since, a copy deleted): their prePublish must start again.
+    pub lagging: BTreeSet<String>,
 }
 
 /// Why a key is generated.
@@ -317,6 +320,22 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
         }
     }
 
+    // 1b. A Pending key that some copy lacks has not been in *every* copy for prePublish:
+    //     forget its publication first (crash-safe: it cannot activate on the old time), then
+    //     publish it everywhere and record the publication anew (steps 2 and 3).
+    let lagging = |r: &KeyRecord| {
+        r.state() == KeyState::Pending
+            && r.published_at.is_some()
+            && observed.lagging.contains(&r.kid)
+    };
+    if state.keys.iter().any(lagging) {
+        let mut next = state.clone();
+        for r in next.keys.iter_mut().filter(|r| lagging(r)) {
+            r.published_at = None;
+        }
+        return Plan::Do(Step::Store(next, vec![]));
+    }
+
     // 2. Publish: the JWKS must hold exactly the live keys, in order.
     let desired: Vec<String> = published_order(state, s, now)
         .iter()
@@ -486,6 +505,54 @@ mod tests {
 
     fn t0() -> DateTime<Utc> {
         "2026-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn a_copy_that_joins_while_a_key_is_pending_restarts_its_pre_publication() {
+        let s = settings("10m", "2m", "2m");
+        let mut w = World::new();
+        w.settle(&s);
+        // The next key is published at 8m (activation due at 10m) ...
+        w.now = t0() + Duration::minutes(8);
+        w.settle(&s);
+        // ... and at 9m50s a copy that lacks it joins.
+        w.now = t0() + Duration::minutes(9) + Duration::seconds(50);
+        w.settle(&s);
+        let state = w.obs.state.clone().unwrap();
+        let cand = state
+            .keys
+            .iter()
+            .find(|r| r.state() == KeyState::Pending)
+            .expect("a Pending key");
+        assert!(cand.published_at.is_some());
+        w.obs.lagging = BTreeSet::from([cand.kid.clone()]);
+        match plan(&s, &w.obs, w.now) {
+            Plan::Do(Step::Store(next, _)) => {
+                let r = next.keys.iter().find(|r| r.kid == cand.kid).unwrap();
+                assert_eq!(r.published_at, None, "its publication is forgotten first");
+                w.obs.state = Some(next);
+            }
+            other => panic!("expected the publication to be forgotten, got {other:?}"),
+        }
+        w.obs.lagging.clear();
+        w.obs.published = None; // the joined copy does not hold the current JWKS yet
+        w.settle(&s);
+        let republished = w.now;
+        let r = w
+            .obs
+            .state
+            .as_ref()
+            .unwrap()
+            .keys
+            .iter()
+            .find(|r| r.kid == cand.kid)
+            .unwrap();
+        assert_eq!(r.published_at, Some(republished), "recorded anew");
+        assert_eq!(
+            activate_at(w.obs.state.as_ref().unwrap(), &s),
+            Some(republished + s.pre_publish),
+            "it activates prePublish after every copy has it, not on the old schedule"
+        );
     }
 
     fn settings(interval: &str, pre: &str, overlap: &str) -> Settings {

@@ -295,10 +295,10 @@ async fn reconcile_set(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
     // plan → apply, one step at a time
     let mut obs = Observed {
         state,
-        published: None,
-        signing: None,
+        ..Default::default()
     };
     observe_published(&sks, &mut obs, &copies, &targets);
+    obs.lagging = lagging_kids(&sks, obs.state.as_ref(), &copies, &targets);
     let mut publish_failures: Vec<String> = vec![];
     observe_signing(&mut obs, signing.as_ref());
     let mut wake_at = None;
@@ -571,6 +571,35 @@ fn observe_published(
     if everywhere {
         obs.published = Some(kids);
     }
+}
+
+/// Pending keys recorded as published that some target's copy does not hold.
+fn lagging_kids(
+    sks: &SigningKeySet,
+    state: Option<&SetState>,
+    copies: &BTreeMap<String, ConfigMap>,
+    targets: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let Some(state) = state else {
+        return BTreeSet::new();
+    };
+    let held: Vec<Vec<String>> = targets
+        .iter()
+        .map(|t| {
+            copies
+                .get(t)
+                .and_then(|c| c.data.as_ref()?.get(&sks.jwks_key()).cloned())
+                .and_then(|text| crate::jwks::kids(text.as_bytes()).ok())
+                .unwrap_or_default()
+        })
+        .collect();
+    state
+        .keys
+        .iter()
+        .filter(|r| r.state() == KeyState::Pending && r.published_at.is_some())
+        .filter(|r| held.iter().any(|kids| !kids.contains(&r.kid)))
+        .map(|r| r.kid.clone())
+        .collect()
 }
 
 /// Where the set's JWKS goes: its own namespace, and the requested ones that consented
