@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 A SigningKeySet (keyturn.dev/v1alpha1) names an algorithm and a schedule; keyturn keeps the\n\
 signing key in a Secret for issuers to mount, the public keys in a ConfigMap (and over HTTP)\n\
 for verifiers, publishes each new key before it signs and keeps old keys for an overlap.\n\n\
-Start here:\n  keyturn crd | kubectl apply -f -     install the CRD\n  keyturn run                           run the operator with your KUBECONFIG\n\n\
+Start here:\n  keyturn crd | kubectl apply -f -     install the CRDs\n  keyturn run                           run the operator with your KUBECONFIG\n\n\
 Every flag of `run` can also be set by the environment variable shown in `keyturn run --help`."
 )]
 struct Cli {

@@ -114,17 +114,9 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
         .await
         .unwrap();
     // The tenant: may manage SigningKeySets (and read Events) in its own namespace, nothing else.
-    let (tenant_client, _) = common::restricted_client(&client, &tenant, "tenant").await;
-    common::allow(
-        &client,
-        &tenant,
-        "tenant",
-        &tenant,
-        "tenant",
-        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]},
-               {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["get", "list"]}]),
-    )
-    .await;
+    let (tenant_client, _) =
+        common::restricted_with(&client, &tenant, "tenant", json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]},
+               {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["get", "list"]}])).await;
     // The victim's administrator: the default `admin` role (which aggregates keyturn-admin).
     let (victim_admin, _) = common::restricted_client(&client, &victim, "admin").await;
     common::bind(
@@ -409,11 +401,8 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "forge").await;
     // The attacker may write ConfigMaps in the namespace, nothing else.
-    let (attacker, _) = common::restricted_client(&client, &ns, "cm-writer").await;
-    common::allow(
+    let (attacker, _) = common::restricted_with(
         &client,
-        &ns,
-        "cm-writer",
         &ns,
         "cm-writer",
         json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}]),
@@ -726,16 +715,8 @@ async fn an_operator_that_cannot_watch_fails_at_start_naming_what() {
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "nowatch").await;
     // An identity that may read SigningKeySets and nothing else.
-    let (_, kc) = common::restricted_client(&client, &ns, "half").await;
-    common::allow(
-        &client,
-        &ns,
-        "half",
-        &ns,
-        "half",
-        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["get", "list", "watch"]}]),
-    )
-    .await;
+    let (_, kc) =
+        common::restricted_with(&client, &ns, "half", json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["get", "list", "watch"]}])).await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyturn"))
         .args([
             "run",

@@ -393,6 +393,18 @@ pub async fn restricted_client(client: &Client, ns: &str, sa: &str) -> (Client, 
     (Client::try_from(cfg).expect("client"), path)
 }
 
+/// [`restricted_client`] with `rules` (RBAC PolicyRules as JSON) as its only rights, in `ns`.
+pub async fn restricted_with(
+    client: &Client,
+    ns: &str,
+    sa: &str,
+    rules: serde_json::Value,
+) -> (Client, PathBuf) {
+    let identity = restricted_client(client, ns, sa).await;
+    allow(client, ns, sa, ns, sa, rules).await;
+    identity
+}
+
 /// Grants `rules` (RBAC PolicyRules as JSON) in namespace `in_ns` to ServiceAccount
 /// `sa_ns/sa` with a Role and RoleBinding named `name`.
 pub async fn allow(
