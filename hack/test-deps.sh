@@ -1,19 +1,50 @@
 #!/usr/bin/env bash
-# hack/test-deps.sh DIR — installs what the tests need beyond crates into DIR: the independent
-# verifiers (Node's jose from npm, Python's PyJWT from PyPI) and mermaid with jsdom for the docs'
-# diagrams (hack/check-docs), versions pinned in tests/verifiers/, next to copies of the scripts
-# that use them. Reuses DIR when the pins have not changed.
+# hack/test-deps.sh DIR — installs what the tests need beyond crates into DIR, versions pinned in
+# tests/verifiers/, next to copies of the scripts that use them:
+#   - Node: jose (the independent verifier of tests/http.rs and docs/verifiers.md, and the Node
+#     column of the interop matrix), mermaid with jsdom (hack/check-docs parses the diagrams);
+#   - Python: PyJWT with cryptography (verifier, and the Python column of the matrix);
+#   - Go: tests/verifiers/interop/go built with go-jose from the Go module proxy (DIR/interop-go);
+#   - Java: Nimbus JOSE+JWT and Tink from Maven Central (DIR/java/lib), Interop.java compiled
+#     against them (DIR/java/classes).
+# Each part is reinstalled only when its own pins or sources changed (a stamp per part).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="${1:?usage: hack/test-deps.sh DIR}"
+V="$ROOT/tests/verifiers"
 mkdir -p "$DIR"
-stamp="$(cat "$ROOT/tests/verifiers/package.json" "$ROOT/tests/verifiers/requirements.txt" | sha256sum | cut -c1-16)"
-cp "$ROOT"/tests/verifiers/{package.json,verify.mjs,verify.py,mermaid-parse.mjs} "$DIR/"
-if [ "$(cat "$DIR/.stamp" 2>/dev/null)" != "$stamp" ]; then
-  command -v node >/dev/null || { echo "node is required for the jose verifier test" >&2; exit 1; }
-  command -v npm >/dev/null || { echo "npm is required for the jose verifier test" >&2; exit 1; }
+DIR="$(cd "$DIR" && pwd)"
+cp "$V"/{package.json,verify.mjs,verify.py,mermaid-parse.mjs} "$V"/interop/{interop.mjs,interop.py} "$DIR/"
+
+# fresh NAME FILE... — true when the part NAME must be (re)installed; `installed NAME` records it.
+stamp_of() { shift; cat "$@" | sha256sum | cut -c1-16; }
+fresh() { [ "$(cat "$DIR/.stamp-$1" 2>/dev/null)" != "$(stamp_of "$@")" ]; }
+installed() { stamp_of "$@" >"$DIR/.stamp-$1"; }
+need() { command -v "$1" >/dev/null || { echo "hack/test-deps.sh: $1 is required ($2)" >&2; exit 1; }; }
+
+js=(js "$V/package.json" "$V/requirements.txt")
+if fresh "${js[@]}"; then
+  need node "jose verifier, interop matrix"; need npm "jose, mermaid"; need python3 "PyJWT"
   echo "installing jose, mermaid, jsdom (npm) and PyJWT (PyPI) into $DIR"
   (cd "$DIR" && npm install --no-audit --no-fund --loglevel=error)
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --upgrade --target "$DIR/python" -r "$ROOT/tests/verifiers/requirements.txt"
-  echo "$stamp" >"$DIR/.stamp"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --upgrade --target "$DIR/python" -r "$V/requirements.txt"
+  installed "${js[@]}"
+fi
+
+go=(go "$V"/interop/go/{go.mod,go.sum,main.go})
+if fresh "${go[@]}" || [ ! -x "$DIR/interop-go" ]; then
+  need go "the Go column of the interop matrix"
+  echo "building the Go interop program (go-jose from the Go module proxy) into $DIR/interop-go"
+  (cd "$V/interop/go" && go build -trimpath -o "$DIR/interop-go" .)
+  installed "${go[@]}"
+fi
+
+java=(java "$V"/interop/java/{pom.xml,Interop.java})
+if fresh "${java[@]}"; then
+  need mvn "Nimbus JOSE+JWT for the Java column of the interop matrix"; need javac "Interop.java"
+  echo "fetching Nimbus JOSE+JWT and Tink (Maven Central) into $DIR/java/lib, compiling Interop.java"
+  rm -rf "$DIR/java" && mkdir -p "$DIR/java/classes"
+  mvn -q -B -Dstyle.color=never -f "$V/interop/java/pom.xml" dependency:copy-dependencies -DoutputDirectory="$DIR/java/lib"
+  javac -d "$DIR/java/classes" -cp "$DIR/java/lib/*" "$V/interop/java/Interop.java"
+  installed "${java[@]}"
 fi

@@ -50,7 +50,7 @@ export KEYTURN_TEST_KUBECTL="$("$ROOT/hack/control-plane" bin-dir)/kubectl"
 export KEYTURN_TEST_LOG_DIR="$PLANE/test-logs"
 mkdir -p "$KEYTURN_TEST_LOG_DIR"
 
-step "test packages: jose, mermaid, jsdom (npm), PyJWT (PyPI)"
+step "test packages: jose, mermaid, jsdom (npm), PyJWT (PyPI), go-jose (Go proxy), Nimbus + Tink (Maven)"
 "$ROOT/hack/test-deps.sh" "$ROOT/.test-deps/verifiers"
 export KEYTURN_TEST_VERIFIERS="$ROOT/.test-deps/verifiers"
 

@@ -1,0 +1,5 @@
+module keyturn.dev/interop
+
+go 1.24.0
+
+require github.com/go-jose/go-jose/v4 v4.1.9
