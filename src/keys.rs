@@ -39,6 +39,31 @@ pub enum KeyError {
     Generate(Algorithm),
 }
 
+/// Text from outside keyturn (an API server's or an admission policy's message) made safe for
+/// a condition, an Event, a log line or a metric: withheld whole when it may quote encoded key
+/// material: a PEM armor line, a run of 40 or more base64 characters with a capital, or a run
+/// of 20 or more that mixes capitals with digits or `+ / _ -` (Kubernetes names are lower
+/// case, Go type names have no digits; base64 of key bytes has both, nearly always).
+pub fn redact_encoded(text: &str) -> std::borrow::Cow<'_, str> {
+    let b64 = |c: char| c.is_ascii_alphanumeric() || "+/=_-".contains(c);
+    let suspicious = |run: &str| {
+        let n = run.chars().count();
+        let capital = run.chars().any(|c| c.is_ascii_uppercase());
+        capital
+            && (n >= 40
+                || (n >= 20
+                    && run
+                        .chars()
+                        .any(|c| c.is_ascii_digit() || "+/_-".contains(c))))
+    };
+    if text.contains("-----BEGIN") || text.split(|c: char| !b64(c)).any(suspicious) {
+        "(message withheld: it may quote encoded key material; the API server's audit log has it)"
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 enum Inner {
     Rsa(Box<rsa::RsaPrivateKey>),
     P256(p256::SecretKey),
@@ -294,6 +319,39 @@ pub fn thumbprint(jwk: &Map<String, Value>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn messages_quoting_key_material_are_withheld() {
+        for kp in [
+            KeyPair::generate(Algorithm::EdDSA, None).unwrap(),
+            KeyPair::generate(Algorithm::ES256, None).unwrap(),
+        ] {
+            let pem = kp.to_pkcs8_pem();
+            let jwk = kp.private_jwk_json();
+            let d: Value = serde_json::from_str(&jwk).unwrap();
+            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            for quoted in [
+                pem.to_string(),
+                jwk.to_string(),
+                serde_json::to_string(&*pem).unwrap(),
+                body.clone(),
+                d["d"].as_str().unwrap().to_string(),
+                base64::engine::general_purpose::STANDARD.encode(pem.as_bytes()),
+            ] {
+                let msg = format!("admission webhook \"policy\" denied the request: {quoted}");
+                let out = redact_encoded(&msg);
+                assert!(out.starts_with("(message withheld"), "{msg} → {out}");
+            }
+        }
+        for clean in [
+            "Secret \"a-keyturn-keys\" is invalid: metadata.labels: Invalid value: \"a-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789-abcdefghijklmnopqrstuvwxyz\": must be no more than 63 characters",
+            "ValidatingAdmissionPolicy 'no-keys-in-payments' with binding 'no-keys-in-payments-binding' denied request: signing keys are not allowed here",
+            "secrets \"auth-signing-key\" is forbidden: User \"system:serviceaccount:keyturn:keyturn\" cannot update resource \"secrets\" in API group \"\" in the namespace \"identity\"",
+            "unable to create new content in namespace payments because it is being terminated",
+        ] {
+            assert_eq!(redact_encoded(clean), clean);
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -30,8 +30,9 @@ pub enum WriteError {
         /// Name.
         name: String,
     },
-    /// The API server refused or failed the write.
-    #[error("writing {kind} {name}: {source}")]
+    /// The API server refused or failed the write. Its message is shown only when it cannot
+    /// quote key material ([`crate::keys::redact_encoded`]).
+    #[error("writing {kind} {name}: {}", api_message(.source))]
     Api {
         /// Object kind.
         kind: &'static str,
@@ -41,6 +42,16 @@ pub enum WriteError {
         #[source]
         source: kube::Error,
     },
+}
+
+/// The API server's own words for a failed request (its message, code and reason, without
+/// the client's debug dump), redacted when it could quote key material.
+pub fn api_message(e: &kube::Error) -> String {
+    let text = match e {
+        kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
+        other => other.to_string(),
+    };
+    crate::keys::redact_encoded(&text).into_owned()
 }
 
 /// Label on JWKS copies naming the SigningKeySet's namespace.

@@ -112,6 +112,24 @@ impl Error {
     }
 }
 
+impl Error {
+    /// A write the API server refused for good (400 Bad Request, 403 Forbidden, 413 Too
+    /// Large, 422 Invalid: an admission policy, a quota, a validation rule): retrying the same
+    /// write cannot succeed until something else changes. The text names the object and
+    /// carries the API's message (redacted if it could quote key material).
+    fn rejected_write(&self) -> Option<String> {
+        match self {
+            Error::Write(
+                w @ WriteError::Api {
+                    source: kube::Error::Api(e),
+                    ..
+                },
+            ) if matches!(e.code, 400 | 403 | 413 | 422) => Some(w.to_string()),
+            _ => None,
+        }
+    }
+}
+
 /// Why the set is not ready, when it is not.
 struct NotReady {
     reason: &'static str,
@@ -132,9 +150,25 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
             };
             refuse(&sks, &ctx, None, None, nr, Some(StdDuration::from_secs(60))).await
         }
+        Err(e) if e.rejected_write().is_some() => {
+            ctx.metrics.error("WriteRejected");
+            let nr = NotReady {
+                reason: "WriteRejected",
+                message: format!(
+                    "the API server refused a write, so keyturn changes nothing more until it succeeds (retried every {}s): {}",
+                    REJECTED_RETRY.as_secs(),
+                    e.rejected_write().unwrap_or_default()
+                ),
+            };
+            refuse(&sks, &ctx, None, None, nr, Some(REJECTED_RETRY)).await
+        }
         other => other,
     }
 }
+
+/// How often a write the API server refused for good is tried again: nothing announces that
+/// an admission policy or a quota changed.
+const REJECTED_RETRY: StdDuration = StdDuration::from_secs(30);
 
 async fn reconcile_set(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = sks.namespace().ok_or(Error::Incomplete("namespace"))?;
@@ -1013,6 +1047,18 @@ async fn announce(sks: &SigningKeySet, ctx: &Context, t: &Transition) {
     publish_event(sks, ctx, type_, reason, "Rotate", &note).await;
 }
 
+/// An Event's note holds at most 1024 characters (the API server refuses the Event
+/// otherwise); a longer one is cut, the condition keeps the whole message.
+fn event_note(note: &str) -> String {
+    const MAX: usize = 1024;
+    if note.chars().count() <= MAX {
+        return note.to_string();
+    }
+    let mut cut: String = note.chars().take(MAX - 1).collect();
+    cut.push('…');
+    cut
+}
+
 async fn publish_event(
     sks: &SigningKeySet,
     ctx: &Context,
@@ -1024,7 +1070,7 @@ async fn publish_event(
     let ev = Event {
         type_,
         reason: reason.into(),
-        note: Some(note.into()),
+        note: Some(event_note(note)),
         action: action.into(),
         secondary: None,
     };
@@ -1051,6 +1097,16 @@ pub fn error_policy(sks: Arc<SigningKeySet>, err: &Error, ctx: Arc<Context>) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn event_notes_fit_the_api_limit() {
+        assert_eq!(event_note("short"), "short");
+        let long = "é".repeat(3000);
+        let cut = event_note(&long);
+        assert_eq!(cut.chars().count(), 1024);
+        assert!(cut.ends_with('…'));
+        assert_eq!(event_note(&"x".repeat(1024)), "x".repeat(1024));
+    }
+
     use super::*;
     use crate::crd::Algorithm;
     use crate::keys::KeyPair;

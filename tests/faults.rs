@@ -339,3 +339,188 @@ async fn names_keyturn_cannot_use_are_rejected_at_apply_naming_the_field() {
         }
     }
 }
+
+/// An admission policy (a ValidatingAdmissionPolicy, evaluated by the API server itself)
+/// refuses keyturn's writes for two sets: one with a plain message and 422 Invalid, one with
+/// 403 Forbidden and a message that quotes the Secret it refused, private key included. Each set
+/// says so in `Ready=False` (`WriteRejected`) and an Event carrying the API's message, with the
+/// quoted key material withheld from the condition, the Event and the log; a third set in the
+/// namespace is unaffected; and once the policy goes, the refused set gets its key.
+#[tokio::test]
+async fn writes_the_api_server_refuses_become_a_condition_and_an_event_without_key_material() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "rejected").await;
+    let policy = format!("keyturn-test-{ns}");
+    let manifest = format!(
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {policy}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {{apiGroups: [""], apiVersions: [v1], resources: [secrets], operations: [CREATE, UPDATE]}}
+  variables:
+  - name: set
+    expression: "has(object.metadata.labels) && 'keyturn.dev/signing-key-set' in object.metadata.labels ? object.metadata.labels['keyturn.dev/signing-key-set'] : ''"
+  validations:
+  - expression: "variables.set != 'refused-invalid'"
+    message: "signing keys for refused-invalid are not allowed in this namespace (test policy)"
+    reason: Invalid
+  - expression: "variables.set != 'refused-forbidden'"
+    messageExpression: "'refused, quoting what it refused: ' + (has(object.data) && 'state.json' in object.data ? string(object.data['state.json']) : '')"
+    reason: Forbidden
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {policy}}}
+spec:
+  policyName: {policy}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {ns}}}
+"#
+    );
+    let out = common::kubectl(&["apply", "-f", "-"], Some(&manifest));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // The policy is in force once a dry-run create of a Secret like keyturn's is refused.
+    for (set, code) in [("refused-invalid", 422), ("refused-forbidden", 403)] {
+        let probe: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "probe", "labels": {"keyturn.dev/signing-key-set": set}}
+        }))
+        .unwrap();
+        let dry = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        common::wait_for(
+            "the admission policy in force",
+            Duration::from_secs(30),
+            || async {
+                match secrets.create(&dry, &probe).await {
+                    Err(kube::Error::Api(e)) if e.code == code => Some(()),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+    }
+
+    let mut op = common::Operator::start(&ns);
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    for name in ["refused-invalid", "refused-forbidden", "allowed"] {
+        common::create_set(&client, &ns, name, json!({"algorithm": "ES256"})).await;
+    }
+    let rejected = |o: Option<&SigningKeySet>| {
+        o.and_then(ready_condition)
+            .is_some_and(|(s, r, _)| s == "False" && r == "WriteRejected")
+    };
+    let invalid = common::wait_object(
+        &sets,
+        "refused-invalid",
+        "WriteRejected",
+        Duration::from_secs(60),
+        rejected,
+    )
+    .await
+    .unwrap();
+    let (_, _, msg) = ready_condition(&invalid).unwrap();
+    assert!(
+        msg.contains(
+            "signing keys for refused-invalid are not allowed in this namespace (test policy)"
+        ) && msg.contains("Secret refused-invalid-keyturn-keys"),
+        "the condition carries the API's message and names the object: {msg}"
+    );
+    let forbidden = common::wait_object(
+        &sets,
+        "refused-forbidden",
+        "WriteRejected",
+        Duration::from_secs(60),
+        rejected,
+    )
+    .await
+    .unwrap();
+    let (_, _, msg) = ready_condition(&forbidden).unwrap();
+    assert!(msg.contains("message withheld"), "{msg}");
+    common::wait_object(
+        &sets,
+        "allowed",
+        "Ready",
+        Duration::from_secs(60),
+        |o: Option<&SigningKeySet>| {
+            o.and_then(ready_condition)
+                .is_some_and(|(s, _, _)| s == "True")
+        },
+    )
+    .await;
+
+    // Events with the same messages; nothing that was refused exists.
+    let evs: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let notes = common::wait_for(
+        "two WriteRejected Events",
+        Duration::from_secs(30),
+        || async {
+            let notes: Vec<String> = evs
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some("WriteRejected")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .filter_map(|e| e.note)
+                .collect();
+            (notes.iter().any(|n| n.contains("(test policy)"))
+                && notes.iter().any(|n| n.contains("withheld")))
+            .then_some(notes)
+        },
+    )
+    .await;
+    for name in ["refused-invalid", "refused-forbidden"] {
+        assert!(
+            secrets
+                .get_opt(&format!("{name}-keyturn-keys"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    // The quoted Secret held the private key: it reached no condition, Event or log line.
+    let log = op.log_text();
+    for text in [msg.as_str(), &notes.join("\n"), &log] {
+        for leak in ["PRIVATE KEY", "privatePem", "\"d\":"] {
+            assert!(!text.contains(leak), "{leak} leaked: {text}");
+        }
+    }
+    assert!(log.contains("WriteRejected"), "the refusal is logged");
+
+    // The policy goes: the next try (every 30 s) succeeds.
+    let out = common::kubectl(&["delete", "-f", "-"], Some(&manifest));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::wait_object(
+        &sets,
+        "refused-invalid",
+        "Ready after the policy went",
+        Duration::from_secs(90),
+        |o: Option<&SigningKeySet>| {
+            o.and_then(ready_condition)
+                .is_some_and(|(s, _, _)| s == "True")
+        },
+    )
+    .await;
+    op.assert_running();
+}
