@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
@@ -55,10 +56,13 @@ pub fn fan_out(
     let jwks = &sks.spec.jwks;
     let selector = match &jwks.namespace_selector {
         None => None,
-        Some(sel) => Some(
-            Selector::try_from(sel.clone())
-                .map_err(|e| format!("spec.jwks.namespaceSelector: {e}"))?,
-        ),
+        Some(sel) => {
+            check_label_syntax(sel).map_err(|e| format!("spec.jwks.namespaceSelector: {e}"))?;
+            Some(
+                Selector::try_from(sel.clone())
+                    .map_err(|e| format!("spec.jwks.namespaceSelector: {e}"))?,
+            )
+        }
     };
     let consenting: BTreeSet<String> = grants
         .iter()
@@ -85,6 +89,53 @@ pub fn fan_out(
     }
     out.denied.sort();
     Ok(out)
+}
+
+/// The label rules the API server applies to a selector (and the CRD schema cannot spell):
+/// keys are `[prefix/]name`, values at most 63 characters; a selector that breaks them could
+/// never match and would fan out to nothing without a word.
+fn check_label_syntax(sel: &LabelSelector) -> Result<(), String> {
+    // A name part: 1–63 alphanumerics, `-`, `_`, `.`, starting and ending alphanumeric.
+    let name_ok = |n: &str| {
+        (1..=63).contains(&n.len())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && n.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    let key_ok = |k: &str| match k.split_once('/') {
+        None => name_ok(k),
+        Some((prefix, name)) => {
+            (1..=253).contains(&prefix.len())
+                && prefix
+                    .split('.')
+                    .all(|l| name_ok(l) && !l.contains('_') && l == l.to_lowercase())
+                && name_ok(name)
+        }
+    };
+    let value_ok = |v: &str| v.is_empty() || name_ok(v);
+    let mut keys: Vec<&str> = vec![];
+    let mut values: Vec<&str> = vec![];
+    for (k, v) in sel.match_labels.iter().flatten() {
+        keys.push(k);
+        values.push(v);
+    }
+    for e in sel.match_expressions.iter().flatten() {
+        keys.push(&e.key);
+        values.extend(e.values.iter().flatten().map(String::as_str));
+    }
+    if let Some(k) = keys.into_iter().find(|k| !key_ok(k)) {
+        return Err(format!(
+            "label key {k:?} is not valid (`[prefix/]name`, the name at most 63 characters of letters, digits, `-`, `_`, `.`)"
+        ));
+    }
+    if let Some(v) = values.into_iter().find(|v| !value_ok(v)) {
+        let shown: String = v.chars().take(70).collect();
+        return Err(format!(
+            "label value {shown:?} is not valid (at most 63 characters of letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
 }
 
 /// Namespace-only mode: the set's own namespace only; every listed namespace (and the
@@ -250,6 +301,35 @@ mod tests {
         assert_eq!(f.targets, set_of(&["tenant-a", "payments"]));
         assert_eq!(f.denied, vec!["kube-system"]);
         assert_eq!(condition(&s, &f).1, "ConsentMissing");
+    }
+
+    #[test]
+    fn selector_labels_follow_the_api_servers_rules() {
+        let ok = |sel: serde_json::Value| {
+            let s = set(json!({"jwks": {"namespaceSelector": sel}}));
+            fan_out(&s, &cluster(), &[]).map(|_| ())
+        };
+        for good in [
+            json!({"matchLabels": {"team": "a".repeat(63)}}),
+            json!({"matchLabels": {"example.com/team": "", "a_b.c-d": "X_y.z-1"}}),
+            json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["payments"]}]}),
+        ] {
+            assert_eq!(ok(good.clone()), Ok(()), "{good}");
+        }
+        for bad in [
+            json!({"matchLabels": {"team": "a".repeat(64)}}),
+            json!({"matchLabels": {"team": "-x"}}),
+            json!({"matchLabels": {"": "x"}}),
+            json!({"matchLabels": {"Example.COM/team": "x"}}),
+            json!({"matchLabels": {"a/b/c": "x"}}),
+            json!({"matchExpressions": [{"key": "team", "operator": "In", "values": ["ok", "not ok"]}]}),
+        ] {
+            let e = ok(bad.clone()).unwrap_err();
+            assert!(
+                e.starts_with("spec.jwks.namespaceSelector: label"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -160,9 +160,10 @@ pub struct JwksSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = 253, "pattern" = "^[-._a-zA-Z0-9]+$"))]
     pub key: Option<String>,
-    /// Extra namespaces that get an identical copy of the JWKS ConfigMap.
+    /// Extra namespaces that get an identical copy of the JWKS ConfigMap (each one only with a
+    /// SigningKeySetGrant there accepting this set).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("maxItems" = 1000, "items" = {"type": "string", "maxLength": 63}))]
+    #[schemars(extend("maxItems" = 1000, "items" = {"type": "string", "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}))]
     pub namespaces: Vec<String>,
     /// Namespaces selected by label also get a copy; new matching namespaces are picked up.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -524,3 +524,262 @@ spec:
     .await;
     op.assert_running();
 }
+
+/// Every field with a limit, at the limit and one past it: at the limit the set is accepted
+/// and gets the `Ready` condition it should (True, or `InvalidSpec` naming the field where the
+/// schema cannot say it); one past, `kubectl apply` is refused naming the field. The grant's
+/// fields the same way; and sets in namespaces with odd names (one character, all digits, 63
+/// characters) get keys and fan out to each other.
+#[tokio::test]
+async fn every_field_at_its_length_limit_reconciles_and_one_past_is_refused_naming_it() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "limits").await;
+    let _op = common::Operator::start(&ns);
+    let a = |n: usize| "a".repeat(n);
+    let kid = |i: usize| format!("{i:0>128}");
+    let many = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>();
+    // (field, spec at the limit, spec one past it)
+    let cases: Vec<(&str, Value, Value)> = vec![
+        (
+            "spec.secretName",
+            json!({"secretName": a(253)}),
+            json!({"secretName": a(254)}),
+        ),
+        (
+            "spec.jwks.configMapName",
+            json!({"jwks": {"configMapName": a(253)}}),
+            json!({"jwks": {"configMapName": a(254)}}),
+        ),
+        (
+            "spec.jwks.key",
+            json!({"jwks": {"key": format!("{}.json", a(248))}}),
+            json!({"jwks": {"key": format!("{}.json", a(249))}}),
+        ),
+        (
+            "spec.rotation.interval",
+            json!({"rotation": {"interval": format!("{:0>32}", "720h")}}),
+            json!({"rotation": {"interval": format!("{:0>33}", "720h")}}),
+        ),
+        (
+            "spec.revokedKeyIds",
+            json!({"revokedKeyIds": many(64, &kid)}),
+            json!({"revokedKeyIds": many(65, &kid)}),
+        ),
+        (
+            "spec.revokedKeyIds[0]",
+            json!({"revokedKeyIds": [kid(0)]}),
+            json!({"revokedKeyIds": [format!("{}x", kid(0))]}),
+        ),
+        (
+            "spec.jwks.namespaces",
+            json!({"jwks": {"namespaces": many(1000, &|i| format!("{i:0>63}"))}}),
+            json!({"jwks": {"namespaces": many(1001, &|i| format!("{i:0>63}"))}}),
+        ),
+        (
+            "spec.jwks.namespaces[0]",
+            json!({"jwks": {"namespaces": [a(63)]}}),
+            json!({"jwks": {"namespaces": [a(64)]}}),
+        ),
+        (
+            "spec.issuer",
+            json!({"issuer": format!("https://{}", a(2040))}),
+            json!({"issuer": format!("https://{}", a(2041))}),
+        ),
+    ];
+    let ar = ApiResource::erase::<SigningKeySet>(&());
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    let create = |name: String, spec: Value| {
+        let dynamic = dynamic.clone();
+        async move {
+            let raw: DynamicObject =
+                serde_json::from_value(common::set_manifest(&name, spec)).unwrap();
+            dynamic.create(&PostParams::default(), &raw).await
+        }
+    };
+    for (i, (field, at, past)) in cases.iter().enumerate() {
+        if let Err(e) = create(format!("at-{i}"), at.clone()).await {
+            panic!("{field} at its limit was refused: {e}");
+        }
+        match create(format!("past-{i}"), past.clone()).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{field}: {}", e.message);
+                assert!(
+                    e.message.contains(field),
+                    "{field} not named: {}",
+                    e.message
+                );
+            }
+            other => panic!("{field} one past its limit was accepted: {other:?}"),
+        }
+    }
+    // A label selector's values have the label rules, which the schema does not spell:
+    // accepted at apply, then InvalidSpec naming the field.
+    create(
+        "selector".into(),
+        json!({"jwks": {"namespaceSelector": {"matchLabels": {"team": a(64)}}}}),
+    )
+    .await
+    .unwrap();
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    for (i, (field, _, _)) in cases.iter().enumerate() {
+        common::wait_object(
+            &sets,
+            &format!("at-{i}"),
+            &format!("{field} at its limit: Ready"),
+            Duration::from_secs(60),
+            |o: Option<&SigningKeySet>| {
+                o.and_then(ready_condition)
+                    .is_some_and(|(s, _, _)| s == "True")
+            },
+        )
+        .await;
+    }
+    let s = common::wait_object(
+        &sets,
+        "selector",
+        "InvalidSpec",
+        Duration::from_secs(60),
+        |o: Option<&SigningKeySet>| {
+            o.and_then(ready_condition)
+                .is_some_and(|(s, r, _)| s == "False" && r == "InvalidSpec")
+        },
+    )
+    .await
+    .unwrap();
+    let (_, _, msg) = ready_condition(&s).unwrap();
+    assert!(msg.contains("spec.jwks.namespaceSelector"), "{msg}");
+
+    // The grant's fields.
+    let gar = ApiResource::erase::<keyturn::crd::SigningKeySetGrant>(&());
+    let grants: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &gar);
+    let grant = |name: &str, from: Value| -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySetGrant",
+            "metadata": {"name": name}, "spec": {"from": from}
+        }))
+        .unwrap()
+    };
+    let from = |n: usize| many(n, &|i| format!("{i:0>63}"));
+    let grant_cases: Vec<(&str, Value, Value)> = vec![
+        (
+            "spec.from[0].namespace",
+            json!([{"namespace": a(63)}]),
+            json!([{"namespace": a(64)}]),
+        ),
+        (
+            "spec.from[0].name",
+            json!([{"namespace": "a", "name": a(253)}]),
+            json!([{"namespace": "a", "name": a(254)}]),
+        ),
+        (
+            "spec.from",
+            json!(
+                from(64)
+                    .iter()
+                    .map(|n| json!({"namespace": n}))
+                    .collect::<Vec<_>>()
+            ),
+            json!(
+                from(65)
+                    .iter()
+                    .map(|n| json!({"namespace": n}))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+    ];
+    for (i, (field, at, past)) in grant_cases.into_iter().enumerate() {
+        grants
+            .create(&PostParams::default(), &grant(&format!("at-{i}"), at))
+            .await
+            .unwrap_or_else(|e| panic!("{field} at its limit was refused: {e}"));
+        match grants
+            .create(&PostParams::default(), &grant(&format!("past-{i}"), past))
+            .await
+        {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{field}: {}", e.message);
+                assert!(
+                    e.message.contains(field),
+                    "{field} not named: {}",
+                    e.message
+                );
+            }
+            other => panic!("{field} one past its limit was accepted: {other:?}"),
+        }
+    }
+}
+
+/// Namespaces with the oddest names Kubernetes allows (one character, all digits, 63
+/// characters): a set in each gets keys, and fans out to the others with their consent.
+#[tokio::test]
+async fn sets_in_namespaces_with_odd_names_get_keys_and_fan_out() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    // Fixed names (these are the odd ones); left over from an earlier run, they are removed.
+    let names = [
+        "7".to_string(),
+        "0123456789".to_string(),
+        format!("keyturn-odd-{}", "q".repeat(51)),
+    ];
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    for n in &names {
+        assert!(n.len() <= 63);
+        // An earlier run's sets keep their copies' finalizer with no operator to run it.
+        let leftovers: Api<SigningKeySet> = Api::namespaced(client.clone(), n);
+        for s in leftovers.list(&Default::default()).await.unwrap() {
+            let _ = leftovers
+                .patch(
+                    &s.metadata.name.unwrap(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
+        }
+        let _ = nss.delete(n, &Default::default()).await;
+        common::wait_for(
+            &format!("namespace {n} absent"),
+            Duration::from_secs(120),
+            || async { nss.get_opt(n).await.ok()?.is_none().then_some(()) },
+        )
+        .await;
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": n}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let _ops: Vec<common::Operator> = names.iter().map(|n| common::Operator::start(n)).collect();
+    // Distinct set names: a copy of one set lands where another set keeps its own ConfigMap.
+    let set = |i: usize| format!("odd-{i}");
+    for (i, n) in names.iter().enumerate() {
+        for other in names.iter().filter(|o| *o != n) {
+            common::grant(&client, other, n, Some(&set(i))).await;
+        }
+        let targets: Vec<&String> = names.iter().filter(|o| *o != n).collect();
+        common::create_set(
+            &client,
+            n,
+            &set(i),
+            json!({"jwks": {"namespaces": targets}}),
+        )
+        .await;
+    }
+    for (i, n) in names.iter().enumerate() {
+        let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), n);
+        common::wait_object(
+            &sets,
+            &set(i),
+            &format!("{n}/{} Ready in all three namespaces", set(i)),
+            Duration::from_secs(60),
+            |o: Option<&SigningKeySet>| {
+                o.and_then(ready_condition)
+                    .is_some_and(|(s, _, _)| s == "True")
+                    && o.and_then(|s| s.status.as_ref())
+                        .is_some_and(|st| st.published_namespaces.len() == 3)
+            },
+        )
+        .await;
+    }
+}
