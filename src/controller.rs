@@ -164,12 +164,13 @@ pub async fn run(
         namespace_only: opts.namespace_only,
         scope: opts.namespace.clone(),
         namespaces,
+        backoff: Default::default(),
     });
     info!(namespace = ?opts.namespace, "keyturn controller starting");
-    let metrics_for_gone = ctx.metrics.clone();
+    let ctx_for_gone = ctx.clone();
     let forget = tokio::spawn(forget_deleted_sets(
         scoped(&client_for_watch, opts.namespace.as_deref()),
-        ctx.metrics.clone(),
+        ctx.clone(),
     ));
     let controller = Controller::new(sets, watcher::Config::default());
     let store = controller.store();
@@ -237,7 +238,7 @@ pub async fn run(
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| {
-            let metrics = metrics_for_gone.clone();
+            let ctx = ctx_for_gone.clone();
             async move {
                 match res {
                     Ok((obj, _)) => {
@@ -248,7 +249,7 @@ pub async fn run(
                     // reconcile that was in flight has finished by now).
                     Err(kube::runtime::controller::Error::ObjectNotFound(r)) => {
                         debug!(set = %r.name, namespace = ?r.namespace, "set is gone");
-                        metrics.forget_set(r.namespace.as_deref().unwrap_or_default(), &r.name);
+                        forget_set(&ctx, r.namespace.as_deref().unwrap_or_default(), &r.name);
                     }
                     // error_policy has already logged it (or kept a teardown quiet).
                     Err(kube::runtime::controller::Error::ReconcilerFailed(e, r)) => {
@@ -266,11 +267,17 @@ pub async fn run(
     info!("keyturn controller stopped");
 }
 
+/// A set is gone: its metric series and its error streak go too.
+fn forget_set(ctx: &Context, namespace: &str, name: &str) {
+    ctx.metrics.forget_set(namespace, name);
+    ctx.backoff.forget(namespace, name);
+}
+
 /// Drops the per-set metric series of every SigningKeySet that is deleted (and, after each
 /// relist, of every set that no longer exists). Metadata only: no spec or status is held.
 async fn forget_deleted_sets(
     api: Api<kube::core::PartialObjectMeta<SigningKeySet>>,
-    metrics: Arc<Metrics>,
+    ctx: Arc<Context>,
 ) {
     use kube::runtime::watcher::Event;
     let mut events = watcher(api, watcher::Config::default())
@@ -285,7 +292,7 @@ async fn forget_deleted_sets(
             Ok(Event::Delete(m)) => {
                 let (ns, name) = key(&m);
                 debug!(set = %name, namespace = %ns, "set deleted; dropping its metric series");
-                metrics.forget_set(&ns, &name);
+                forget_set(&ctx, &ns, &name);
             }
             Ok(Event::Init) => listed = Some(Default::default()),
             Ok(Event::InitApply(m)) => {
@@ -295,8 +302,8 @@ async fn forget_deleted_sets(
             }
             Ok(Event::InitDone) => {
                 if let Some(l) = listed.take() {
-                    for (ns, name) in metrics.sets().into_iter().filter(|s| !l.contains(s)) {
-                        metrics.forget_set(&ns, &name);
+                    for (ns, name) in ctx.metrics.sets().into_iter().filter(|s| !l.contains(s)) {
+                        forget_set(&ctx, &ns, &name);
                     }
                 }
             }

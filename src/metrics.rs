@@ -1,6 +1,5 @@
 //! Prometheus metrics (text format via `prometheus-client`).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
@@ -53,7 +52,6 @@ pub struct Metrics {
     last_publish: Gauge<f64, AtomicU64>,
     http: Family<ReasonLabels, Counter>,
     leader: Gauge,
-    consecutive: Mutex<HashMap<(String, String), u32>>,
     observed: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
@@ -78,7 +76,6 @@ impl Metrics {
             last_publish: Gauge::default(),
             http: Family::default(),
             leader: Gauge::default(),
-            consecutive: Mutex::new(HashMap::new()),
             observed: Mutex::default(),
             registry: Registry::default(),
         };
@@ -213,10 +210,6 @@ impl Metrics {
                 self.next_rotation.remove(&labels);
             }
         }
-        self.consecutive
-            .lock()
-            .expect("metrics lock")
-            .remove(&(namespace.into(), name.into()));
         self.observed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -237,10 +230,6 @@ impl Metrics {
             namespace: namespace.into(),
             name: name.into(),
         });
-        self.consecutive
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(namespace.into(), name.into()));
         self.observed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -249,31 +238,12 @@ impl Metrics {
 
     /// Sets that have per-set series: (namespace, name).
     pub fn sets(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = self
-            .consecutive
+        self.observed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .keys()
+            .iter()
             .cloned()
-            .collect();
-        v.extend(
-            self.observed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .cloned(),
-        );
-        v.sort();
-        v.dedup();
-        v
-    }
-
-    /// Increments and returns a set's consecutive error count (for backoff).
-    pub fn consecutive_errors(&self, namespace: &str, name: &str) -> u32 {
-        let mut m = self.consecutive.lock().expect("metrics lock");
-        let n = m.entry((namespace.into(), name.into())).or_insert(0);
-        *n += 1;
-        *n
+            .collect()
     }
 }
 
@@ -286,7 +256,6 @@ mod tests {
         let m = Metrics::new();
         m.observe_set("a", "one", &SetState::new(), Some(Duration::seconds(5)));
         m.observe_set("a", "two", &SetState::new(), None);
-        m.consecutive_errors("a", "one");
         assert!(m.encode().contains("name=\"one\""));
         m.forget_set("a", "one");
         let text = m.encode();

@@ -1,0 +1,369 @@
+//! Stage 2, check (pure): from the set and its objects, the settings to plan with, the
+//! consented fan-out and what is observed now — or a [`Refusal`] saying why not.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::ResourceExt;
+
+use super::read::Objects;
+use super::{Reason, Refusal};
+use crate::consent::{self, FanOut};
+use crate::crd::SigningKeySet;
+use crate::plan::{self, Observed, Settings};
+use crate::publish;
+use crate::state::{KeyState, STATE_KEY, SetState};
+
+/// A set keyturn can act on.
+#[derive(Debug)]
+pub struct Checked {
+    /// The validated spec.
+    pub settings: Settings,
+    /// Where the JWKS goes (the set's namespace and the consenting ones) and who refused.
+    pub spread: FanOut,
+    /// The planner's view of the objects: the stored state, what is published everywhere,
+    /// what signs.
+    pub observed: Observed,
+}
+
+/// Checks, in order: the spec, the names keyturn reserves, objects keyturn does not own,
+/// the fan-out selector, and the internal state (missing while derived objects exist, or
+/// corrupt). `token` is the manual-rotation annotation's value.
+pub fn check(
+    sks: &SigningKeySet,
+    objects: &Objects,
+    token: Option<String>,
+    namespace_only: bool,
+) -> Result<Checked, Refusal> {
+    let ns = sks.namespace().unwrap_or_default();
+    let settings = plan::validate(&sks.spec, token)
+        .map_err(|e| Refusal::new(Reason::InvalidSpec, e.to_string()))?;
+    if sks.secret_name() == sks.internal_secret_name() {
+        return Err(Refusal::new(
+            Reason::InvalidSpec,
+            format!(
+                "spec.secretName: {:?} is reserved for keyturn's internal Secret",
+                sks.secret_name()
+            ),
+        ));
+    }
+    for (kind, name, meta) in [
+        (
+            "Secret",
+            sks.internal_secret_name(),
+            objects.internal.as_ref().map(|o| &o.metadata),
+        ),
+        (
+            "Secret",
+            sks.secret_name(),
+            objects.signing.as_ref().map(|o| &o.metadata),
+        ),
+        (
+            "ConfigMap",
+            sks.config_map_name(),
+            objects.jwks.as_ref().map(|o| &o.metadata),
+        ),
+    ] {
+        if let Some(meta) = meta
+            && !publish::is_owned(meta, sks)
+        {
+            return Err(Refusal::new(
+                Reason::ForeignObject,
+                format!(
+                    "{kind} {ns}/{name} exists and is not managed by this SigningKeySet; keyturn leaves it untouched. Delete it or choose another name."
+                ),
+            ));
+        }
+    }
+    let spread = if !consent::requested(sks) {
+        FanOut {
+            targets: BTreeSet::from([ns.clone()]),
+            ..Default::default()
+        }
+    } else if namespace_only {
+        consent::own_only(sks)
+    } else {
+        consent::fan_out(sks, &objects.namespaces, &objects.grants)
+            .map_err(|why| Refusal::new(Reason::InvalidSpec, why))?
+    };
+    let derived_exist =
+        objects.signing.is_some() || objects.jwks.as_ref().is_some_and(|c| c.data.is_some());
+    let state = match objects.internal.as_ref() {
+        // The source of truth is gone but what was derived from it is still there: starting
+        // a fresh key set would drop keys that verifiers and issuers use. Say so instead.
+        None if derived_exist => {
+            return Err(Refusal::new(
+                Reason::InternalStateMissing,
+                format!(
+                    "Secret {ns}/{} is missing while the signing Secret or JWKS ConfigMap still exist; keyturn will not replace published keys. Restore it from backup, or delete {ns}/{} and {ns}/{} to start a new key set.",
+                    sks.internal_secret_name(),
+                    sks.secret_name(),
+                    sks.config_map_name()
+                ),
+            ));
+        }
+        None => None,
+        Some(s) => Some(
+            s.data
+                .as_ref()
+                .and_then(|d| d.get(STATE_KEY))
+                .ok_or(crate::state::StateError::Missing)
+                .and_then(|b| SetState::from_bytes(&b.0))
+                .map_err(|e| {
+                    Refusal::new(
+                        Reason::InternalStateCorrupt,
+                        format!(
+                            "Secret {ns}/{}: {e}. keyturn changes nothing until it is repaired or restored from backup; the published JWKS is left as it is.",
+                            sks.internal_secret_name()
+                        ),
+                    )
+                })?,
+        ),
+    };
+    let observed = observe(sks, state, objects, &spread.targets);
+    Ok(Checked {
+        settings,
+        spread,
+        observed,
+    })
+}
+
+/// The planner's input: the stored state, the keys every target's copy holds exactly, the
+/// Pending keys some copy lacks, and the key the signing Secret holds exactly.
+fn observe(
+    sks: &SigningKeySet,
+    state: Option<SetState>,
+    objects: &Objects,
+    targets: &BTreeSet<String>,
+) -> Observed {
+    let Some(state) = state else {
+        return Observed::default();
+    };
+    Observed {
+        published: published_everywhere(sks, &state, &objects.copies, targets),
+        lagging: lagging_kids(sks, &state, &objects.copies, targets),
+        signing: signing_kid(&state, objects.signing.as_ref()),
+        state: Some(state),
+    }
+}
+
+/// The kids of the set's own JWKS when it is exactly what the state gives for them and every
+/// target's copy (keyturn's own) holds the same bytes: published means everywhere.
+fn published_everywhere(
+    sks: &SigningKeySet,
+    state: &SetState,
+    copies: &BTreeMap<String, ConfigMap>,
+    targets: &BTreeSet<String>,
+) -> Option<Vec<String>> {
+    let own = copies.get(&sks.namespace().unwrap_or_default())?;
+    let text = own.data.as_ref()?.get(&sks.jwks_key())?;
+    let kids = crate::jwks::kids(text.as_bytes()).ok()?;
+    if own.data.as_ref().is_none_or(|d| d.len() != 1)
+        || publish::jwks_bytes(state, &kids).as_deref() != Some(text.as_bytes())
+    {
+        return None;
+    }
+    targets
+        .iter()
+        .all(|t| {
+            copies
+                .get(t)
+                .is_some_and(|c| publish::is_owned_copy(&c.metadata, sks) && c.data == own.data)
+        })
+        .then_some(kids)
+}
+
+/// Pending keys recorded as published that some target's copy does not hold (a copy that
+/// joined later: a grant given, a namespace labelled, a copy deleted).
+fn lagging_kids(
+    sks: &SigningKeySet,
+    state: &SetState,
+    copies: &BTreeMap<String, ConfigMap>,
+    targets: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let held: Vec<Vec<String>> = targets
+        .iter()
+        .map(|t| {
+            copies
+                .get(t)
+                .and_then(|c| c.data.as_ref()?.get(&sks.jwks_key()).cloned())
+                .and_then(|text| crate::jwks::kids(text.as_bytes()).ok())
+                .unwrap_or_default()
+        })
+        .collect();
+    state
+        .keys
+        .iter()
+        .filter(|r| r.state() == KeyState::Pending && r.published_at.is_some())
+        .filter(|r| held.iter().any(|kids| !kids.contains(&r.kid)))
+        .map(|r| r.kid.clone())
+        .collect()
+}
+
+/// The kid of the signing Secret when it holds exactly what keyturn writes for that key.
+fn signing_kid(state: &SetState, signing: Option<&Secret>) -> Option<String> {
+    let sec = signing?;
+    let kid = String::from_utf8_lossy(&sec.data.as_ref()?.get("kid")?.0).to_string();
+    let rec = state.keys.iter().find(|r| r.kid == kid)?;
+    (publish::signing_data(rec).as_ref() == sec.data.as_ref()).then_some(kid)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::ByteString;
+    use serde_json::json;
+
+    use super::*;
+    use crate::reconcile::fixtures::{active_state, set, written};
+
+    fn refused(sks: &SigningKeySet, o: &Objects) -> Refusal {
+        check(sks, o, None, false).unwrap_err()
+    }
+
+    #[test]
+    fn a_new_set_checks_out_with_nothing_observed() {
+        let c = check(&set(json!({})), &Objects::default(), None, false).unwrap();
+        assert_eq!(c.spread.targets, BTreeSet::from(["identity".to_string()]));
+        assert!(c.observed.state.is_none() && c.observed.published.is_none());
+    }
+
+    #[test]
+    fn what_keyturn_wrote_is_observed_as_published_and_signing() {
+        let sks = set(json!({}));
+        let st = active_state();
+        let c = check(&sks, &written(&sks, &st), None, false).unwrap();
+        assert_eq!(c.observed.published, Some(vec![st.keys[0].kid.clone()]));
+        assert_eq!(c.observed.signing, Some(st.keys[0].kid.clone()));
+        assert!(c.observed.lagging.is_empty());
+    }
+
+    #[test]
+    fn an_edited_jwks_or_signing_secret_is_not_observed() {
+        let sks = set(json!({}));
+        let st = active_state();
+        let mut o = written(&sks, &st);
+        let cm = o.copies.get_mut("identity").unwrap();
+        cm.data
+            .as_mut()
+            .unwrap()
+            .insert("jwks.json".into(), "{\"keys\":[]}".into());
+        o.signing
+            .as_mut()
+            .unwrap()
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("alg".into(), ByteString(b"HS256".to_vec()));
+        let c = check(&sks, &o, None, false).unwrap();
+        assert_eq!(c.observed.published, None);
+        assert_eq!(c.observed.signing, None);
+    }
+
+    #[test]
+    fn invalid_specs_and_reserved_names_are_refused_naming_the_field() {
+        let r = refused(
+            &set(json!({"rotation": {"interval": "1h", "prePublish": "2h"}})),
+            &Objects::default(),
+        );
+        assert_eq!(r.reason, Reason::InvalidSpec);
+        assert!(r.message.starts_with("spec.rotation"), "{}", r.message);
+        let r = refused(
+            &set(json!({"secretName": "auth-keyturn-keys"})),
+            &Objects::default(),
+        );
+        assert_eq!(r.reason, Reason::InvalidSpec);
+        assert!(r.message.starts_with("spec.secretName"), "{}", r.message);
+        let r = refused(
+            &set(json!({"jwks": {"namespaceSelector": {"matchLabels": {"team": "x".repeat(64)}}}})),
+            &Objects::default(),
+        );
+        assert_eq!(r.reason, Reason::InvalidSpec);
+        assert!(
+            r.message.starts_with("spec.jwks.namespaceSelector"),
+            "{}",
+            r.message
+        );
+        assert_eq!(
+            Reason::InvalidSpec.retry(),
+            None,
+            "only a spec edit fixes it"
+        );
+    }
+
+    #[test]
+    fn objects_keyturn_does_not_own_are_refused_by_name() {
+        let sks = set(json!({}));
+        let mut o = written(&sks, &active_state());
+        o.signing.as_mut().unwrap().metadata.owner_references = None;
+        let r = refused(&sks, &o);
+        assert_eq!(r.reason, Reason::ForeignObject);
+        assert!(
+            r.message.contains("Secret identity/auth-signing-key"),
+            "{}",
+            r.message
+        );
+        assert!(
+            r.reason.retry().is_some(),
+            "it clears when the object is deleted"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_corrupt_internal_state_is_refused_and_nothing_is_replaced() {
+        let sks = set(json!({}));
+        let mut o = written(&sks, &active_state());
+        o.internal = None;
+        assert_eq!(refused(&sks, &o).reason, Reason::InternalStateMissing);
+        let mut o = written(&sks, &active_state());
+        o.internal
+            .as_mut()
+            .unwrap()
+            .data
+            .as_mut()
+            .unwrap()
+            .insert(STATE_KEY.into(), ByteString(b"{not json".to_vec()));
+        let r = refused(&sks, &o);
+        assert_eq!(r.reason, Reason::InternalStateCorrupt);
+        assert!(!r.message.contains("PRIVATE"), "{}", r.message);
+    }
+
+    #[test]
+    fn fan_out_needs_consent_and_namespace_only_mode_disables_it() {
+        let sks = set(json!({"jwks": {"namespaces": ["payments"]}}));
+        let ns: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(json!({"metadata": {"name": "payments"}})).unwrap();
+        let o = Objects {
+            namespaces: vec![ns],
+            ..Default::default()
+        };
+        let c = check(&sks, &o, None, false).unwrap();
+        assert_eq!(c.spread.denied, vec!["payments".to_string()]);
+        assert_eq!(c.spread.targets.len(), 1);
+        let c = check(&sks, &o, None, true).unwrap();
+        assert_eq!(c.spread.denial, consent::Denial::Disabled);
+    }
+
+    #[test]
+    fn a_published_pending_key_that_a_copy_lacks_is_lagging() {
+        let sks = set(json!({}));
+        let mut st = active_state();
+        let kp = crate::keys::KeyPair::generate(crate::crd::Algorithm::EdDSA, None).unwrap();
+        st = plan::with_new_key(
+            Some(&st),
+            &kp,
+            plan::GenerateReason::Scheduled,
+            None,
+            crate::reconcile::fixtures::t0(),
+        );
+        st.keys[1].published_at = Some(crate::reconcile::fixtures::t0());
+        // The JWKS written holds only the active key.
+        let one = SetState {
+            keys: vec![st.keys[0].clone()],
+            ..st.clone()
+        };
+        let mut o = written(&sks, &one);
+        o.internal = Some(publish::internal_secret(&sks, &st));
+        let c = check(&sks, &o, None, false).unwrap();
+        assert_eq!(c.observed.lagging, BTreeSet::from([kp.kid().to_string()]));
+    }
+}

@@ -1,0 +1,426 @@
+//! The reconcile of one SigningKeySet, as a pipeline. Each stage is a module, entered once:
+//!
+//! 1. [`read`]: the set's objects (internal Secret, signing Secret, JWKS ConfigMap and its
+//!    copies, and for fan-out the namespaces and grants).
+//! 2. [`check`] (pure): the settings, the consented fan-out, the stored state and what is
+//!    observed, or a [`Refusal`] that carries its reason and retry.
+//! 3. plan + [`apply`]: the planner ([`crate::plan`]) picks one step at a time, the applier
+//!    writes it (one method per step; the JWKS copies through [`fanout`]), until idle.
+//! 4. [`status`] (pure, `now` passed in) and [`report`]: the status patch, Events, metrics.
+//!
+//! `docs/architecture.md` walks through it with the invariants each stage enforces.
+
+mod apply;
+mod check;
+mod fanout;
+mod read;
+mod report;
+mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use tracing::{debug, warn};
+
+use crate::crd::{ROTATE_ANNOTATION, SigningKeySet};
+use crate::metrics::Metrics;
+use crate::publish::WriteError;
+
+pub use fanout::FINALIZER;
+pub use status::{FAN_OUT_CONDITION, derive_status};
+
+/// A source of the current time; tests and benchmarks may inject their own.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// Shared state of the controller.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Current time.
+    pub clock: Clock,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Namespace-only mode: never read or write outside the set's namespace (no fan-out).
+    pub namespace_only: bool,
+    /// The one namespace this controller watches, if any.
+    pub scope: Option<String>,
+    /// Every namespace (cluster-wide mode), to tell a namespace being deleted.
+    pub namespaces: Option<Store<Namespace>>,
+    /// Consecutive failed reconciles per set, for [`error_policy`]'s backoff.
+    pub backoff: Backoff,
+}
+
+impl Context {
+    /// True when `ns` is being deleted: its sets are going away, not broken.
+    pub fn namespace_terminating(&self, ns: &str) -> bool {
+        self.namespaces
+            .as_ref()
+            .and_then(|s| s.get(&ObjectRef::new(ns)))
+            .is_some_and(|n| {
+                n.metadata.deletion_timestamp.is_some()
+                    || n.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
+            })
+    }
+
+    /// True when the set is being deleted, or its namespace is: no alarms for it.
+    fn going_away(&self, sks: &SigningKeySet) -> bool {
+        sks.metadata.deletion_timestamp.is_some()
+            || self.namespace_terminating(&sks.namespace().unwrap_or_default())
+    }
+
+    /// Where JWKS copies are looked for: every namespace, or (namespace-only) none but the
+    /// sets' own.
+    fn copies_api(&self) -> Api<ConfigMap> {
+        match (self.namespace_only, &self.scope) {
+            (true, Some(ns)) => Api::namespaced(self.client.clone(), ns),
+            _ => Api::all(self.client.clone()),
+        }
+    }
+}
+
+/// Consecutive failures per set (namespace, name): the exponent of the retry backoff.
+#[derive(Default)]
+pub struct Backoff(Mutex<HashMap<(String, String), u32>>);
+
+impl Backoff {
+    /// Counts a failure; returns how many in a row.
+    fn failed(&self, sks: &SigningKeySet) -> u32 {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(key(sks)).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    /// A reconcile that ended without an error ends the streak.
+    fn succeeded(&self, sks: &SigningKeySet) {
+        self.forget(&sks.namespace().unwrap_or_default(), &sks.name_any());
+    }
+
+    /// Forgets a set (deleted).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+}
+
+fn key(sks: &SigningKeySet) -> (String, String) {
+    (sks.namespace().unwrap_or_default(), sks.name_any())
+}
+
+/// Errors a reconcile can end with; each becomes a retry with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A write failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// A read or status write failed.
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// Key generation failed.
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    /// The object has no namespace or uid (not read from the API server).
+    #[error("SigningKeySet has no {0}")]
+    Incomplete(&'static str),
+    /// A rule keyturn relies on did not hold (a bug): this reconcile stops, the set becomes
+    /// `Ready=False` with reason `InternalError` and an Event, and it is retried in a minute.
+    #[error("internal error: {0}")]
+    Invariant(String),
+}
+
+impl Error {
+    /// A short reason label for metrics and conditions.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Write(WriteError::Foreign { .. }) => "ForeignObject",
+            Error::Write(WriteError::Api { .. }) => "WriteFailed",
+            Error::Kube(_) => "ApiError",
+            Error::Key(_) => "KeyGenerationFailed",
+            Error::Incomplete(_) => "Incomplete",
+            Error::Invariant(_) => "InternalError",
+        }
+    }
+
+    /// A write the API server refused for good (400 Bad Request, 403 Forbidden, 413 Too
+    /// Large, 422 Invalid: an admission policy, a quota, a validation rule): retrying the same
+    /// write cannot succeed until something else changes. The text names the object and
+    /// carries the API's message (redacted if it could quote key material).
+    fn rejected_write(&self) -> Option<String> {
+        match self {
+            Error::Write(
+                w @ WriteError::Api {
+                    source: kube::Error::Api(e),
+                    ..
+                },
+            ) if matches!(e.code, 400 | 403 | 413 | 422) => Some(w.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Why keyturn will not act on a set (the `Ready=False` reasons other than `NoActiveKey`);
+/// each knows when to look again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The spec passed the schema but keyturn cannot act on it.
+    InvalidSpec,
+    /// An object with one of the set's names exists and is not keyturn's.
+    ForeignObject,
+    /// The internal Secret is gone while what was derived from it is not.
+    InternalStateMissing,
+    /// The internal Secret does not parse or is inconsistent.
+    InternalStateCorrupt,
+    /// Another key would not fit the internal Secret.
+    TooManyKeys,
+    /// The JWKS would not fit a ConfigMap.
+    JwksTooLarge,
+    /// A JWKS copy could not be written.
+    PublishFailed,
+    /// The API server refused a write for good.
+    WriteRejected,
+    /// A rule keyturn relies on did not hold (a bug).
+    InternalError,
+}
+
+impl Reason {
+    /// The condition's `reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::ForeignObject => "ForeignObject",
+            Reason::InternalStateMissing => "InternalStateMissing",
+            Reason::InternalStateCorrupt => "InternalStateCorrupt",
+            Reason::TooManyKeys => "TooManyKeys",
+            Reason::JwksTooLarge => "JwksTooLarge",
+            Reason::PublishFailed => "PublishFailed",
+            Reason::WriteRejected => "WriteRejected",
+            Reason::InternalError => "InternalError",
+        }
+    }
+
+    /// When to look again: `None` waits for a change to the set (only a spec edit fixes
+    /// it); otherwise the cause can clear without one (an object deleted, a backup
+    /// restored, keys expiring, a policy changed) and is checked after this long.
+    pub fn retry(self) -> Option<StdDuration> {
+        let secs = match self {
+            Reason::InvalidSpec => return None,
+            Reason::PublishFailed => 10,
+            Reason::WriteRejected => 30,
+            Reason::ForeignObject
+            | Reason::InternalStateMissing
+            | Reason::TooManyKeys
+            | Reason::JwksTooLarge
+            | Reason::InternalError => 60,
+            Reason::InternalStateCorrupt => 300,
+        };
+        Some(StdDuration::from_secs(secs))
+    }
+}
+
+/// A set keyturn will not act on now: the reason and a message that says what to do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    /// Why.
+    pub reason: Reason,
+    /// For the condition and the Event: names the field or object, says what to do.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(reason: Reason, message: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reconciles one SigningKeySet. A broken internal rule or a write the API server refuses
+/// for good ends as `Ready=False` with an Event, never as a panic or a silent retry.
+pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let refusal = match run(&sks, &ctx).await {
+        Ok(action) => {
+            ctx.backoff.succeeded(&sks);
+            return Ok(action);
+        }
+        Err(Error::Invariant(why)) => Refusal::new(
+            Reason::InternalError,
+            format!("keyturn hit an internal error and changed nothing more: {why}"),
+        ),
+        Err(e) => match e.rejected_write() {
+            Some(what) => Refusal::new(
+                Reason::WriteRejected,
+                format!(
+                    "the API server refused a write, so keyturn changes nothing more until it succeeds (retried every {}s): {what}",
+                    Reason::WriteRejected.retry().unwrap_or_default().as_secs()
+                ),
+            ),
+            None => return Err(e),
+        },
+    };
+    ctx.metrics.error(refusal.reason.as_str());
+    report::refuse(&sks, &ctx, refusal, None).await
+}
+
+/// The pipeline: read → check → plan/apply → status.
+async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
+    sks.namespace().ok_or(Error::Incomplete("namespace"))?;
+    sks.uid().ok_or(Error::Incomplete("uid"))?;
+    ctx.metrics.reconcile_started();
+    if sks.metadata.deletion_timestamp.is_some() {
+        return fanout::finalize(sks, ctx).await;
+    }
+    if ctx.namespace_terminating(&sks.namespace().unwrap_or_default()) {
+        // Its Secrets are being deleted under it; the set goes next (and, with copies
+        // elsewhere, is finalized above).
+        debug!(set = %sks.name_any(), "namespace is being deleted; nothing to do");
+        return Ok(Action::await_change());
+    }
+
+    let mut objects = read::read(sks, ctx).await?;
+    let token = sks.annotations().get(ROTATE_ANNOTATION).cloned();
+    let checked = match check::check(sks, &objects, token, ctx.namespace_only) {
+        Ok(c) => c,
+        Err(refusal) => return report::refuse(sks, ctx, refusal, None).await,
+    };
+    fanout::hold_copies(sks, ctx).await?;
+
+    let applied = match apply::Applier::new(sks, ctx, &mut objects, &checked.spread.targets)
+        .run(&checked.settings, checked.observed)
+        .await?
+    {
+        apply::Outcome::Idle(a) => a,
+        apply::Outcome::Refused(refusal, state) => {
+            let at = state.as_ref().map(|st| (st, &checked.settings));
+            return report::refuse(sks, ctx, refusal, at).await;
+        }
+    };
+    fanout::release_copies(sks, ctx, &mut objects, &checked.spread).await?;
+
+    let state = applied.state.as_ref().ok_or(Error::Invariant(
+        "the plan settled without any stored key".into(),
+    ))?;
+    if !applied.publish_failures.is_empty() {
+        let refusal = Refusal::new(
+            Reason::PublishFailed,
+            format!(
+                "the JWKS could not be written everywhere, so no key activates until it is: {}",
+                applied.publish_failures.join("; ")
+            ),
+        );
+        return report::refuse(sks, ctx, refusal, Some((state, &checked.settings))).await;
+    }
+    let now = (ctx.clock)();
+    let published_in = status::published_namespaces(
+        sks,
+        state,
+        applied.published.as_deref(),
+        &objects.copies,
+        &checked.spread.targets,
+    );
+    let mut st = status::derive_status(sks, &checked.settings, state, now, None, published_in);
+    if consent::requested(sks) {
+        let fan_out = status::fan_out_condition(sks, &checked.spread, now);
+        report::fan_out_changed(sks, ctx, &fan_out, &checked.spread).await;
+        st.conditions.push(fan_out);
+    }
+    report::write_status(sks, ctx, st).await?;
+    ctx.metrics.observe_set(
+        &sks.namespace().unwrap_or_default(),
+        &sks.name_any(),
+        state,
+        applied.wake_at.map(|w| w - now),
+    );
+    Ok(match applied.wake_at {
+        Some(w) => {
+            let wait = (w - now).to_std().unwrap_or(StdDuration::ZERO);
+            // Wake just after the instant so the plan sees it as due.
+            Action::requeue(wait + StdDuration::from_millis(20))
+        }
+        None if !applied.settled => Action::requeue(StdDuration::from_secs(1)),
+        None => Action::await_change(),
+    })
+}
+
+use crate::consent;
+
+/// Retry policy: back off on errors, report them in the log and metrics.
+pub fn error_policy(sks: Arc<SigningKeySet>, err: &Error, ctx: Arc<Context>) -> Action {
+    if ctx.going_away(&sks) {
+        // A teardown, not a failure: retried, never alarmed.
+        debug!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), error = %err, "reconcile failed while the set is going away");
+        return Action::requeue(StdDuration::from_secs(5));
+    }
+    warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = err.reason(), error = %err, "reconcile failed");
+    ctx.metrics.error(err.reason());
+    let n = ctx.backoff.failed(&sks);
+    Action::requeue(StdDuration::from_secs((1u64 << n.min(6)).min(60)))
+}
+
+/// Fixtures for the stages' unit tests: a set, a stored state and the objects keyturn
+/// would have written for it.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use chrono::{DateTime, Utc};
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+
+    use super::read::Objects;
+    use crate::crd::{Algorithm, SigningKeySet};
+    use crate::keys::KeyPair;
+    use crate::plan::{self, GenerateReason};
+    use crate::publish;
+    use crate::state::SetState;
+
+    /// `identity/auth` with `spec`, as read from the API server (uid, generation).
+    pub fn set(spec: serde_json::Value) -> SigningKeySet {
+        let mut sks: SigningKeySet = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
+            "metadata": {"name": "auth", "namespace": "identity", "uid": "u-1", "generation": 3},
+            "spec": spec
+        }))
+        .unwrap();
+        sks.metadata.resource_version = Some("7".into());
+        sks
+    }
+
+    /// A fixed instant.
+    pub fn t0() -> DateTime<Utc> {
+        "2026-11-29T00:00:00Z".parse().unwrap()
+    }
+
+    /// One Ed25519 key, published and active since `t0`.
+    pub fn active_state() -> SetState {
+        let kp = KeyPair::generate(Algorithm::EdDSA, None).unwrap();
+        let mut st = plan::with_new_key(None, &kp, GenerateReason::First, None, t0());
+        st.keys[0].published_at = Some(t0());
+        st.keys[0].activated_at = Some(t0());
+        st
+    }
+
+    /// The objects keyturn writes for `state`: internal Secret, signing Secret, JWKS.
+    pub fn written(sks: &SigningKeySet, state: &SetState) -> Objects {
+        let kids: Vec<String> = state.keys.iter().map(|k| k.kid.clone()).collect();
+        let bytes = publish::jwks_bytes(state, &kids).unwrap();
+        let jwks: ConfigMap = publish::jwks_config_map(sks, "identity", &bytes);
+        let signing: Secret = publish::signing_secret(sks, &state.keys[0]).unwrap();
+        Objects {
+            internal: Some(publish::internal_secret(sks, state)),
+            signing: Some(signing),
+            jwks: Some(jwks.clone()),
+            copies: [("identity".to_string(), jwks)].into(),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! What the world is told: the status patch (only when it changed), Events, and the log and
+//! metrics of refusals.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::{Context, Error, Refusal, status};
+use crate::consent::FanOut;
+use crate::crd::{FIELD_MANAGER, SigningKeySet, SigningKeySetStatus};
+use crate::plan::{Settings, Transition};
+use crate::state::SetState;
+
+/// Patches the status (server-side apply) unless it is what the set already has.
+pub async fn write_status(
+    sks: &SigningKeySet,
+    ctx: &Context,
+    status: SigningKeySetStatus,
+) -> Result<(), Error> {
+    if sks.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<SigningKeySet> =
+        Api::namespaced(ctx.client.clone(), &sks.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "keyturn.dev/v1alpha1",
+        "kind": "SigningKeySet",
+        "status": status,
+    });
+    api.patch_status(
+        &sks.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    crate::fault::wrote();
+    ctx.metrics.write("status");
+    Ok(())
+}
+
+/// Reports a set keyturn will not act on: `Ready=False` with the refusal's reason and
+/// message, a Warning Event and a log line when that changed, and a retry as the reason
+/// says. Nothing is reported for a set that is going away.
+pub async fn refuse(
+    sks: &SigningKeySet,
+    ctx: &Context,
+    refusal: Refusal,
+    at: Option<(&SetState, &Settings)>,
+) -> Result<Action, Error> {
+    if ctx.going_away(sks) {
+        debug!(set = %sks.name_any(), reason = refusal.reason.as_str(), "not reporting: the set is going away");
+        return Ok(Action::await_change());
+    }
+    let reason = refusal.reason.as_str();
+    let already = sks.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Ready"
+                && c.status == "False"
+                && c.reason == reason
+                && c.message == refusal.message
+        })
+    });
+    if !already {
+        warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason, message = %refusal.message, "not ready");
+        publish_event(
+            sks,
+            ctx,
+            EventType::Warning,
+            reason,
+            "Reconcile",
+            &refusal.message,
+        )
+        .await;
+    }
+    ctx.metrics.refused(reason);
+    let st = status::refused_status(sks, &refusal, at, (ctx.clock)());
+    write_status(sks, ctx, st).await?;
+    Ok(match refusal.reason.retry() {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    })
+}
+
+/// A Warning Event when the `FanOut` condition turns False or its message changes.
+pub async fn fan_out_changed(sks: &SigningKeySet, ctx: &Context, now: &Condition, spread: &FanOut) {
+    let before = sks.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::FAN_OUT_CONDITION)
+    });
+    let changed = before.is_none_or(|c| c.status != now.status || c.message != now.message);
+    if changed && now.status == "False" {
+        warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = %now.reason, denied = ?spread.denied, "fan-out refused");
+        publish_event(
+            sks,
+            ctx,
+            EventType::Warning,
+            &now.reason,
+            "Publish",
+            &now.message,
+        )
+        .await;
+    }
+}
+
+/// An Event (and a log line) for a key's transition.
+pub async fn announce(sks: &SigningKeySet, ctx: &Context, t: &Transition) {
+    let (type_, reason, note) = match t {
+        Transition::Published(k) => (
+            EventType::Normal,
+            "KeyPublished",
+            format!("key {k} published in the JWKS"),
+        ),
+        Transition::Activated(k) => (
+            EventType::Normal,
+            "KeyActivated",
+            format!("key {k} is now the signing key"),
+        ),
+        Transition::Retired(k) => (
+            EventType::Normal,
+            "KeyRetired",
+            format!("key {k} stopped signing; it stays in the JWKS for the overlap window"),
+        ),
+        Transition::Removed(k) => (
+            EventType::Normal,
+            "KeyRemoved",
+            format!("key {k} left the JWKS after its overlap window"),
+        ),
+        Transition::Revoked {
+            kid,
+            was_active: true,
+        } => (
+            EventType::Warning,
+            "ActiveKeyRevoked",
+            format!(
+                "key {kid} was revoked while signing; a replacement signs now and verifiers with stale caches will reject its tokens until they refresh"
+            ),
+        ),
+        Transition::Revoked {
+            kid,
+            was_active: false,
+        } => (
+            EventType::Warning,
+            "KeyRevoked",
+            format!("key {kid} was revoked and left the JWKS"),
+        ),
+    };
+    info!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason, "{note}");
+    ctx.metrics.transition(reason);
+    publish_event(sks, ctx, type_, reason, "Rotate", &note).await;
+}
+
+/// An Event's note holds at most 1024 characters (the API server refuses the Event
+/// otherwise); a longer one is cut, the condition keeps the whole message.
+fn event_note(note: &str) -> String {
+    const MAX: usize = 1024;
+    if note.chars().count() <= MAX {
+        return note.to_string();
+    }
+    let mut cut: String = note.chars().take(MAX - 1).collect();
+    cut.push('…');
+    cut
+}
+
+async fn publish_event(
+    sks: &SigningKeySet,
+    ctx: &Context,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(event_note(note)),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &sks.object_ref(&())).await {
+        warn!(error = %e, "could not record Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_notes_fit_the_api_limit() {
+        assert_eq!(event_note("short"), "short");
+        let long = "é".repeat(3000);
+        let cut = event_note(&long);
+        assert_eq!(cut.chars().count(), 1024);
+        assert!(cut.ends_with('…'));
+        assert_eq!(event_note(&"x".repeat(1024)), "x".repeat(1024));
+    }
+}

@@ -1,0 +1,270 @@
+//! Stage 4, status (pure): the SigningKeySet's status from the stored state, the settings and
+//! `now`; conditions keep their transition time while their status holds, so a steady state
+//! derives the same status and writes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use super::Refusal;
+use crate::consent::{self, FanOut};
+use crate::crd::{KeyStatus, SigningKeySet, SigningKeySetStatus};
+use crate::plan::{self, Settings};
+use crate::publish;
+use crate::state::{KeyState, SetState};
+
+/// Condition type saying whether every namespace the spec asks for consented.
+pub const FAN_OUT_CONDITION: &str = "FanOut";
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The status derived from the operator's state: the keys in JWKS order with their times,
+/// `Ready` (`not_ready` when given), `Revoked` when keys are listed for revocation, and the
+/// namespaces whose copy holds the current JWKS.
+pub fn derive_status(
+    sks: &SigningKeySet,
+    s: &Settings,
+    state: &SetState,
+    now: DateTime<Utc>,
+    not_ready: Option<&Refusal>,
+    published_namespaces: Vec<String>,
+) -> SigningKeySetStatus {
+    let published = plan::published_order(state, s, now);
+    let keys: Vec<KeyStatus> = published
+        .iter()
+        .map(|r| KeyStatus {
+            kid: r.kid.clone(),
+            algorithm: r.alg.as_str().into(),
+            state: r.state().as_str().into(),
+            published_at: r.published_at.map(ts),
+            activated_at: r.activated_at.map(ts),
+            retired_at: r.retired_at.map(ts),
+            remove_at: plan::remove_at(r, s).map(ts),
+        })
+        .collect();
+    let active = state
+        .keys
+        .iter()
+        .find(|r| r.state() == KeyState::Active && !s.revoked.contains(&r.kid));
+    let (status, reason, message) = match not_ready {
+        Some(r) => ("False", r.reason.as_str().to_string(), r.message.clone()),
+        None => match active {
+            Some(a) => (
+                "True",
+                "KeysPublished".to_string(),
+                format!("key {} signs; {} key(s) published", a.kid, keys.len()),
+            ),
+            None => (
+                "False",
+                "NoActiveKey".to_string(),
+                "no key is signing yet".to_string(),
+            ),
+        },
+    };
+    let mut conditions = vec![condition(sks, "Ready", status, &reason, &message, now)];
+    if !s.revoked.is_empty() {
+        conditions.push(condition(
+            sks,
+            "Revoked",
+            "True",
+            "KeysRevoked",
+            &format!(
+                "spec.revokedKeyIds lists {} key id(s); they are excluded from every JWKS and their private keys destroyed",
+                s.revoked.len()
+            ),
+            now,
+        ));
+    }
+    SigningKeySetStatus {
+        observed_generation: sks.metadata.generation,
+        active_key_id: active.map(|a| a.kid.clone()),
+        next_rotation_time: plan::next_rotation(state, s).map(ts),
+        key_count: Some(keys.len() as i32),
+        keys,
+        published_namespaces,
+        conditions,
+    }
+}
+
+/// The status of a set keyturn will not act on: `Ready=False` with the refusal first, the
+/// keys as stored when `at` gives the state, otherwise the last status kept; the last
+/// `FanOut` condition kept (a refusal does not re-evaluate consent).
+pub fn refused_status(
+    sks: &SigningKeySet,
+    refusal: &Refusal,
+    at: Option<(&SetState, &Settings)>,
+    now: DateTime<Utc>,
+) -> SigningKeySetStatus {
+    let ns = sks.namespace().unwrap_or_default();
+    let mut status = match at {
+        Some((state, s)) => derive_status(sks, s, state, now, Some(refusal), vec![ns]),
+        None => sks.status.clone().unwrap_or_default(),
+    };
+    status.observed_generation = sks.metadata.generation;
+    let mut conds: Vec<Condition> = status
+        .conditions
+        .into_iter()
+        .filter(|c| c.type_ != "Ready")
+        .collect();
+    conds.insert(
+        0,
+        condition(
+            sks,
+            "Ready",
+            "False",
+            refusal.reason.as_str(),
+            &refusal.message,
+            now,
+        ),
+    );
+    if consent::requested(sks)
+        && let Some(c) = sks
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == FAN_OUT_CONDITION))
+        && !conds.iter().any(|c| c.type_ == FAN_OUT_CONDITION)
+    {
+        conds.push(c.clone());
+    }
+    status.conditions = conds;
+    status
+}
+
+/// The `FanOut` condition ([`consent::condition`] decides its words).
+pub fn fan_out_condition(sks: &SigningKeySet, spread: &FanOut, now: DateTime<Utc>) -> Condition {
+    let (st, reason, message) = consent::condition(sks, spread);
+    condition(sks, FAN_OUT_CONDITION, st, reason, &message, now)
+}
+
+/// Targets whose copy holds exactly the JWKS of `published` (the set's own namespace first
+/// in sorted order with the rest).
+pub fn published_namespaces(
+    sks: &SigningKeySet,
+    state: &SetState,
+    published: Option<&[String]>,
+    copies: &BTreeMap<String, ConfigMap>,
+    targets: &BTreeSet<String>,
+) -> Vec<String> {
+    let current = published.and_then(|k| publish::jwks_bytes(state, k));
+    targets
+        .iter()
+        .filter(|t| {
+            copies
+                .get(*t)
+                .and_then(|c| c.data.as_ref())
+                .and_then(|d| d.get(&sks.jwks_key()))
+                .map(|s| s.as_bytes())
+                == current.as_deref()
+        })
+        .cloned()
+        .collect()
+}
+
+/// A condition; its transition time is kept while its status does not change (steady state
+/// writes nothing), otherwise it is `now`.
+pub fn condition(
+    sks: &SigningKeySet,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Condition {
+    let previous = sks
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: sks.metadata.generation,
+        last_transition_time: previous.unwrap_or_else(|| {
+            Time(
+                k8s_openapi::jiff::Timestamp::from_second(now.timestamp())
+                    .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+            )
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::reconcile::fixtures::{active_state, set, t0};
+    use crate::reconcile::{Reason, Refusal};
+
+    fn settings() -> Settings {
+        plan::validate(&set(json!({})).spec, None).unwrap()
+    }
+
+    #[test]
+    fn an_active_key_is_ready_and_the_transition_time_is_now_when_it_changed() {
+        let sks = set(json!({}));
+        let st = active_state();
+        let s = derive_status(&sks, &settings(), &st, t0(), None, vec!["identity".into()]);
+        let ready = &s.conditions[0];
+        assert_eq!(
+            (
+                ready.type_.as_str(),
+                ready.status.as_str(),
+                ready.reason.as_str()
+            ),
+            ("Ready", "True", "KeysPublished")
+        );
+        assert_eq!(ready.last_transition_time.0.as_second(), t0().timestamp());
+        assert_eq!(s.active_key_id.as_deref(), Some(st.keys[0].kid.as_str()));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.published_namespaces, vec!["identity".to_string()]);
+    }
+
+    #[test]
+    fn a_steady_state_derives_the_same_status() {
+        let mut sks = set(json!({}));
+        let st = active_state();
+        let first = derive_status(&sks, &settings(), &st, t0(), None, vec!["identity".into()]);
+        sks.status = Some(first.clone());
+        let later = t0() + chrono::Duration::hours(1);
+        assert_eq!(
+            derive_status(&sks, &settings(), &st, later, None, vec!["identity".into()]),
+            first
+        );
+    }
+
+    #[test]
+    fn a_refusal_puts_ready_false_first_and_keeps_the_last_fan_out_condition() {
+        let mut sks = set(json!({"jwks": {"namespaces": ["payments"]}}));
+        let fan = condition(
+            &sks,
+            FAN_OUT_CONDITION,
+            "False",
+            "ConsentMissing",
+            "no grant",
+            t0(),
+        );
+        sks.status = Some(SigningKeySetStatus {
+            conditions: vec![fan.clone()],
+            ..Default::default()
+        });
+        let r = Refusal::new(Reason::ForeignObject, "ConfigMap identity/auth-jwks exists");
+        let s = refused_status(&sks, &r, None, t0());
+        assert_eq!(s.conditions[0].reason, "ForeignObject");
+        assert_eq!(s.conditions[0].status, "False");
+        assert_eq!(s.conditions[1], fan);
+        // With the state, the keys are shown too.
+        let st = active_state();
+        let s = refused_status(&sks, &r, Some((&st, &settings())), t0());
+        assert_eq!(s.keys.len(), 1);
+        assert_eq!(s.conditions[0].reason, "ForeignObject");
+    }
+}
