@@ -17,6 +17,16 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY_VALUE: &str = "keyturn";
 /// Label naming the SigningKeySet an object belongs to.
+/// The RSA modulus sizes keyturn generates (`spec.rsaKeySize`); the first is the default.
+pub const RSA_KEY_SIZES: [u32; 3] = [2048, 3072, 4096];
+
+/// [`RSA_KEY_SIZES`] as a reader sees them: "2048, 3072 or 4096".
+pub fn rsa_key_sizes_text() -> String {
+    let all: Vec<String> = RSA_KEY_SIZES.iter().map(u32::to_string).collect();
+    let (last, rest) = all.split_last().expect("sizes");
+    format!("{} or {last}", rest.join(", "))
+}
+
 pub const SET_LABEL: &str = "keyturn.dev/signing-key-set";
 /// Field manager for every server-side apply keyturn makes.
 pub const FIELD_MANAGER: &str = "keyturn";
@@ -57,7 +67,7 @@ pub struct SigningKeySetSpec {
     /// RSA modulus size in bits for RS*/PS* algorithms: 2048, 3072 or 4096 (default 2048).
     /// Must not be set for other algorithms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("enum" = [2048, 3072, 4096], "format" = "int32"))]
+    #[schemars(extend("enum" = RSA_KEY_SIZES, "format" = "int32"))]
     pub rsa_key_size: Option<u32>,
     /// When keys rotate: how long each signs, how early the next is published, how long a
     /// replaced key stays published.

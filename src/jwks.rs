@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 use crate::keys::thumbprint;
 
 /// Members that would reveal private key material (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037 §2).
+/// The smallest RSA modulus a published key may have (RFC 7518 §3.3: 2048 bits).
+pub const MIN_RSA_BITS: u32 = 2048;
+
 pub const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
 /// Why a JWKS or one of its keys breaks the rules.
@@ -94,9 +97,9 @@ pub fn validate_key(jwk: &Value) -> Result<(), String> {
             if n.first() == Some(&0) {
                 return Err("n has a leading zero octet".into());
             }
-            if n.len() * 8 < 2048 {
+            if n.len() * 8 < MIN_RSA_BITS as usize {
                 return Err(format!(
-                    "n has {} bits; at least 2048 required",
+                    "n has {} bits; at least {MIN_RSA_BITS} required",
                     n.len() * 8
                 ));
             }

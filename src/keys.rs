@@ -17,13 +17,13 @@ use zeroize::Zeroizing;
 use crate::crd::Algorithm;
 
 /// Default RSA modulus size.
-pub const DEFAULT_RSA_BITS: u32 = 2048;
+pub const DEFAULT_RSA_BITS: u32 = crate::crd::RSA_KEY_SIZES[0];
 
 /// Why key material could not be made or read. Messages never contain key bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The RSA size is not one keyturn generates.
-    #[error("unsupported RSA key size {0}: use 2048, 3072 or 4096")]
+    #[error("unsupported RSA key size {0}: use {sizes}", sizes = crate::crd::rsa_key_sizes_text())]
     RsaSize(u32),
     /// The PEM could not be parsed as a PKCS#8 private key of the expected algorithm.
     #[error("stored private key is not a valid PKCS#8 {alg} key")]
@@ -32,7 +32,7 @@ pub enum KeyError {
         alg: Algorithm,
     },
     /// The RSA key is smaller than the JWKS rules allow.
-    #[error("stored RSA key has {0} bits; at least 2048 are required")]
+    #[error("stored RSA key has {0} bits; at least {min} are required", min = crate::jwks::MIN_RSA_BITS)]
     RsaTooSmall(usize),
     /// The crypto library failed to generate a key.
     #[error("key generation failed for {0}")]
@@ -125,7 +125,7 @@ impl KeyPair {
         let inner = match alg {
             a if a.is_rsa() => {
                 let bits = rsa_bits.unwrap_or(DEFAULT_RSA_BITS);
-                if ![2048, 3072, 4096].contains(&bits) {
+                if !crate::crd::RSA_KEY_SIZES.contains(&bits) {
                     return Err(KeyError::RsaSize(bits));
                 }
                 let key = rsa::RsaPrivateKey::new(&mut OsRng, bits as usize)
@@ -153,7 +153,7 @@ impl KeyPair {
             a if a.is_rsa() => {
                 let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem).map_err(|_| bad())?;
                 let bits = key.size() * 8;
-                if bits < 2048 {
+                if bits < crate::jwks::MIN_RSA_BITS as usize {
                     return Err(KeyError::RsaTooSmall(bits));
                 }
                 key.validate().map_err(|_| bad())?;

@@ -82,10 +82,10 @@ pub fn validate(
                 why: format!("only applies to RSA algorithms, not {}", spec.algorithm),
             });
         }
-        if ![2048, 3072, 4096].contains(&bits) {
+        if !crate::crd::RSA_KEY_SIZES.contains(&bits) {
             return Err(SpecError {
                 field: "spec.rsaKeySize",
-                why: format!("must be 2048, 3072 or 4096, got {bits}"),
+                why: format!("must be {}, got {bits}", crate::crd::rsa_key_sizes_text()),
             });
         }
     }
