@@ -78,37 +78,6 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
     Ok(Duration::nanoseconds(total_ns as i64))
 }
 
-/// Formats a duration the way Go prints it (`1h30m0s`, `2.5s`), for messages.
-pub fn format(d: Duration) -> String {
-    let mut ns = d.num_nanoseconds().unwrap_or(i64::MAX);
-    if ns == 0 {
-        return "0s".into();
-    }
-    let neg = ns < 0;
-    ns = ns.abs();
-    let h = ns / 3_600_000_000_000;
-    let m = (ns / 60_000_000_000) % 60;
-    let s = (ns / 1_000_000_000) % 60;
-    let frac = ns % 1_000_000_000;
-    let mut out = String::new();
-    if neg {
-        out.push('-');
-    }
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if h > 0 || m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if frac == 0 {
-        out.push_str(&format!("{s}s"));
-    } else {
-        let f = format!("{frac:09}");
-        out.push_str(&format!("{s}.{}s", f.trim_end_matches('0')));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,17 +112,6 @@ mod tests {
             ".s",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
-        }
-    }
-
-    #[test]
-    fn formats_like_go() {
-        assert_eq!(format(Duration::minutes(90)), "1h30m0s");
-        assert_eq!(format(Duration::seconds(8)), "8s");
-        assert_eq!(format(Duration::milliseconds(2500)), "2.5s");
-        assert_eq!(format(Duration::zero()), "0s");
-        for s in ["1h30m0s", "8s", "2.5s", "720h0m0s"] {
-            assert_eq!(format(parse(s).unwrap()), s);
         }
     }
 }

@@ -181,7 +181,7 @@ mod tests {
     fn count(alg: Algorithm) -> usize {
         match alg {
             // RSA generation is ~50 ms a key even optimized; the RSA rules (n minimal, e
-            // minimal) are checked on every key generated, 200 per algorithm.
+            // minimal) are checked on every key generated, 40 per algorithm.
             a if a.is_rsa() => 40,
             _ => 4000,
         }

@@ -32,11 +32,26 @@ pub struct StateLabels {
     pub state: String,
 }
 
-/// Label set with a reason or object kind.
+/// Label set of a reason (`Ready` reasons, errors, transitions).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// Reason or object kind.
+    /// The reason.
     pub reason: String,
+}
+
+/// Label set of the kind of object written (`internal_secret`, `signing_secret`,
+/// `configmap`, `configmap_delete`, `status`, `finalizer`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    /// What was written.
+    pub object: String,
+}
+
+/// Label set of an HTTP route (`jwks`, `discovery`, `not_found`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route.
+    pub route: String,
 }
 
 /// The operator's metrics.
@@ -45,12 +60,12 @@ pub struct Metrics {
     reconciles: Counter,
     errors: Family<ReasonLabels, Counter>,
     refusals: Family<ReasonLabels, Counter>,
-    writes: Family<ReasonLabels, Counter>,
+    writes: Family<ObjectLabels, Counter>,
     transitions: Family<ReasonLabels, Counter>,
     keys: Family<StateLabels, Gauge>,
     next_rotation: Family<SetLabels, Gauge<f64, AtomicU64>>,
     last_publish: Gauge<f64, AtomicU64>,
-    http: Family<ReasonLabels, Counter>,
+    http: Family<RouteLabels, Counter>,
     leader: Gauge,
     observed: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
@@ -147,8 +162,8 @@ impl Metrics {
     /// Counts one API write.
     pub fn write(&self, object: &str) {
         self.writes
-            .get_or_create(&ReasonLabels {
-                reason: object.into(),
+            .get_or_create(&ObjectLabels {
+                object: object.into(),
             })
             .inc();
     }
@@ -167,8 +182,8 @@ impl Metrics {
     /// Counts an HTTP request.
     pub fn http(&self, route: &str) {
         self.http
-            .get_or_create(&ReasonLabels {
-                reason: route.into(),
+            .get_or_create(&RouteLabels {
+                route: route.into(),
             })
             .inc();
     }

@@ -211,7 +211,7 @@ async fn http_edge_cases() {
     let m = get(op.metrics_port, "/metrics", "").await;
     let text = String::from_utf8(m.body).unwrap();
     assert!(
-        text.contains("keyturn_http_requests_total{reason=\"jwks\"}"),
+        text.contains("keyturn_http_requests_total{route=\"jwks\"}"),
         "{text}"
     );
     assert!(text.contains("keyturn_reconciles_total"), "{text}");

@@ -808,7 +808,7 @@ async fn an_old_eddsa_signing_secret_is_rewritten_once_in_the_v1_form() {
     let writes = |object: &str| {
         metrics
             .lines()
-            .find(|l| l.starts_with(&format!("keyturn_writes_total{{reason=\"{object}\"}}")))
+            .find(|l| l.starts_with(&format!("keyturn_writes_total{{object=\"{object}\"}}")))
             .and_then(|l| l.rsplit(' ').next())
             .map(|v| v.parse::<f64>().unwrap() as u64)
             .unwrap_or(0)
