@@ -368,28 +368,29 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
     if let (Some(ci), Some(due)) = (cand_i, activate_at(state, s))
         && now >= due
     {
-        {
-            let kid = state.keys[ci].kid.clone();
-            if observed.signing.as_deref() != Some(kid.as_str()) {
-                return Plan::Do(Step::Sign(kid));
-            }
-            let mut next = state.clone();
-            let mut events = vec![];
-            for r in next.keys.iter_mut() {
-                if r.state() == KeyState::Active {
-                    if s.revoked.contains(&r.kid) {
-                        continue; // dropped below
-                    }
-                    r.retired_at = Some(now);
-                    r.private_pem = None; // a retired key never signs again
-                    events.push(Transition::Retired(r.kid.clone()));
-                }
-            }
-            next.keys[ci].activated_at = Some(now);
-            events.push(Transition::Activated(kid));
-            drop_revoked(&mut next, s, &mut events, true);
-            return Plan::Do(Step::Store(next, events));
+        // The signing Secret switches first; the state records the activation (and drops
+        // the old key's private PEM) after, so no crash leaves the Secret holding a key the
+        // state has already destroyed.
+        let kid = state.keys[ci].kid.clone();
+        if observed.signing.as_deref() != Some(kid.as_str()) {
+            return Plan::Do(Step::Sign(kid));
         }
+        let mut next = state.clone();
+        let mut events = vec![];
+        for r in next.keys.iter_mut() {
+            if r.state() == KeyState::Active {
+                if s.revoked.contains(&r.kid) {
+                    continue; // dropped below
+                }
+                r.retired_at = Some(now);
+                r.private_pem = None; // a retired key never signs again
+                events.push(Transition::Retired(r.kid.clone()));
+            }
+        }
+        next.keys[ci].activated_at = Some(now);
+        events.push(Transition::Activated(kid));
+        drop_revoked(&mut next, s, &mut events, true);
+        return Plan::Do(Step::Store(next, events));
     }
 
     // 5. The signing Secret holds the Active key.
@@ -501,6 +502,7 @@ pub fn with_new_key(
 mod tests {
     use super::*;
     use crate::keys::KeyPair;
+    use proptest::prelude::*;
     use std::collections::BTreeMap;
 
     fn t0() -> DateTime<Utc> {
@@ -1137,63 +1139,87 @@ mod tests {
         );
     }
 
-    /// A deterministic PRNG for the randomized walk.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
+    /// What the user does before one planner call in the random walk.
+    #[derive(Clone, Debug)]
+    enum Input {
+        Nothing,
+        /// The rotate annotation set to this value.
+        Rotate(u8),
+        /// The Active key listed in `revokedKeyIds`.
+        RevokeActive,
+        /// A new schedule: interval hours, prePublish minutes.
+        Reschedule(i64, i64),
     }
 
-    #[test]
-    fn random_walk_of_crashes_clock_noise_and_operator_input() {
-        // Steps are applied one at a time, the clock advances by random amounts between
-        // steps (slow writes, crashes and restarts), and the user rotates, revokes and
-        // changes the schedule at random. The World asserts I1, I2 and I6 after every write.
-        for seed in 1..=40u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    /// When the operator runs again after an idle plan.
+    #[derive(Clone, Debug)]
+    enum Wake {
+        /// Spuriously, halfway to the due time.
+        Early,
+        OnTime,
+        /// Late by this many minutes (operator down).
+        Late(i64),
+    }
+
+    fn walk_step() -> impl Strategy<Value = (Input, i64, Wake)> {
+        let input = prop_oneof![
+            80 => Just(Input::Nothing),
+            10 => (0u8..5).prop_map(Input::Rotate),
+            1 => Just(Input::RevokeActive),
+            2 => (3i64..23, 30i64..150).prop_map(|(h, m)| Input::Reschedule(h, m)),
+        ];
+        let wake = prop_oneof![
+            Just(Wake::Early),
+            Just(Wake::OnTime),
+            (0i64..900).prop_map(Wake::Late)
+        ];
+        // A write takes up to 10 minutes (slow API, crash and restart between steps).
+        (input, 0i64..600, wake)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+
+        /// Steps are applied one at a time, the clock advances between steps, and the user
+        /// rotates, revokes and changes the schedule; the World asserts I1, I2 and I6 after
+        /// every write. proptest shrinks a failing walk to the shortest one that fails.
+        #[test]
+        fn random_walk_of_crashes_clock_noise_and_operator_input(
+            walk in proptest::collection::vec(walk_step(), 400)
+        ) {
             let mut s = settings("10h", "2h", "3h");
             let mut w = World::new();
-            for _ in 0..400 {
-                match rng.next() % 10 {
-                    0 => s.rotate_token = Some(format!("{}", rng.next() % 5)),
-                    1 if rng.next().is_multiple_of(8) => {
+            for (input, write_secs, wake) in walk {
+                match input {
+                    Input::Nothing => {}
+                    Input::Rotate(t) => s.rotate_token = Some(t.to_string()),
+                    Input::RevokeActive => {
                         if let Some(a) = w.active_kid() {
                             s.revoked.insert(a.clone());
                             w.revoked_ever.insert(a);
                         }
                     }
-                    2 if rng.next().is_multiple_of(6) => {
-                        s.interval = Duration::hours(3 + (rng.next() % 20) as i64);
-                        s.pre_publish = Duration::minutes(30 + (rng.next() % 120) as i64)
-                            .min(s.interval - Duration::minutes(1));
+                    Input::Reschedule(h, m) => {
+                        s.interval = Duration::hours(h);
+                        s.pre_publish = Duration::minutes(m).min(s.interval - Duration::minutes(1));
                     }
-                    _ => {}
                 }
                 match plan(&s, &w.obs, w.now) {
                     Plan::Do(step) => {
                         w.apply(step, &s);
-                        w.now += Duration::seconds((rng.next() % 600) as i64);
+                        w.now += Duration::seconds(write_secs);
                     }
                     Plan::Idle { wake_at } => {
-                        let wake = wake_at.expect("always a next transition");
-                        // Sometimes wake early (spurious), sometimes late (operator down).
-                        w.now = match rng.next() % 3 {
-                            0 => w.now + (wake - w.now) / 2,
-                            1 => wake,
-                            _ => wake + Duration::minutes((rng.next() % 900) as i64),
+                        let wake_at = wake_at.expect("always a next transition");
+                        w.now = match wake {
+                            Wake::Early => w.now + (wake_at - w.now) / 2,
+                            Wake::OnTime => wake_at,
+                            Wake::Late(m) => wake_at + Duration::minutes(m),
                         };
                     }
                 }
             }
-            assert!(
-                w.signers.len() > 5,
-                "seed {seed}: the walk rotated only {} times",
-                w.signers.len()
-            );
+            prop_assert!(w.signers.len() > 5, "the walk rotated only {} times", w.signers.len());
         }
     }
 

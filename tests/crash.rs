@@ -119,7 +119,21 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
         )
         .await;
     }
-    tokio::time::sleep(Duration::from_secs(12)).await; // two more rotations under observation
+    // Two more rotations of every set under observation.
+    for name in ["es", "ed", "rs"] {
+        let secret = format!("{name}-signing-key");
+        for _ in 0..2 {
+            let kid = common::signing_kid(&secrets.get(&secret).await.unwrap());
+            common::wait_object(
+                &secrets,
+                &secret,
+                &format!("{name} rotates after the crashes"),
+                Duration::from_secs(30),
+                |o: Option<&Secret>| o.is_some_and(|s| common::signing_kid(s) != kid),
+            )
+            .await;
+        }
+    }
     op.assert_running();
     observer.abort();
     let mut signer_events: BTreeMap<String, Vec<Seen>> = BTreeMap::new();

@@ -293,7 +293,8 @@ async fn jose_and_pyjwt_verify_every_token_through_three_rotations() {
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "verify").await;
     let op = common::Operator::start(&ns);
-    // prePublish 4 s against verifiers that refresh every 1 s (see tests/verifiers/).
+    // prePublish 4 s against verifiers whose key set is pinned and refreshed every 1 s, never on
+    // an unknown kid (see tests/verifiers/): a key that signed before it was published fails.
     common::create_set(&client, &ns, "iss", json!({"algorithm": "ES256", "rotation": {"interval": "8s", "prePublish": "4s", "overlap": "4s"}})).await;
     wait_published(&client, &ns, "iss-jwks").await;
     let url = format!("http://127.0.0.1:{}/jwks/{ns}/iss", op.http_port);

@@ -125,8 +125,11 @@ async fn the_operator_rides_out_api_server_and_etcd_outages() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Seen>();
+    // How many signing keys the observer has seen so far (the rotation windows wait on it).
+    let (signed_tx, signed) = tokio::sync::watch::channel(0usize);
     let observer = tokio::spawn(async move {
         let (mut last_cm, mut last_sec) = (0u64, 0u64);
+        let mut last_kid = String::new();
         loop {
             if let Ok(Some(cm)) = cms.get_opt("auth-jwks").await {
                 let rv = rv_of(&cm.metadata);
@@ -145,6 +148,10 @@ async fn the_operator_rides_out_api_server_and_etcd_outages() {
                 if rv != last_sec {
                     last_sec = rv;
                     let (token, kid) = sign_with_secret(&s);
+                    if kid != last_kid {
+                        last_kid = kid.clone();
+                        signed_tx.send_modify(|n| *n += 1);
+                    }
                     let _ = tx.send(Seen::Signer {
                         rv,
                         at: Instant::now(),
@@ -165,14 +172,25 @@ async fn the_operator_rides_out_api_server_and_etcd_outages() {
     }))
     .unwrap();
     sets.create(&PostParams::default(), &obj).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(8)).await; // first key and one rotation
+    // Waits until the observer has seen `more` signing keys beyond those seen now.
+    let rotations = |more: usize| {
+        let mut signed = signed.clone();
+        async move {
+            let target = *signed.borrow() + more;
+            tokio::time::timeout(Duration::from_secs(60), signed.wait_for(|n| *n >= target))
+                .await
+                .unwrap_or_else(|_| panic!("{more} rotation(s) did not come within 60 s"))
+                .unwrap();
+        }
+    };
+    rotations(2).await; // the first key and one rotation
 
     // The API server goes away for 6 s (longer than prePublish, across a transition).
     plane.component("kill-component", "kube-apiserver");
     tokio::time::sleep(Duration::from_secs(6)).await;
     plane.component("start-component", "kube-apiserver");
     wait_api(&client).await;
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    rotations(1).await; // rotating again after the API server came back
 
     // etcd goes away for 6 s under a running API server.
     plane.component("kill-component", "etcd");
@@ -185,7 +203,7 @@ async fn the_operator_rides_out_api_server_and_etcd_outages() {
         || async { sets.get("auth").await.ok().map(|_| ()) },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(14)).await; // two more rotations
+    rotations(2).await; // two more rotations after etcd came back
 
     op.assert_running();
     observer.abort();

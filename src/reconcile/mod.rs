@@ -13,6 +13,8 @@
 mod apply;
 mod check;
 mod fanout;
+#[cfg(test)]
+mod mock;
 mod read;
 mod report;
 mod status;

@@ -661,3 +661,62 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> std::process::Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// A copy of the test kubeconfig whose requests impersonate `user` (in `system:masters`, so
+/// with every right): the API server's audit log then tells that client's requests apart.
+pub fn impersonating_kubeconfig(user: &str) -> PathBuf {
+    let text = std::fs::read_to_string(kubeconfig_path()).expect("read the kubeconfig");
+    let mut added = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("client-key:") {
+                added = true;
+                let indent = &l[..l.len() - l.trim_start().len()];
+                format!("{l}\n{indent}as: {user}\n{indent}as-groups: [\"system:masters\"]")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(
+        added,
+        "the test kubeconfig has no client-key to add impersonation to"
+    );
+    let path =
+        std::env::temp_dir().join(format!("keyturn-{user}-{}.kubeconfig", std::process::id()));
+    std::fs::write(&path, out.join("\n")).expect("write the kubeconfig");
+    path
+}
+
+/// The writes (create, update, patch, delete) the API server's audit log records for
+/// requests made as `user` (impersonated) since `since`. The plane must write the log:
+/// `KEYTURN_AUDIT=1 hack/control-plane start` (hack/test.sh does).
+pub fn audit_writes(user: &str, since: chrono::DateTime<chrono::Utc>) -> Vec<serde_json::Value> {
+    let path = kubeconfig_path()
+        .parent()
+        .expect("the plane's directory")
+        .join("audit.log");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: start the control plane with KEYTURN_AUDIT=1 (hack/test.sh does)",
+            path.display()
+        )
+    });
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete" && e["impersonatedUser"]["username"] == user)
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete" | "deletecollection")
+            )
+        })
+        .filter(|e| {
+            e["requestReceivedTimestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                .is_some_and(|t| t >= since)
+        })
+        .collect()
+}

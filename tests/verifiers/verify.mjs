@@ -1,12 +1,28 @@
-// Reads one JWT per line on stdin and verifies it with jose's createRemoteJWKSet against the
-// JWKS URL in argv[2]; prints "ok <kid>" or "fail <kid> <error>" per line.
-// The remote set is refreshed at least every second (cacheMaxAge) and refetched on an
-// unknown kid after 500 ms (cooldownDuration): a verifier configured to refresh well
-// within the set's prePublish, as DESIGN.md asks of real deployments.
-import { createRemoteJWKSet, jwtVerify, decodeProtectedHeader } from "jose";
+// Reads one JWT per line on stdin and verifies it with jose against the JWKS at the URL in
+// argv[2]; prints "ok <kid>" or "fail <kid> <error>" per line.
+//
+// The key set is pinned: fetched once at start and then every second on a timer, never
+// because a token names a kid it does not hold (createLocalJWKSet over the last fetch). A
+// verifier that refetched on an unknown kid would accept a key that signs before it was
+// published; this one refuses it unless the key was in the set at least a second before, so
+// an early activation fails the test (the set's prePublish is longer than the period).
+import { createLocalJWKSet, jwtVerify, decodeProtectedHeader } from "jose";
 import readline from "node:readline";
 
-const jwks = createRemoteJWKSet(new URL(process.argv[2]), { cacheMaxAge: 1000, cooldownDuration: 500 });
+const url = new URL(process.argv[2]);
+const PERIOD_MS = 1000;
+let keys = null;
+async function refresh() {
+  try {
+    const res = await fetch(url, { cache: "no-store" });
+    if (res.ok) keys = createLocalJWKSet(await res.json());
+  } catch (e) {
+    // Keep the last set: a verifier rides out an endpoint blip.
+  }
+}
+await refresh();
+setInterval(refresh, PERIOD_MS).unref();
+
 const rl = readline.createInterface({ input: process.stdin });
 const queue = [];
 let busy = false;
@@ -18,7 +34,8 @@ async function drain() {
     let kid = "?";
     try {
       kid = decodeProtectedHeader(token).kid;
-      await jwtVerify(token, jwks);
+      if (!keys) throw new Error("no key set fetched yet");
+      await jwtVerify(token, keys);
       process.stdout.write(`ok ${kid}\n`);
     } catch (e) {
       process.stdout.write(`fail ${kid} ${String(e.code || e.message).replace(/\n/g, " ")}\n`);

@@ -1,0 +1,341 @@
+//! The pipeline's orchestration against a fake API server (tower-test): the exact requests a
+//! reconcile makes for a new set, a steady one, a refused one and a refused write, with the
+//! guards every write carries.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+
+use super::fixtures::{set, t0};
+use super::{Context, reconcile};
+use crate::metrics::Metrics;
+
+/// One request the fake answered.
+#[derive(Clone, Debug)]
+struct Call {
+    method: String,
+    path: String,
+    query: String,
+    body: Option<Value>,
+    code: u16,
+}
+
+impl Call {
+    fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+/// An in-memory API server: objects by path, resourceVersions, server-side apply with the
+/// resourceVersion precondition enforced (409 on a stale one), and a switch to refuse
+/// creates of one kind (422, as an admission policy would).
+#[derive(Default)]
+struct Fake {
+    objects: BTreeMap<String, Value>,
+    rv: u64,
+    calls: Vec<Call>,
+    refuse_creates_under: Option<String>,
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": format!("{reason} (fake)"), "reason": reason, "code": code})
+}
+
+impl Fake {
+    fn next_rv(&mut self) -> String {
+        self.rv += 1;
+        self.rv.to_string()
+    }
+
+    fn answer(&mut self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        match (method, body) {
+            ("GET", _) => match self.objects.get(path) {
+                Some(o) => (200, o.clone()),
+                None => (404, status(404, "NotFound")),
+            },
+            ("POST", Some(b)) => {
+                if self
+                    .refuse_creates_under
+                    .as_deref()
+                    .is_some_and(|p| path.ends_with(p))
+                {
+                    return (422, status(422, "Invalid"));
+                }
+                let mut o = b.clone();
+                let name = o["metadata"]["name"]
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| format!("generated-{}", self.rv));
+                let key = format!("{path}/{name}");
+                if self.objects.contains_key(&key) {
+                    return (409, status(409, "AlreadyExists"));
+                }
+                o["metadata"]["name"] = json!(name);
+                o["metadata"]["resourceVersion"] = json!(self.next_rv());
+                o["metadata"]["uid"] = json!(format!("uid-{name}"));
+                self.objects.insert(key, o.clone());
+                (201, o)
+            }
+            ("PATCH", Some(b)) if path.ends_with("/status") => {
+                let key = path.trim_end_matches("/status").to_string();
+                let Some(mut o) = self.objects.get(&key).cloned() else {
+                    return (404, status(404, "NotFound"));
+                };
+                o["status"] = b["status"].clone();
+                o["metadata"]["resourceVersion"] = json!(self.next_rv());
+                self.objects.insert(key, o.clone());
+                (200, o)
+            }
+            ("PATCH", Some(b)) => {
+                let Some(cur) = self.objects.get(path).cloned() else {
+                    return (404, status(404, "NotFound"));
+                };
+                if b["metadata"]["resourceVersion"] != cur["metadata"]["resourceVersion"] {
+                    return (409, status(409, "Conflict"));
+                }
+                let mut o = b.clone();
+                o["metadata"]["uid"] = cur["metadata"]["uid"].clone();
+                o["metadata"]["resourceVersion"] = json!(self.next_rv());
+                self.objects.insert(path.to_string(), o.clone());
+                (200, o)
+            }
+            _ => (405, status(405, "MethodNotAllowed")),
+        }
+    }
+}
+
+const SET_PATH: &str = "/apis/keyturn.dev/v1alpha1/namespaces/identity/signingkeysets/auth";
+const SECRETS: &str = "/api/v1/namespaces/identity/secrets";
+const CONFIGMAPS: &str = "/api/v1/namespaces/identity/configmaps";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/identity/events";
+
+/// A Context whose client talks to `fake`, with the clock at `t0`.
+fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.unwrap_or_default();
+            let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+            let (method, path) = (parts.method.to_string(), parts.uri.path().to_string());
+            let mut f = fake.lock().unwrap();
+            let (code, answer) = f.answer(&method, &path, body.as_ref());
+            f.calls.push(Call {
+                method,
+                path,
+                query: parts.uri.query().unwrap_or_default().to_string(),
+                body,
+                code,
+            });
+            send.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    let client = kube::Client::new(service, "identity");
+    Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "keyturn".into(),
+                instance: None,
+            },
+        ),
+        client,
+        clock: Arc::new(t0),
+        metrics: Arc::new(Metrics::new()),
+        namespace_only: false,
+        scope: Some("identity".into()),
+        namespaces: None,
+        backoff: Default::default(),
+    })
+}
+
+/// The set as the fake holds it (with whatever status was written).
+fn stored_set(fake: &Arc<Mutex<Fake>>) -> crate::crd::SigningKeySet {
+    serde_json::from_value(fake.lock().unwrap().objects[SET_PATH].clone()).unwrap()
+}
+
+fn with_set(spec: Value) -> Arc<Mutex<Fake>> {
+    let mut f = Fake::default();
+    let mut s = serde_json::to_value(set(spec)).unwrap();
+    s["metadata"]["resourceVersion"] = json!(f.next_rv());
+    f.objects.insert(SET_PATH.into(), s);
+    Arc::new(Mutex::new(f))
+}
+
+fn calls(fake: &Arc<Mutex<Fake>>) -> Vec<Call> {
+    std::mem::take(&mut fake.lock().unwrap().calls)
+}
+
+/// The writes, events apart, as "METHOD path".
+fn writes(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method != "GET" && !c.path.starts_with(EVENTS))
+        .map(Call::line)
+        .collect()
+}
+
+fn event_reasons(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.path.starts_with(EVENTS))
+        .map(|c| {
+            c.body.as_ref().unwrap()["reason"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+fn ready(s: &crate::crd::SigningKeySet) -> (String, String) {
+    let c = &s.status.as_ref().unwrap().conditions[0];
+    assert_eq!(c.type_, "Ready");
+    (c.status.clone(), c.reason.clone())
+}
+
+#[tokio::test]
+async fn a_new_set_reads_three_objects_then_writes_each_step_once_in_crash_safe_order() {
+    let fake = with_set(json!({"algorithm": "ES256"}));
+    let ctx = context(fake.clone());
+    reconcile(Arc::new(stored_set(&fake)), ctx).await.unwrap();
+    let calls = calls(&fake);
+    let reads: Vec<String> = calls.iter().take(3).map(Call::line).collect();
+    assert_eq!(
+        reads,
+        [
+            format!("GET {SECRETS}/auth-keyturn-keys"),
+            format!("GET {SECRETS}/auth-signing-key"),
+            format!("GET {CONFIGMAPS}/auth-jwks"),
+        ]
+    );
+    // The key is stored before it is published, its publication recorded before it signs,
+    // and the signing Secret holds it before the state records it active (I6: a crash
+    // between any two leaves a state the planner continues from).
+    assert_eq!(
+        writes(&calls),
+        [
+            format!("POST {SECRETS}"),
+            format!("POST {CONFIGMAPS}"),
+            format!("PATCH {SECRETS}/auth-keyturn-keys"),
+            format!("POST {SECRETS}"),
+            format!("PATCH {SECRETS}/auth-keyturn-keys"),
+            format!("PATCH {SET_PATH}/status"),
+        ]
+    );
+    let created: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == SECRETS)
+        .map(|c| {
+            c.body.as_ref().unwrap()["metadata"]["name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(created, ["auth-keyturn-keys", "auth-signing-key"]);
+    for c in calls
+        .iter()
+        .filter(|c| c.method != "GET" && !c.path.starts_with(EVENTS))
+    {
+        assert!(
+            c.query.contains("fieldManager=keyturn"),
+            "unguarded write: {c:?}"
+        );
+        assert!(c.code < 300, "refused: {c:?}");
+    }
+    let patch = calls
+        .iter()
+        .find(|c| c.method == "PATCH" && c.path.starts_with(SECRETS))
+        .unwrap();
+    assert!(
+        patch.body.as_ref().unwrap()["metadata"]["resourceVersion"].is_string(),
+        "a write over an existing object carries its resourceVersion"
+    );
+    let cm = calls.iter().find(|c| c.path == CONFIGMAPS).unwrap();
+    let text = serde_json::to_string(&cm.body).unwrap();
+    assert!(
+        !text.contains("PRIVATE") && !text.contains("\\\"d\\\""),
+        "{text}"
+    );
+    assert_eq!(event_reasons(&calls), ["KeyPublished", "KeyActivated"]);
+    assert_eq!(
+        ready(&stored_set(&fake)),
+        ("True".into(), "KeysPublished".into())
+    );
+}
+
+#[tokio::test]
+async fn a_steady_set_is_read_and_nothing_is_written() {
+    let fake = with_set(json!({}));
+    let ctx = context(fake.clone());
+    reconcile(Arc::new(stored_set(&fake)), ctx.clone())
+        .await
+        .unwrap();
+    calls(&fake);
+    reconcile(Arc::new(stored_set(&fake)), ctx).await.unwrap();
+    let calls = calls(&fake);
+    assert!(calls.iter().all(|c| c.method == "GET"), "{:#?}", calls);
+    assert_eq!(calls.len(), 3);
+}
+
+#[tokio::test]
+async fn a_foreign_configmap_is_refused_with_a_condition_and_an_event_and_never_written() {
+    let fake = with_set(json!({}));
+    fake.lock().unwrap().objects.insert(
+        format!("{CONFIGMAPS}/auth-jwks"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "auth-jwks", "namespace": "identity", "resourceVersion": "1"},
+               "data": {"jwks.json": "theirs"}}),
+    );
+    let ctx = context(fake.clone());
+    let action = reconcile(Arc::new(stored_set(&fake)), ctx).await.unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::Reason::ForeignObject.retry().unwrap())
+    );
+    let calls = calls(&fake);
+    assert_eq!(writes(&calls), [format!("PATCH {SET_PATH}/status")]);
+    assert_eq!(event_reasons(&calls), ["ForeignObject"]);
+    assert_eq!(
+        ready(&stored_set(&fake)),
+        ("False".into(), "ForeignObject".into())
+    );
+}
+
+#[tokio::test]
+async fn a_write_the_api_server_refuses_becomes_write_rejected_and_a_retry() {
+    let fake = with_set(json!({}));
+    fake.lock().unwrap().refuse_creates_under = Some("/secrets".into());
+    let ctx = context(fake.clone());
+    let action = reconcile(Arc::new(stored_set(&fake)), ctx).await.unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::Reason::WriteRejected.retry().unwrap())
+    );
+    let calls = calls(&fake);
+    assert_eq!(
+        writes(&calls),
+        [
+            format!("POST {SECRETS}"),
+            format!("PATCH {SET_PATH}/status")
+        ]
+    );
+    assert_eq!(event_reasons(&calls), ["WriteRejected"]);
+    let s = stored_set(&fake);
+    assert_eq!(ready(&s), ("False".into(), "WriteRejected".into()));
+    let msg = &s.status.as_ref().unwrap().conditions[0].message;
+    assert!(
+        msg.contains("Secret auth-keyturn-keys") && msg.contains("(422 Invalid)"),
+        "{msg}"
+    );
+}
