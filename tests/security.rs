@@ -309,9 +309,10 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
     let mut victim_jwks: Vec<(u64, Instant, Vec<String>)> = vec![];
     let mut signers: Vec<(u64, Instant, String)> = vec![];
     let deadline = Instant::now() + Duration::from_secs(5);
+    // The watch stream lags the GETs above: wait until it has delivered the last activation.
     while signers
         .iter()
-        .filter(|(_, _, k)| *k == seen_kids[2])
+        .filter(|(_, _, k)| *k == seen_kids[3])
         .count()
         == 0
     {

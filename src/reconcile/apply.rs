@@ -213,39 +213,45 @@ impl<'a> Applier<'a> {
         let desired = publish::signing_secret(self.sks, rec).ok_or(Error::Invariant(format!(
             "key {kid} has no usable private key for the signing Secret"
         )))?;
-        if let Some(o) = publish::write(
-            &self.secrets,
-            self.objects.signing.as_ref(),
-            desired,
-            |m| publish::is_owned(m, self.sks),
-            publish::same_secret,
-        )
-        .await?
-        {
-            self.objects.signing = Some(o);
-            self.ctx.metrics.write("signing_secret");
-        }
+        self.write_secret(Slot::Signing, desired).await?;
         info!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), kid = %kid, "signing Secret holds key");
         Ok(())
     }
 
     /// [`Step::Store`] (and a new key): the internal Secret holds `state`.
     async fn store(&mut self, state: &SetState) -> Result<(), Error> {
-        let desired = publish::internal_secret(self.sks, state);
+        self.write_secret(Slot::Internal, publish::internal_secret(self.sks, state))
+            .await
+    }
+
+    /// Writes one of the set's Secrets (guarded by [`publish::write`]) and keeps what the
+    /// API server answered as the current object.
+    async fn write_secret(&mut self, slot: Slot, desired: Secret) -> Result<(), Error> {
+        let (current, object) = match slot {
+            Slot::Internal => (&mut self.objects.internal, "internal_secret"),
+            Slot::Signing => (&mut self.objects.signing, "signing_secret"),
+        };
         if let Some(o) = publish::write(
             &self.secrets,
-            self.objects.internal.as_ref(),
+            current.as_ref(),
             desired,
             |m| publish::is_owned(m, self.sks),
             publish::same_secret,
         )
         .await?
         {
-            self.objects.internal = Some(o);
-            self.ctx.metrics.write("internal_secret");
+            *current = Some(o);
+            self.ctx.metrics.write(object);
         }
         Ok(())
     }
+}
+
+/// Which of the set's Secrets a write is for.
+#[derive(Clone, Copy)]
+enum Slot {
+    Internal,
+    Signing,
 }
 
 /// `TooManyKeys` when the internal Secret could not hold `next` (every key not yet removed,

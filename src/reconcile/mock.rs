@@ -24,6 +24,30 @@ struct Call {
     code: u16,
 }
 
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+/// True when `labels` has every `k=v` of a label selector.
+fn selected(labels: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        labels[k] == v
+    })
+}
+
 impl Call {
     fn line(&self) -> String {
         format!("{} {}", self.method, self.path)
@@ -52,10 +76,43 @@ impl Fake {
         self.rv.to_string()
     }
 
-    fn answer(&mut self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    fn answer(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: &str,
+        merge_patch: bool,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         match (method, body) {
+            ("GET", _) if LISTS.iter().any(|(p, _)| *p == path) => {
+                let (_, kind) = LISTS.iter().find(|(p, _)| *p == path).unwrap();
+                let selector = query
+                    .split('&')
+                    .find_map(|q| q.strip_prefix("labelSelector="))
+                    .map(|s| {
+                        s.replace("%3D", "=")
+                            .replace("%2C", ",")
+                            .replace("%2F", "/")
+                    })
+                    .unwrap_or_default();
+                let items: Vec<Value> = self
+                    .objects
+                    .values()
+                    .filter(|o| o["kind"] == kind.trim_end_matches("List"))
+                    .filter(|o| selected(&o["metadata"]["labels"], &selector))
+                    .cloned()
+                    .collect();
+                let list = json!({"kind": kind, "apiVersion": "v1",
+                    "metadata": {"resourceVersion": self.rv.to_string()}, "items": items});
+                (200, list)
+            }
             ("GET", _) => match self.objects.get(path) {
                 Some(o) => (200, o.clone()),
+                None => (404, status(404, "NotFound")),
+            },
+            ("DELETE", _) => match self.objects.remove(path) {
+                Some(o) => (200, o),
                 None => (404, status(404, "NotFound")),
             },
             ("POST", Some(b)) => {
@@ -98,7 +155,13 @@ impl Fake {
                 if b["metadata"]["resourceVersion"] != cur["metadata"]["resourceVersion"] {
                     return (409, status(409, "Conflict"));
                 }
-                let mut o = b.clone();
+                let mut o = if merge_patch {
+                    let mut o = cur.clone();
+                    merge(&mut o, b);
+                    o
+                } else {
+                    b.clone()
+                };
                 o["metadata"]["uid"] = cur["metadata"]["uid"].clone();
                 o["metadata"]["resourceVersion"] = json!(self.next_rv());
                 self.objects.insert(path.to_string(), o.clone());
@@ -113,6 +176,17 @@ const SET_PATH: &str = "/apis/keyturn.dev/v1alpha1/namespaces/identity/signingke
 const SECRETS: &str = "/api/v1/namespaces/identity/secrets";
 const CONFIGMAPS: &str = "/api/v1/namespaces/identity/configmaps";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/identity/events";
+const GRANTS: &str = "/apis/keyturn.dev/v1alpha1/namespaces/payments/signingkeysetgrants";
+const COPY: &str = "/api/v1/namespaces/payments/configmaps/auth-jwks";
+/// The cluster-wide lists the fake answers, with their list kinds.
+const LISTS: [(&str, &str); 3] = [
+    ("/api/v1/namespaces", "NamespaceList"),
+    (
+        "/apis/keyturn.dev/v1alpha1/signingkeysetgrants",
+        "SigningKeySetGrantList",
+    ),
+    ("/api/v1/configmaps", "ConfigMapList"),
+];
 
 /// A Context whose client talks to `fake`, with the clock at `t0`.
 fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
@@ -123,12 +197,17 @@ fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
             let bytes = body.collect_bytes().await.unwrap_or_default();
             let body: Option<Value> = serde_json::from_slice(&bytes).ok();
             let (method, path) = (parts.method.to_string(), parts.uri.path().to_string());
+            let query = parts.uri.query().unwrap_or_default().to_string();
+            let merge_patch = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/merge-patch"));
             let mut f = fake.lock().unwrap();
-            let (code, answer) = f.answer(&method, &path, body.as_ref());
+            let (code, answer) = f.answer(&method, &path, &query, merge_patch, body.as_ref());
             f.calls.push(Call {
                 method,
                 path,
-                query: parts.uri.query().unwrap_or_default().to_string(),
+                query,
                 body,
                 code,
             });
@@ -337,5 +416,91 @@ async fn a_write_the_api_server_refuses_becomes_write_rejected_and_a_retry() {
     assert!(
         msg.contains("Secret auth-keyturn-keys") && msg.contains("(422 Invalid)"),
         "{msg}"
+    );
+}
+
+/// The fan-out stage: the finalizer before any copy, the copy in the consenting namespace,
+/// and, once the grant is withdrawn, the copy deleted and the finalizer released.
+#[tokio::test]
+async fn fan_out_holds_a_finalizer_before_any_copy_and_removes_the_copy_when_consent_goes() {
+    let fake = with_set(json!({"jwks": {"namespaces": ["payments"]}}));
+    {
+        let mut f = fake.lock().unwrap();
+        for ns in ["identity", "payments"] {
+            f.objects.insert(
+                format!("/api/v1/namespaces/{ns}"),
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            );
+        }
+        f.objects.insert(
+            format!("{GRANTS}/from-identity"),
+            json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySetGrant",
+                   "metadata": {"name": "from-identity", "namespace": "payments"},
+                   "spec": {"from": [{"namespace": "identity"}]}}),
+        );
+    }
+    let ctx = context(fake.clone());
+    reconcile(Arc::new(stored_set(&fake)), ctx.clone())
+        .await
+        .unwrap();
+    let calls1 = calls(&fake);
+    let w = writes(&calls1);
+    assert_eq!(
+        w[0],
+        format!("PATCH {SET_PATH}"),
+        "the finalizer comes first: {w:#?}"
+    );
+    assert_eq!(
+        calls1
+            .iter()
+            .find(|c| c.path == SET_PATH && c.method == "PATCH")
+            .unwrap()
+            .body
+            .as_ref()
+            .unwrap()["metadata"]["finalizers"],
+        json!([super::FINALIZER])
+    );
+    assert!(
+        w.contains(&"POST /api/v1/namespaces/payments/configmaps".to_string()),
+        "{w:#?}"
+    );
+    let s = stored_set(&fake);
+    assert_eq!(
+        s.status.as_ref().unwrap().published_namespaces,
+        ["identity", "payments"]
+    );
+    let copy = fake.lock().unwrap().objects[COPY].clone();
+    let own = fake.lock().unwrap().objects[&format!("{CONFIGMAPS}/auth-jwks")].clone();
+    assert_eq!(copy["data"], own["data"], "the copy is identical");
+
+    // Consent withdrawn: the copy goes, the set says why, and nothing else is written there.
+    fake.lock()
+        .unwrap()
+        .objects
+        .remove(&format!("{GRANTS}/from-identity"));
+    reconcile(Arc::new(stored_set(&fake)), ctx).await.unwrap();
+    let calls2 = calls(&fake);
+    assert_eq!(
+        writes(&calls2),
+        [format!("DELETE {COPY}"), format!("PATCH {SET_PATH}/status")],
+    );
+    assert!(!fake.lock().unwrap().objects.contains_key(COPY));
+    assert_eq!(event_reasons(&calls2), ["ConsentMissing"]);
+    let s = stored_set(&fake);
+    let fan_out = s
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == super::FAN_OUT_CONDITION)
+        .unwrap();
+    assert_eq!(
+        (fan_out.status.as_str(), fan_out.reason.as_str()),
+        ("False", "ConsentMissing")
+    );
+    assert_eq!(
+        s.status.as_ref().unwrap().published_namespaces,
+        ["identity"]
     );
 }
