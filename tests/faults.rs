@@ -528,8 +528,7 @@ spec:
 /// Every field with a limit, at the limit and one past it: at the limit the set is accepted
 /// and gets the `Ready` condition it should (True, or `InvalidSpec` naming the field where the
 /// schema cannot say it); one past, `kubectl apply` is refused naming the field. The grant's
-/// fields the same way; and sets in namespaces with odd names (one character, all digits, 63
-/// characters) get keys and fan out to each other.
+/// fields the same way.
 #[tokio::test]
 async fn every_field_at_its_length_limit_reconciles_and_one_past_is_refused_naming_it() {
     let client = common::client().await;

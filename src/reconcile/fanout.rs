@@ -105,16 +105,9 @@ pub async fn release_copies(
         .map(|(cns, c)| (cns.clone(), c.name_any()))
         .collect();
     for (cns, name) in stale {
-        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &cns);
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {
-                info!(set = %sks.name_any(), namespace = %ns, from = %cns, "removed JWKS copy from a deselected namespace")
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_copy(ctx, &cns, &name).await?;
+        info!(set = %sks.name_any(), namespace = %ns, from = %cns, "removed JWKS copy from a deselected namespace");
         objects.copies.remove(&cns);
-        ctx.metrics.write("configmap_delete");
     }
     if !consent::requested(sks) && has_finalizer(sks) && objects.copies.keys().all(|c| *c == ns) {
         set_finalizer(sks, ctx, false).await?;
@@ -138,18 +131,24 @@ pub async fn finalize(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Erro
         if cns == own || !publish::is_owned_copy(&c.metadata, sks) {
             continue;
         }
-        match Api::<ConfigMap>::namespaced(ctx.client.clone(), &cns)
-            .delete(&c.name_any(), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_copy(ctx, &cns, &c.name_any()).await?;
     }
     set_finalizer(sks, ctx, false).await?;
     info!(set = %sks.name_any(), namespace = %own, "removed JWKS copies; finalizer released");
     Ok(Action::await_change())
+}
+
+/// Deletes one of keyturn's copies (already gone is fine).
+async fn delete_copy(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
+    match Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+        .delete(name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => ctx.metrics.write("configmap_delete"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// Adds or removes keyturn's finalizer, other finalizers untouched (a compare-and-swap on

@@ -32,6 +32,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tracing::{debug, warn};
 
+use crate::consent;
 use crate::crd::{ROTATE_ANNOTATION, SigningKeySet};
 use crate::metrics::Metrics;
 use crate::publish::WriteError;
@@ -146,12 +147,12 @@ impl Error {
     /// A short reason label for metrics and conditions.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Write(WriteError::Foreign { .. }) => "ForeignObject",
+            Error::Write(WriteError::Foreign { .. }) => Reason::ForeignObject.as_str(),
             Error::Write(WriteError::Api { .. }) => "WriteFailed",
             Error::Kube(_) => "ApiError",
             Error::Key(_) => "KeyGenerationFailed",
             Error::Incomplete(_) => "Incomplete",
-            Error::Invariant(_) => "InternalError",
+            Error::Invariant(_) => Reason::InternalError.as_str(),
         }
     }
 
@@ -355,8 +356,6 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
         None => Action::await_change(),
     })
 }
-
-use crate::consent;
 
 /// Retry policy: back off on errors, report them in the log and metrics.
 pub fn error_policy(sks: Arc<SigningKeySet>, err: &Error, ctx: Arc<Context>) -> Action {

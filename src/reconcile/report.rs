@@ -86,22 +86,27 @@ pub async fn refuse(
 }
 
 /// A Warning Event when the `FanOut` condition turns False or its message changes.
-pub async fn fan_out_changed(sks: &SigningKeySet, ctx: &Context, now: &Condition, spread: &FanOut) {
+pub async fn fan_out_changed(
+    sks: &SigningKeySet,
+    ctx: &Context,
+    current: &Condition,
+    spread: &FanOut,
+) {
     let before = sks.status.as_ref().and_then(|s| {
         s.conditions
             .iter()
             .find(|c| c.type_ == status::FAN_OUT_CONDITION)
     });
-    let changed = before.is_none_or(|c| c.status != now.status || c.message != now.message);
-    if changed && now.status == "False" {
-        warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = %now.reason, denied = ?spread.denied, "fan-out refused");
+    let changed = before.is_none_or(|c| c.status != current.status || c.message != current.message);
+    if changed && current.status == "False" {
+        warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = %current.reason, denied = ?spread.denied, "fan-out refused");
         publish_event(
             sks,
             ctx,
             EventType::Warning,
-            &now.reason,
+            &current.reason,
             "Publish",
-            &now.message,
+            &current.message,
         )
         .await;
     }

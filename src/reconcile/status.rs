@@ -141,8 +141,7 @@ pub fn fan_out_condition(sks: &SigningKeySet, spread: &FanOut, now: DateTime<Utc
     condition(sks, FAN_OUT_CONDITION, st, reason, &message, now)
 }
 
-/// Targets whose copy holds exactly the JWKS of `published` (the set's own namespace first
-/// in sorted order with the rest).
+/// Targets whose copy holds exactly the JWKS of `published`, in namespace order.
 pub fn published_namespaces(
     sks: &SigningKeySet,
     state: &SetState,

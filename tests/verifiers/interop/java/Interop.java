@@ -74,10 +74,10 @@ public class Interop {
   /** The PEM's PKCS#8 body through JCA, checked against private.jwk.json; returns a signer. */
   static JWSSigner load(Path d) throws Exception {
     String alg = read(d, "alg");
-    String body = read(d, "private.pem")
-        .replace("-----BEGIN PRIVATE KEY-----", "")
-        .replace("-----END PRIVATE KEY-----", "")
-        .replaceAll("\\s", "");
+    // The PEM's body: every line but the armor lines (which start with five dashes).
+    String body = read(d, "private.pem").lines()
+        .filter(l -> !l.startsWith("-----"))
+        .collect(java.util.stream.Collectors.joining());
     PKCS8EncodedKeySpec spec = new PKCS8EncodedKeySpec(Base64.getDecoder().decode(body));
     String family = alg.startsWith("RS") || alg.startsWith("PS") ? "RSA" : alg.startsWith("ES") ? "EC" : "Ed25519";
     PrivateKey key = KeyFactory.getInstance(family).generatePrivate(spec);
