@@ -311,6 +311,9 @@ node_start() {
   push_static_image "$dir" "$REGISTRY/pause:keyturn" "$NODE_BIN/pause" /pause
 
   write_containerd_config "$dir"
+  # The shims' socket directory is fixed (/run/containerd/s, whatever `state` says): remove it
+  # on stop if this node made it.
+  [ -e /run/containerd ] || echo /run/containerd >>"$n/created-paths"
   log "starting containerd v$CONTAINERD_VERSION (runc v$RUNC_VERSION)"
   node_proc containerd "$dir" env PATH="$NODE_BIN:$PATH" "$NODE_BIN/containerd" --config "$n/containerd.toml"
   wait_for "containerd" containerd "$dir" 120 "$NODE_BIN/ctr" --address "$n/containerd.sock" version
@@ -318,7 +321,7 @@ node_start() {
   write_kubelet_config "$dir" "$api_port"
   # The kubelet's device-plugin socket directory is fixed (/var/lib/kubelet/device-plugins,
   # whatever --root-dir says); remember whether it was there, so that stop removes only ours.
-  [ -e /var/lib/kubelet ] || echo /var/lib/kubelet >"$n/created-paths"
+  [ -e /var/lib/kubelet ] || echo /var/lib/kubelet >>"$n/created-paths"
   log "starting the kubelet v$K8S_VERSION as node $NODE_NAME ($NODE_IP)"
   node_proc kubelet "$dir" env PATH="$NODE_BIN:$PATH" "$NODE_BIN/kubelet" \
     --config "$n/kubelet.yaml" --kubeconfig "$dir/kubelet.kubeconfig" --root-dir "$n/kubelet" \
