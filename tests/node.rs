@@ -49,7 +49,10 @@ fn now_ms() -> i64 {
 }
 
 fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 /// The kubelet's syncFrequency on this node (hack/e2e-node passes it).
@@ -123,7 +126,10 @@ async fn ready_pods(client: &Client, ns: &str, selector: &str, n: usize) -> Vec<
         || {
             let pods = pods.clone();
             async move {
-                let list = pods.list(&ListParams::default().labels(selector)).await.ok()?;
+                let list = pods
+                    .list(&ListParams::default().labels(selector))
+                    .await
+                    .ok()?;
                 let ready: Vec<(String, String)> = list
                     .items
                     .iter()
@@ -261,7 +267,10 @@ struct Write {
 
 /// Watches the JWKS ConfigMap (`jwks.json`) and the signing Secret (`private.jwk.json`): one
 /// [`Write`] per new content.
-fn record_writes(client: &Client) -> (Arc<Mutex<Vec<Write>>>, Arc<Mutex<Vec<Write>>>) {
+/// Writes in the order the test's watch saw them.
+type Writes = Arc<Mutex<Vec<Write>>>;
+
+fn record_writes(client: &Client) -> (Writes, Writes) {
     let cms = Arc::new(Mutex::new(Vec::<Write>::new()));
     let secrets = Arc::new(Mutex::new(Vec::<Write>::new()));
     let (c, s) = (cms.clone(), secrets.clone());
@@ -657,8 +666,10 @@ async fn keyturn_on_a_real_node() {
     }
 
     // Phase 4: the kubelet's propagation delays, as the Pods saw them.
-    let cm_delays = delays(&cm_writes.lock().unwrap().clone(), &verifiers).await;
-    let secret_delays = delays(&secret_writes.lock().unwrap().clone(), &issuers).await;
+    let cm_list = cm_writes.lock().unwrap().clone();
+    let secret_list = secret_writes.lock().unwrap().clone();
+    let cm_delays = delays(&cm_list, &verifiers).await;
+    let secret_delays = delays(&secret_list, &issuers).await;
     let report = json!({
         "kubelet": {"syncFrequency": format!("{sync:?}"),
                     "configMapAndSecretChangeDetectionStrategy": "Watch"},

@@ -39,8 +39,19 @@ cgroup_hierarchies() {
   awk '$9 == "cgroup" && $5 ~ "^/sys/fs/cgroup/" { print $5 }' /proc/self/mountinfo
 }
 
+# One node per host: the kubelet's device-plugin socket (/var/lib/kubelet/device-plugins) and
+# the shims' socket directory (/run/containerd/s) have fixed paths.
+NODE_LOCK=/run/keyturn-node.dir
+
 node_preflight() {
   [ "$(id -u)" = 0 ] || die "the node needs root (network namespaces, cgroups, mounts)"
+  if [ -f "$NODE_LOCK" ]; then
+    local other
+    other="$(cat "$NODE_LOCK")"
+    if [ "$other" != "$1" ] && alive "$other/kubelet.pid"; then
+      die "a node is already running for $other (one per host: the kubelet's and containerd's fixed paths); stop it first: hack/control-plane stop $other"
+    fi
+  fi
   local c
   for c in ip nsenter iptables mount umount; do
     command -v "$c" >/dev/null 2>&1 || die "the node needs '$c' (Debian: iproute2, util-linux, iptables)"
@@ -90,6 +101,7 @@ gen_node_certs() { # gen_node_certs DIR
 # node_netns DIR: the namespace, its loopback, the node IP and the pod bridge's sysctls.
 node_netns() {
   local dir="$1" ns
+  echo "$dir" >"$NODE_LOCK"
   ns="$(node_ns_name "$dir")"
   ip netns del "$ns" 2>/dev/null || true
   ip netns add "$ns"
@@ -328,6 +340,8 @@ node_start() {
     --cert-dir "$n/kubelet/pki" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v 1
   log "starting kube-proxy v$K8S_VERSION (iptables)"
   node_proc kube-proxy "$dir" env PATH="$NODE_BIN:$PATH" "$NODE_BIN/kube-proxy" --config "$n/kube-proxy.yaml"
+  # Healthy once it has programmed the Services' rules (Services are unreachable before).
+  wait_for "kube-proxy" kube-proxy "$dir" 240 in_ns "$dir" curl -sf http://127.0.0.1:10256/healthz
   local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$dir/kubeconfig")
   for i in $(seq 1 240); do
     alive "$dir/kubelet.pid" || fail_component kubelet "$dir"
@@ -386,4 +400,5 @@ node_stop() {
     ip netns del "$(cat "$n/netns")" 2>/dev/null || true
     rm -f "$n/netns"
   fi
+  if [ "$(cat "$NODE_LOCK" 2>/dev/null)" = "$dir" ]; then rm -f "$NODE_LOCK"; fi
 }
