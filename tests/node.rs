@@ -265,39 +265,54 @@ struct Write {
     kids: Vec<String>,
 }
 
-/// Watches the JWKS ConfigMap (`jwks.json`) and the signing Secret (`private.jwk.json`): one
-/// [`Write`] per new content.
 /// Writes in the order the test's watch saw them.
 type Writes = Arc<Mutex<Vec<Write>>>;
 
+/// Watches the JWKS ConfigMap (`jwks.json`) and the signing Secret (`private.jwk.json`): one
+/// [`Write`] per new content of each.
 fn record_writes(client: &Client) -> (Writes, Writes) {
-    let cms = Arc::new(Mutex::new(Vec::<Write>::new()));
-    let secrets = Arc::new(Mutex::new(Vec::<Write>::new()));
-    let (c, s) = (cms.clone(), secrets.clone());
-    let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
-    tokio::spawn(async move {
-        let cfg = watcher::Config::default().fields(&format!("metadata.name={SET}-jwks"));
-        let mut w = watcher::watcher(cm_api, cfg).boxed();
-        while let Ok(Some(ev)) = w.try_next().await {
-            if let Event::Apply(cm) | Event::InitApply(cm) = ev {
-                let bytes = common::invariants::jwks_of(&cm);
-                push_write(&c, &bytes, common::invariants::kids_of(&cm));
-            }
-        }
-    });
-    let s_api: Api<Secret> = Api::namespaced(client.clone(), NS);
-    tokio::spawn(async move {
-        let cfg = watcher::Config::default().fields(&format!("metadata.name={SET}-signing-key"));
-        let mut w = watcher::watcher(s_api, cfg).boxed();
-        while let Ok(Some(ev)) = w.try_next().await {
-            if let Event::Apply(sec) | Event::InitApply(sec) = ev {
-                let data = sec.data.as_ref().unwrap();
-                let bytes = data["private.jwk.json"].0.clone();
-                push_write(&s, &bytes, vec![common::signing_kid(&sec)]);
-            }
-        }
-    });
+    let cms = record(
+        Api::<ConfigMap>::namespaced(client.clone(), NS),
+        format!("{SET}-jwks"),
+        |cm| {
+            (
+                common::invariants::jwks_of(cm),
+                common::invariants::kids_of(cm),
+            )
+        },
+    );
+    let secrets = record(
+        Api::<Secret>::namespaced(client.clone(), NS),
+        format!("{SET}-signing-key"),
+        |s| {
+            let data = s.data.as_ref().unwrap();
+            (
+                data["private.jwk.json"].0.clone(),
+                vec![common::signing_kid(s)],
+            )
+        },
+    );
     (cms, secrets)
+}
+
+/// Watches the object `name`; `content` gives the bytes a workload reads and their kids.
+fn record<K>(api: Api<K>, name: String, content: fn(&K) -> (Vec<u8>, Vec<String>)) -> Writes
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let writes = Writes::default();
+    let to = writes.clone();
+    tokio::spawn(async move {
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut w = watcher::watcher(api, cfg).boxed();
+        while let Ok(Some(ev)) = w.try_next().await {
+            if let Event::Apply(o) | Event::InitApply(o) = ev {
+                let (bytes, kids) = content(&o);
+                push_write(&to, &bytes, kids);
+            }
+        }
+    });
+    writes
 }
 
 fn push_write(to: &Mutex<Vec<Write>>, bytes: &[u8], kids: Vec<String>) {
