@@ -293,7 +293,9 @@ pub struct SigningKeySetStatus {
     /// Namespaces whose JWKS ConfigMap holds the current key set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published_namespaces: Vec<String>,
-    /// Standard conditions; `Ready` says whether the set is published and signing.
+    /// Standard conditions: `Ready` (published and signing), `Stalled` (a refusal that needs
+    /// someone to act) and `Reconciling` (the first key is being made), the last two present
+    /// only while true (kstatus), `FanOut` (consent of the namespaces asked for) and `Revoked`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

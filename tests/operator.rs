@@ -550,6 +550,75 @@ async fn what_the_schema_cannot_catch_becomes_ready_false_with_an_event() {
     op.assert_running();
 }
 
+/// kstatus (Flux, Argo CD, `kubectl wait`): a refusal that needs a spec edit is `Stalled`, the
+/// fix clears it, and every condition names the generation it describes.
+#[tokio::test]
+async fn kstatus_stalled_until_the_spec_is_fixed_and_kubectl_wait_reads_it() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "kstatus").await;
+    let mut op = common::Operator::start(&ns);
+    common::create_set(
+        &client,
+        &ns,
+        "stuck",
+        json!({"secretName": "stuck-keyturn-keys"}),
+    )
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    wait_not_ready(&sets, "stuck", "InvalidSpec").await;
+    let kubectl_wait = |cond: &str| {
+        let out = common::kubectl(
+            &[
+                "-n",
+                &ns,
+                "wait",
+                &format!("--for=condition={cond}"),
+                "sks/stuck",
+                "--timeout=60s",
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "kubectl wait --for=condition={cond}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    kubectl_wait("Stalled");
+    let s = sets.get("stuck").await.unwrap();
+    let generation = s.metadata.generation;
+    let conds = s.status.unwrap().conditions;
+    let stalled = conds.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert!(conds.iter().all(|c| c.observed_generation == generation));
+    assert!(!conds.iter().any(|c| c.type_ == "Reconciling"));
+
+    sets.patch(
+        "stuck",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"secretName": "stuck-signing"}})),
+    )
+    .await
+    .unwrap();
+    kubectl_wait("Ready");
+    let s = sets.get("stuck").await.unwrap();
+    let st = s.status.unwrap();
+    assert_eq!(st.observed_generation, s.metadata.generation);
+    assert_eq!(
+        st.conditions
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect::<Vec<_>>(),
+        vec!["Ready"],
+        "a Ready set is neither Stalled nor Reconciling"
+    );
+    op.assert_running();
+}
+
 #[tokio::test]
 async fn foreign_objects_with_the_target_name_are_left_byte_identical() {
     let client = common::client().await;

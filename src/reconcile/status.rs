@@ -18,6 +18,38 @@ use crate::state::{KeyState, SetState};
 
 /// Condition type saying whether every namespace the spec asks for consented.
 pub const FAN_OUT_CONDITION: &str = "FanOut";
+/// `Ready=False` before any key signs.
+const NO_ACTIVE_KEY: &str = "NoActiveKey";
+/// kstatus: keyturn is still working toward the spec (present only while true).
+pub const RECONCILING_CONDITION: &str = "Reconciling";
+/// kstatus: keyturn cannot make progress without a change from outside (present only while
+/// true).
+pub const STALLED_CONDITION: &str = "Stalled";
+
+/// The kstatus conditions that go with a `Ready` of `status` and `reason` ("abnormal-true":
+/// present only when true, so a Ready set carries neither): `Stalled` for every refusal (each
+/// needs someone to act: a spec edit, a foreign object removed, a policy or quota changed;
+/// keyturn keeps retrying meanwhile), `Reconciling` while keyturn itself will get there (no
+/// key signs yet: the first is being made). With
+/// `observedGeneration` on every condition, `kubectl wait --for=condition=Ready`, Flux and
+/// Argo CD read a set's health without custom rules.
+fn progress_conditions(
+    sks: &SigningKeySet,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Option<Condition> {
+    if status == "True" {
+        return None;
+    }
+    let type_ = if reason == NO_ACTIVE_KEY {
+        RECONCILING_CONDITION
+    } else {
+        STALLED_CONDITION
+    };
+    Some(condition(sks, type_, "True", reason, message, now))
+}
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -61,12 +93,13 @@ pub fn derive_status(
             ),
             None => (
                 "False",
-                "NoActiveKey".to_string(),
+                NO_ACTIVE_KEY.to_string(),
                 "no key is signing yet".to_string(),
             ),
         },
     };
     let mut conditions = vec![condition(sks, "Ready", status, &reason, &message, now)];
+    conditions.extend(progress_conditions(sks, status, &reason, &message, now));
     if !s.revoked.is_empty() {
         conditions.push(condition(
             sks,
@@ -106,22 +139,25 @@ pub fn refused_status(
         None => sks.status.clone().unwrap_or_default(),
     };
     status.observed_generation = sks.metadata.generation;
-    let mut conds: Vec<Condition> = status
-        .conditions
-        .into_iter()
-        .filter(|c| c.type_ != "Ready")
-        .collect();
-    conds.insert(
-        0,
-        condition(
-            sks,
-            "Ready",
-            "False",
-            refusal.reason.as_str(),
-            &refusal.message,
-            now,
-        ),
-    );
+    let reason = refusal.reason.as_str();
+    let mut conds: Vec<Condition> = vec![condition(
+        sks,
+        "Ready",
+        "False",
+        reason,
+        &refusal.message,
+        now,
+    )];
+    conds.extend(progress_conditions(
+        sks,
+        "False",
+        reason,
+        &refusal.message,
+        now,
+    ));
+    conds.extend(status.conditions.into_iter().filter(|c| {
+        !["Ready", RECONCILING_CONDITION, STALLED_CONDITION].contains(&c.type_.as_str())
+    }));
     if consent::requested(sks)
         && let Some(c) = sks
             .status
@@ -227,6 +263,90 @@ mod tests {
         assert_eq!(s.published_namespaces, vec!["identity".to_string()]);
     }
 
+    fn types(s: &SigningKeySetStatus) -> Vec<(String, String, String, Option<i64>)> {
+        s.conditions
+            .iter()
+            .map(|c| {
+                (
+                    c.type_.clone(),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.observed_generation,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn kstatus_a_ready_set_is_neither_reconciling_nor_stalled() {
+        let sks = set(json!({}));
+        let s = derive_status(&sks, &settings(), &active_state(), t0(), None, vec![]);
+        assert_eq!(
+            types(&s),
+            vec![(
+                "Ready".into(),
+                "True".into(),
+                "KeysPublished".into(),
+                Some(3)
+            )]
+        );
+    }
+
+    #[test]
+    fn kstatus_a_refusal_that_needs_someone_to_act_is_stalled() {
+        let sks = set(json!({}));
+        for reason in [
+            Reason::InvalidSpec,
+            Reason::ForeignObject,
+            Reason::PublishFailed,
+            Reason::InternalStateMissing,
+            Reason::InternalStateCorrupt,
+            Reason::TooManyKeys,
+            Reason::JwksTooLarge,
+            Reason::WriteRejected,
+            Reason::InternalError,
+        ] {
+            let r = Refusal::new(reason, "why");
+            let s = refused_status(&sks, &r, None, t0());
+            let want = reason.as_str().to_string();
+            assert_eq!(
+                types(&s),
+                vec![
+                    ("Ready".into(), "False".into(), want.clone(), Some(3)),
+                    (STALLED_CONDITION.into(), "True".into(), want, Some(3)),
+                ],
+                "{reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn kstatus_the_first_key_is_reconciling_and_a_fixed_stall_ends() {
+        let mut sks = set(json!({}));
+        // No key signs yet: keyturn is making one.
+        let empty = SetState::default();
+        let s = derive_status(&sks, &settings(), &empty, t0(), None, vec![]);
+        assert_eq!(
+            types(&s)[1],
+            (
+                RECONCILING_CONDITION.into(),
+                "True".into(),
+                "NoActiveKey".into(),
+                Some(3)
+            )
+        );
+        let r = Refusal::new(Reason::PublishFailed, "ConfigMap payments/auth-jwks: quota");
+        sks.status = Some(refused_status(
+            &sks,
+            &r,
+            Some((&active_state(), &settings())),
+            t0(),
+        ));
+        // The next reconcile succeeds: Ready, and Stalled is gone (not left "True").
+        let s = derive_status(&sks, &settings(), &active_state(), t0(), None, vec![]);
+        assert_eq!(types(&s).len(), 1);
+    }
+
     #[test]
     fn a_steady_state_derives_the_same_status() {
         let mut sks = set(json!({}));
@@ -259,7 +379,8 @@ mod tests {
         let s = refused_status(&sks, &r, None, t0());
         assert_eq!(s.conditions[0].reason, "ForeignObject");
         assert_eq!(s.conditions[0].status, "False");
-        assert_eq!(s.conditions[1], fan);
+        assert_eq!(s.conditions[1].type_, STALLED_CONDITION);
+        assert_eq!(s.conditions[2], fan);
         // With the state, the keys are shown too.
         let st = active_state();
         let s = refused_status(&sks, &r, Some((&st, &settings())), t0());
