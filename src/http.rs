@@ -425,7 +425,10 @@ fn lookup(state: &AppState, ns: &str, name: &str, now: DateTime<Utc>) -> Result<
             "the JWKS breaks the publication rules; nothing is served",
         ));
     }
-    let max_age = max_age(keys, &settings, now);
+    let max_age = spread_max_age(
+        max_age(keys, &settings, now),
+        rand_core::RngCore::next_u32(&mut rand_core::OsRng),
+    );
     Ok(Served {
         set,
         bytes,
@@ -450,6 +453,13 @@ pub fn max_age(state: &SetState, s: &plan::Settings, now: DateTime<Utc>) -> i64 
     let pre = s.pre_publish.num_seconds();
     let until_change = plan::next_transition(state, s, now).map(|t| (t - now).num_seconds());
     pre.min(until_change.unwrap_or(pre)).max(0)
+}
+
+/// `max-age` with a spread: up to a tenth of `bound` taken off at random (`random`), so the
+/// caches of verifiers that fetched in the same second do not all expire in the same second.
+/// Never longer than `bound`, so never past the next change.
+pub fn spread_max_age(bound: i64, random: u32) -> i64 {
+    bound - i64::from(random) % (bound / 10 + 1)
 }
 
 fn etag(bytes: &[u8]) -> String {
@@ -608,6 +618,24 @@ mod tests {
             retired_at: None,
             manual: false,
         }
+    }
+
+    #[test]
+    fn the_spread_takes_at_most_a_tenth_off_and_never_adds() {
+        let seen: std::collections::BTreeSet<i64> =
+            (0..10_000u32).map(|r| spread_max_age(3600, r)).collect();
+        assert_eq!(
+            (seen.first(), seen.last()),
+            (Some(&3240), Some(&3600)),
+            "every value of [0.9 x bound, bound], none outside"
+        );
+        assert_eq!(seen.len(), 361);
+        assert_eq!(
+            spread_max_age(3600, u32::MAX),
+            3600 - (u32::MAX % 361) as i64
+        );
+        // Bounds under 10 s are not spread; 0 stays 0.
+        assert!((0..100u32).all(|r| spread_max_age(9, r) == 9 && spread_max_age(0, r) == 0));
     }
 
     #[test]

@@ -91,6 +91,22 @@ async fn http_edge_cases() {
         (0..=600).contains(&max_age),
         "max-age {max_age} exceeds prePublish (600 s)"
     );
+    // Spread: 20 fetches in a row get max-ages in [540, 600] (prePublish, less at most a
+    // tenth; the next change is 720h away), not all the same.
+    let mut ages = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let r = get(port, &path, "").await;
+        let v: i64 = r
+            .header("cache-control")
+            .and_then(|c| c.strip_prefix("public, max-age="))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        ages.insert(v);
+    }
+    assert!(
+        ages.iter().all(|a| (540..=600).contains(a)) && ages.len() > 1,
+        "max-ages of 20 fetches: {ages:?}"
+    );
     let tag = ok.header("etag").unwrap().to_string();
 
     // Conditional GET.
