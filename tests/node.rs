@@ -167,7 +167,7 @@ async fn lease_holder(client: &Client) -> Option<String> {
 }
 
 /// Phase 1: deploy/ (through the overlay) as two Pods on the node.
-async fn install(client: &Client) -> Vec<(String, String)> {
+async fn install(client: &Client) {
     let out = common::kubectl(
         &[
             "apply",
@@ -242,7 +242,6 @@ async fn install(client: &Client) -> Vec<(String, String)> {
         names.contains(&holder.as_str()),
         "the Lease is held by {holder:?}, not by one of {names:?}"
     );
-    replicas
 }
 
 /// A workload Deployment from a doc's manifest, with the test image in `mode`.
@@ -387,7 +386,7 @@ fn summary(name: &str, d: &[(String, String, i64)]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keyturn_on_a_real_node() {
     let client = common::client().await;
-    let replicas = install(&client).await;
+    install(&client).await;
 
     // Phase 2: the set, the workloads of the docs.
     let sync = sync_frequency();
@@ -584,7 +583,6 @@ async fn keyturn_on_a_real_node() {
             .iter()
             .any(|(n, _)| Some(n) == leader_gone.as_ref())
     );
-    drop(replicas);
 
     // Every token minted verifies in every directory-mounted verifier.
     let results = results.lock().unwrap().clone();

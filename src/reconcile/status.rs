@@ -26,14 +26,14 @@ pub const RECONCILING_CONDITION: &str = "Reconciling";
 /// true).
 pub const STALLED_CONDITION: &str = "Stalled";
 
-/// The kstatus conditions that go with a `Ready` of `status` and `reason` ("abnormal-true":
+/// The kstatus condition that goes with a `Ready` of `status` and `reason` ("abnormal-true":
 /// present only when true, so a Ready set carries neither): `Stalled` for every refusal (each
 /// needs someone to act: a spec edit, a foreign object removed, a policy or quota changed;
 /// keyturn keeps retrying meanwhile), `Reconciling` while keyturn itself will get there (no
 /// key signs yet: the first is being made). With
 /// `observedGeneration` on every condition, `kubectl wait --for=condition=Ready`, Flux and
 /// Argo CD read a set's health without custom rules.
-fn progress_conditions(
+fn progress_condition(
     sks: &SigningKeySet,
     status: &str,
     reason: &str,
@@ -99,7 +99,7 @@ pub fn derive_status(
         },
     };
     let mut conditions = vec![condition(sks, "Ready", status, &reason, &message, now)];
-    conditions.extend(progress_conditions(sks, status, &reason, &message, now));
+    conditions.extend(progress_condition(sks, status, &reason, &message, now));
     if !s.revoked.is_empty() {
         conditions.push(condition(
             sks,
@@ -148,7 +148,7 @@ pub fn refused_status(
         &refusal.message,
         now,
     )];
-    conds.extend(progress_conditions(
+    conds.extend(progress_condition(
         sks,
         "False",
         reason,
