@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # hack/test.sh — keyturn's one test command.
 #
-#   1. cargo fmt --check, cargo clippy --all-targets -D warnings
+#   1. cargo fmt --check, cargo clippy --all-targets -D warnings, cargo deny check bans licenses
 #   2. unit tests (no cluster)
 #   3. builds (first run) or reuses (later runs) the control plane, starts it, runs the
 #      integration tests against it, and stops it on exit, failure or Ctrl-C.
@@ -32,6 +32,9 @@ cargo fmt --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+
+step "cargo deny check bans licenses (deny.toml: one version of each crypto crate, permissive licenses)"
+"$ROOT/hack/cargo-deny" check bans licenses
 
 step "unit tests"
 cargo test --lib --bins

@@ -427,7 +427,8 @@ fn lookup(state: &AppState, ns: &str, name: &str, now: DateTime<Utc>) -> Result<
     }
     let max_age = spread_max_age(
         max_age(keys, &settings, now),
-        rand_core::RngCore::next_u32(&mut rand_core::OsRng),
+        // The OS RNG; should it fail, no spread (the full bound is still correct).
+        getrandom::u32().unwrap_or(0),
     );
     Ok(Served {
         set,

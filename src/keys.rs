@@ -8,7 +8,8 @@ use std::fmt;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
-use rand_core::OsRng;
+use p256::elliptic_curve::Generate as _;
+use p256::elliptic_curve::sec1::ToSec1Point as _;
 use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -65,7 +66,7 @@ pub fn redact_encoded(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 enum Inner {
-    Rsa(Box<rsa::RsaPrivateKey>),
+    Rsa(Box<rsa::PrivateKey>),
     P256(p256::SecretKey),
     P384(p384::SecretKey),
     Ed25519(ed25519_dalek::SigningKey),
@@ -111,12 +112,27 @@ fn ed25519_pkcs8_v1(
     inner[0] = 0x04;
     inner[1] = 0x20;
     inner[2..].copy_from_slice(k.as_bytes());
-    let info = pkcs8::PrivateKeyInfo::new(ed25519_dalek::pkcs8::ALGORITHM_ID, &inner[..]);
-    Ok(pkcs8::der::SecretDocument::try_from(info)?.to_pem(pkcs8::PrivateKeyInfo::PEM_LABEL, le)?)
+    let info = pkcs8::PrivateKeyInfoRef::new(
+        ed25519_dalek::pkcs8::ALGORITHM_ID,
+        pkcs8::der::asn1::OctetStringRef::new(&inner[..])?,
+    );
+    Ok(pkcs8::der::SecretDocument::try_from(&info)?
+        .to_pem(pkcs8::PrivateKeyInfoRef::PEM_LABEL, le)?)
 }
 
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// RFC 7518 §2 `Base64urlUInt`: the minimum number of octets, so no leading zero octet
+/// (crypto-bigint's integers are limb-wide; `e` = 65537 would otherwise be 8 octets).
+fn b64_uint(n: &rsa::BoxedUint) -> String {
+    let bytes = Zeroizing::new(n.to_be_bytes());
+    let first = bytes
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(bytes.len() - 1);
+    b64(&bytes[first..])
 }
 
 impl KeyPair {
@@ -128,13 +144,24 @@ impl KeyPair {
                 if !crate::crd::RSA_KEY_SIZES.contains(&bits) {
                     return Err(KeyError::RsaSize(bits));
                 }
-                let key = rsa::RsaPrivateKey::new(&mut OsRng, bits as usize)
+                let key = rsa::PrivateKey::new(&mut getrandom::SysRng, bits as usize)
                     .map_err(|_| KeyError::Generate(alg))?;
                 Inner::Rsa(Box::new(key))
             }
-            Algorithm::ES256 => Inner::P256(p256::SecretKey::random(&mut OsRng)),
-            Algorithm::ES384 => Inner::P384(p384::SecretKey::random(&mut OsRng)),
-            Algorithm::EdDSA => Inner::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng)),
+            Algorithm::ES256 => Inner::P256(
+                p256::SecretKey::try_generate_from_rng(&mut getrandom::SysRng)
+                    .map_err(|_| KeyError::Generate(alg))?,
+            ),
+            Algorithm::ES384 => Inner::P384(
+                p384::SecretKey::try_generate_from_rng(&mut getrandom::SysRng)
+                    .map_err(|_| KeyError::Generate(alg))?,
+            ),
+            Algorithm::EdDSA => {
+                // RFC 8032 §5.1.5: the private key is 32 random octets.
+                let mut seed = Zeroizing::new([0u8; 32]);
+                getrandom::fill(&mut seed[..]).map_err(|_| KeyError::Generate(alg))?;
+                Inner::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
+            }
             _ => unreachable!("every RSA algorithm is matched above"),
         };
         Ok(Self::from_inner(alg, inner))
@@ -151,7 +178,7 @@ impl KeyPair {
         let bad = || KeyError::BadPem { alg };
         let inner = match alg {
             a if a.is_rsa() => {
-                let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem).map_err(|_| bad())?;
+                let key = rsa::PrivateKey::from_pkcs8_pem(pem).map_err(|_| bad())?;
                 let bits = key.size() * 8;
                 if bits < crate::jwks::MIN_RSA_BITS as usize {
                     return Err(KeyError::RsaTooSmall(bits));
@@ -223,17 +250,17 @@ impl KeyPair {
         match &self.inner {
             Inner::Rsa(k) => {
                 let primes = k.primes();
-                m.insert("d".into(), json!(b64(&k.d().to_bytes_be())));
-                m.insert("p".into(), json!(b64(&primes[0].to_bytes_be())));
-                m.insert("q".into(), json!(b64(&primes[1].to_bytes_be())));
+                m.insert("d".into(), json!(b64_uint(k.d())));
+                m.insert("p".into(), json!(b64_uint(&primes[0])));
+                m.insert("q".into(), json!(b64_uint(&primes[1])));
                 if let Some(dp) = k.dp() {
-                    m.insert("dp".into(), json!(b64(&dp.to_bytes_be())));
+                    m.insert("dp".into(), json!(b64_uint(dp)));
                 }
                 if let Some(dq) = k.dq() {
-                    m.insert("dq".into(), json!(b64(&dq.to_bytes_be())));
+                    m.insert("dq".into(), json!(b64_uint(dq)));
                 }
                 if let Some(qi) = k.crt_coefficient() {
-                    m.insert("qi".into(), json!(b64(&qi.to_bytes_be())));
+                    m.insert("qi".into(), json!(b64_uint(&qi)));
                 }
             }
             Inner::P256(k) => {
@@ -264,13 +291,12 @@ fn public_members(inner: &Inner) -> Map<String, Value> {
     match inner {
         Inner::Rsa(k) => {
             m.insert("kty".into(), json!("RSA"));
-            // BigUint::to_bytes_be is minimal: no leading zero octet (RFC 7518 §6.3.1.1).
-            m.insert("n".into(), json!(b64(&k.n().to_bytes_be())));
-            m.insert("e".into(), json!(b64(&k.e().to_bytes_be())));
+            // Minimal octets: no leading zero octet (RFC 7518 §6.3.1.1).
+            m.insert("n".into(), json!(b64_uint(k.n())));
+            m.insert("e".into(), json!(b64_uint(k.e())));
         }
         Inner::P256(k) => {
-            use p256::elliptic_curve::sec1::ToEncodedPoint;
-            let p = k.public_key().to_encoded_point(false);
+            let p = k.public_key().to_sec1_point(false);
             m.insert("kty".into(), json!("EC"));
             m.insert("crv".into(), json!("P-256"));
             // Fixed-width field elements: leading zeros kept (RFC 7518 §6.2.1.2).
@@ -278,8 +304,7 @@ fn public_members(inner: &Inner) -> Map<String, Value> {
             m.insert("y".into(), json!(b64(p.y().expect("uncompressed point"))));
         }
         Inner::P384(k) => {
-            use p384::elliptic_curve::sec1::ToEncodedPoint;
-            let p = k.public_key().to_encoded_point(false);
+            let p = k.public_key().to_sec1_point(false);
             m.insert("kty".into(), json!("EC"));
             m.insert("crv".into(), json!("P-384"));
             m.insert("x".into(), json!(b64(p.x().expect("uncompressed point"))));
@@ -413,7 +438,7 @@ mod tests {
                 assert!(pem.ends_with("-----\n"), "{alg}: trailing newline");
                 assert!(pem.lines().all(|l| l.len() <= 64), "{alg}: 64-column lines");
                 let der = der_of(&pem);
-                let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).unwrap();
+                let info = pkcs8::PrivateKeyInfoRef::try_from(der.as_slice()).unwrap();
                 assert_eq!(info.version(), pkcs8::Version::V1, "{alg}: PKCS#8 v1");
                 assert!(info.public_key.is_none(), "{alg}: no RFC 5958 public key");
                 if alg == Algorithm::EdDSA {
@@ -433,7 +458,7 @@ mod tests {
         }
     }
 
-    const PKCS8_LABEL: &str = pkcs8::PrivateKeyInfo::PEM_LABEL;
+    const PKCS8_LABEL: &str = pkcs8::PrivateKeyInfoRef::PEM_LABEL;
 
     #[test]
     fn pem_round_trip_every_algorithm() {

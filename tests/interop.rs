@@ -17,7 +17,8 @@
 //! `tests/verifiers/interop/`; `hack/test-deps.sh` installs them.
 //!
 //! Also: a Secret written by an older keyturn (Ed25519 in the PKCS#8 v2 form those stacks
-//! reject) is rewritten once, same key and kid, and then passes the same checks.
+//! reject) is rewritten once, same key and kid, and then passes the same checks; and keys
+//! OpenSSL made load with the kids Python computes, and are encoded back byte for byte.
 
 mod common;
 
@@ -36,6 +37,7 @@ use serde_json::json;
 
 use common::invariants::{jwt_alg, secret_str as data};
 use keyturn::crd::Algorithm;
+use keyturn::keys::KeyPair;
 
 fn verifiers_dir() -> PathBuf {
     PathBuf::from(std::env::var("KEYTURN_TEST_VERIFIERS").unwrap_or_else(|_| {
@@ -696,7 +698,7 @@ async fn an_old_eddsa_signing_secret_is_rewritten_once_in_the_v1_form() {
     // the signing Secret and in the internal state.
     let jwk: serde_json::Value = serde_json::from_str(&data(&s, "private.jwk.json")).unwrap();
     let seed = URL_SAFE_NO_PAD.decode(jwk["d"].as_str().unwrap()).unwrap();
-    // ed25519-dalek 2's own encoding is what keyturn stored and wrote before.
+    // ed25519-dalek's own encoding (v2) is what keyturn stored and wrote before.
     let seed: [u8; 32] = seed.try_into().unwrap();
     let v2 = {
         use ed25519_dalek::pkcs8::EncodePrivateKey as _;
@@ -817,4 +819,73 @@ async fn an_old_eddsa_signing_secret_is_rewritten_once_in_the_v1_form() {
         rv,
         "steady state writes nothing more"
     );
+}
+
+/// Keys keyturn did not make (OpenSSL 3 `genpkey`, made now: the encoding keyturn's Secrets
+/// hold, and what an upgrade of the crypto crates must keep reading) load, their kids are the
+/// RFC 7638 thumbprints Python computes from the public key, and keyturn encodes them back
+/// byte for byte, so a Secret written before an upgrade is never rewritten by it.
+#[test]
+fn openssl_keys_load_with_independent_kids_and_encode_back_unchanged() {
+    let dir = std::env::temp_dir().join(format!("keyturn-openssl-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            Algorithm::RS256,
+            "rsa2048",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..],
+        ),
+        (
+            Algorithm::ES256,
+            "p256",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
+        (
+            Algorithm::ES384,
+            "p384",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        ),
+        (Algorithm::EdDSA, "ed25519", &["-algorithm", "ED25519"]),
+    ];
+    let paths: Vec<PathBuf> = cases
+        .iter()
+        .map(|(_, file, args)| {
+            let path = dir.join(format!("{file}.pem"));
+            let out = Command::new("openssl")
+                .arg("genpkey")
+                .args(*args)
+                .arg("-out")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "openssl genpkey {file}: {out:?}");
+            path
+        })
+        .collect();
+    let v = verifiers_dir();
+    let out = Command::new("python3")
+        .arg(v.join("interop.py"))
+        .arg("kid")
+        .args(&paths)
+        .env("PYTHONPATH", v.join("python"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "interop.py kid: {out:?}");
+    let kids: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(kids.len(), cases.len());
+    for (((alg, file, _), path), kid) in cases.iter().zip(&paths).zip(&kids) {
+        let pem = std::fs::read_to_string(path).unwrap();
+        let kp = KeyPair::from_pkcs8_pem(*alg, &pem).unwrap();
+        assert_eq!(kp.kid(), kid, "{file}: kid");
+        assert_eq!(
+            kp.to_pkcs8_pem().as_str(),
+            pem,
+            "{file}: encoded back byte for byte"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

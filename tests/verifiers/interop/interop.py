@@ -2,6 +2,8 @@
 
   interop.py sign   CASES OUT     load each case's private.pem, check it holds the key of
                                   private.jwk.json, sign a token with it into OUT/<case>.jwt
+  interop.py kid    PEM...        the RFC 7638 thumbprint of each PEM private key's public key,
+                                  one per line (independent of keyturn's own)
   interop.py verify CASES TOKENS  verify every TOKENS/<signer>/<case>.jwt against
                                   CASES/<case>/jwks.json (local: no refetch), the algorithm
                                   pinned to CASES/<case>/alg
@@ -9,6 +11,8 @@
 Prints one JSON object per line: {"check", "case", "signer"?, "ok", "error"?}.
 See tests/interop.rs for the case layout and the token's claims.
 """
+import base64
+import hashlib
 import json
 import os
 import sys
@@ -16,7 +20,7 @@ import time
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from jwt.algorithms import get_default_algorithms
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
 
 def read(case_dir, name, mode="r"):
@@ -84,6 +88,24 @@ def verify(cases, tokens):
                 report(check="verify", signer=signer, case=case, ok=False, error=f"{type(e).__name__}: {e}")
 
 
+def kid(paths):
+    required = {"RSA": ["e", "kty", "n"], "EC": ["crv", "kty", "x", "y"], "OKP": ["crv", "kty", "x"]}
+    for p in paths:
+        with open(p, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None).public_key()
+        for cls in (RSAAlgorithm, ECAlgorithm, OKPAlgorithm):
+            try:
+                jwk = json.loads(cls.to_jwk(key))
+                break
+            except Exception:
+                continue
+        canonical = json.dumps({m: jwk[m] for m in required[jwk["kty"]]}, separators=(",", ":"), sort_keys=True)
+        print(base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode())
+
+
 if __name__ == "__main__":
-    mode, cases, other = sys.argv[1:4]
-    {"sign": sign, "verify": verify}[mode](cases, other)
+    if sys.argv[1] == "kid":
+        kid(sys.argv[2:])
+    else:
+        mode, cases, other = sys.argv[1:4]
+        {"sign": sign, "verify": verify}[mode](cases, other)
