@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -14,6 +15,7 @@ use tracing::{debug, info, warn};
 use crate::crd::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet, SigningKeySetGrant,
 };
+use crate::echo::Echoes;
 use crate::metrics::Metrics;
 use crate::publish::SOURCE_NAMESPACE_LABEL;
 use crate::reconcile::{Clock, Context, error_policy, reconcile};
@@ -120,6 +122,11 @@ where
     }
 }
 
+/// Sets reconciled at once. Unbounded, 1,000 new sets meant 1,000 reconciles holding their
+/// reads and writes in memory together and queueing at the API server (124 MiB, 43 s); 16
+/// gave 54 MiB, 34 s; 48 about 48 MiB, 20-22 s (docs/benchmarks.md).
+pub const RECONCILE_CONCURRENCY: u16 = 48;
+
 /// Runs the controller until `stop` resolves; in-flight reconciles finish first.
 pub async fn run(
     client: Client,
@@ -129,7 +136,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let sets: Api<SigningKeySet> = scoped(&client, opts.namespace.as_deref());
-    let secrets: Api<Secret> = scoped(&client, opts.namespace.as_deref());
+    let secrets: Api<PartialObjectMeta<Secret>> = scoped(&client, opts.namespace.as_deref());
     // Only keyturn's own objects are watched: never every Secret of the cluster.
     let owned =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
@@ -147,9 +154,10 @@ pub async fn run(
             kube::runtime::reflector(
                 writer,
                 watcher(
-                    Api::<Namespace>::all(client.clone()),
+                    Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                     watcher::Config::default(),
-                ),
+                )
+                .modify(|n| n.metadata.managed_fields = None),
             )
             .default_backoff()
             .for_each(|_| async {}),
@@ -165,6 +173,8 @@ pub async fn run(
         scope: opts.namespace.clone(),
         namespaces,
         backoff: Default::default(),
+        written: Default::default(),
+        echoes: Default::default(),
     });
     info!(namespace = ?opts.namespace, "keyturn controller starting");
     let ctx_for_gone = ctx.clone();
@@ -172,23 +182,37 @@ pub async fn run(
         scoped(&client_for_watch, opts.namespace.as_deref()),
         ctx.clone(),
     ));
-    let controller = Controller::new(sets, watcher::Config::default());
-    let store = controller.store();
+    // The sets' cache is filled from every event; only events that are not the echo of
+    // keyturn's own status patch trigger a reconcile.
+    let (store, writer) = kube::runtime::reflector::store();
+    let echoes = ctx.echoes.clone();
+    let set_events = kube::runtime::reflector(
+        writer,
+        watcher(sets, watcher::Config::default()).modify(slim),
+    )
+    .default_backoff()
+    .try_filter_map(move |ev| futures::future::ready(Ok(applied(ev, &echoes))));
+    let controller = Controller::for_stream(set_events, store.clone()).with_config(
+        kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+    );
     let scope = opts.namespace.clone();
-    let mut controller = controller.owns(secrets, owned.clone());
+    // keyturn's own objects, metadata only (the reconcile reads what it needs), minus echoes.
+    let mut controller =
+        controller.owns_stream(owned_events(secrets, owned.clone(), ctx.echoes.clone()));
     if opts.namespace_only {
         // Everything keyturn writes lives in the watched namespace.
-        controller = controller.owns(
-            scoped::<ConfigMap>(&client_for_watch, scope.as_deref()),
-            owned,
-        );
+        controller = controller.owns_stream(owned_events(
+            scoped::<PartialObjectMeta<ConfigMap>>(&client_for_watch, scope.as_deref()),
+            owned.clone(),
+            ctx.echoes.clone(),
+        ));
     } else {
         // JWKS copies live in many namespaces and cannot carry ownerReferences: map them back
         // by label.
-        let copies: Api<ConfigMap> = Api::all(client_for_watch.clone());
+        let copies: Api<PartialObjectMeta<ConfigMap>> = Api::all(client_for_watch.clone());
         let (store_ns, store_grants) = (store.clone(), store.clone());
         controller = controller
-            .watches(copies, owned, move |cm| {
+            .watches_stream(owned_events(copies, owned, ctx.echoes.clone()), move |cm| {
                 let labels = cm.labels();
                 match (labels.get(SET_LABEL), labels.get(SOURCE_NAMESPACE_LABEL)) {
                     // Sets outside this controller's scope are another operator's business.
@@ -197,10 +221,15 @@ pub async fn run(
                     _ => None,
                 }
             })
-            // A namespace created, labelled or deleted may change where a set's JWKS belongs.
-            .watches(
-                Api::<Namespace>::all(client_for_watch.clone()),
-                watcher::Config::default(),
+            // A namespace created, labelled or deleted may change where a set's JWKS belongs
+            // (its name and labels are all that matter here: metadata only).
+            .watches_stream(
+                watcher(
+                    Api::<PartialObjectMeta<Namespace>>::all(client_for_watch.clone()),
+                    watcher::Config::default(),
+                )
+                .default_backoff()
+                .touched_objects(),
                 move |ns| {
                     let name = ns.name_any();
                     store_ns
@@ -267,10 +296,63 @@ pub async fn run(
     info!("keyturn controller stopped");
 }
 
+/// What a cached SigningKeySet does not need (no reconcile or route reads it): its
+/// managedFields and kubectl's copy of the whole applied object. About half of a set's size.
+pub fn slim(sks: &mut SigningKeySet) {
+    sks.metadata.managed_fields = None;
+    if let Some(a) = sks.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// The object of a created or changed set, unless that change is keyturn's own status patch
+/// coming back (the cache has it; a reconcile would find nothing to do).
+fn applied(ev: watcher::Event<SigningKeySet>, echoes: &Echoes) -> Option<SigningKeySet> {
+    match ev {
+        watcher::Event::Apply(s) | watcher::Event::InitApply(s) if !echoes.is_echo(&s) => Some(s),
+        watcher::Event::Delete(s) => {
+            echoes.forget(&s);
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Events of keyturn's own objects (by label), metadata only, minus the echoes of its writes.
+fn owned_events<K>(
+    api: Api<PartialObjectMeta<K>>,
+    owned: watcher::Config,
+    echoes: std::sync::Arc<Echoes>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + std::fmt::Debug + 'static,
+{
+    watcher(api, owned)
+        .default_backoff()
+        .try_filter_map(move |ev| futures::future::ready(Ok(touched(ev, &echoes))))
+}
+
+/// The object of any change to one of keyturn's objects (a deletion included), unless the
+/// change is keyturn's own write coming back.
+fn touched<K>(ev: watcher::Event<K>, echoes: &Echoes) -> Option<K>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    match ev {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) if !echoes.is_echo(&o) => Some(o),
+        watcher::Event::Delete(o) => {
+            echoes.forget(&o);
+            Some(o)
+        }
+        _ => None,
+    }
+}
+
 /// A set is gone: its metric series and its error streak go too.
 fn forget_set(ctx: &Context, namespace: &str, name: &str) {
     ctx.metrics.forget_set(namespace, name);
     ctx.backoff.forget(namespace, name);
+    ctx.written.forget(namespace, name);
 }
 
 /// Drops the per-set metric series of every SigningKeySet that is deleted (and, after each

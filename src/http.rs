@@ -153,9 +153,16 @@ pub async fn serve(
     let secrets_api: Api<Secret> = crate::controller::scoped(&client, cfg.namespace.as_deref());
     let (sets, sets_writer) = reflector::store();
     tokio::spawn(
-        reflector::reflector(sets_writer, watcher(sets_api, watcher::Config::default()))
-            .default_backoff()
-            .for_each(|_| async {}),
+        reflector::reflector(
+            sets_writer,
+            // The routes read a set's spec and uid only.
+            watcher(sets_api, watcher::Config::default()).modify(|s| {
+                crate::controller::slim(s);
+                s.status = None;
+            }),
+        )
+        .default_backoff()
+        .for_each(|_| async {}),
     );
     let states: States = Arc::default();
     let (states_synced, mut synced_rx) = tokio::sync::watch::channel(false);

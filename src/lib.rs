@@ -8,6 +8,7 @@ pub mod consent;
 pub mod controller;
 pub mod crd;
 pub mod duration;
+pub mod echo;
 pub mod fault;
 pub mod http;
 pub mod jwks;

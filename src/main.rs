@@ -155,7 +155,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // Key generation runs on blocking threads (CPU-bound; RSA takes up to seconds): a few
+    // are enough, and each idle thread would keep its own allocator arena (memory).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(8)
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -240,6 +240,7 @@ impl<'a> Applier<'a> {
         )
         .await?
         {
+            self.ctx.echoes.wrote(&o);
             *current = Some(o);
             self.ctx.metrics.write(object);
         }

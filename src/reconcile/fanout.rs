@@ -65,6 +65,7 @@ pub async fn publish(
         match r {
             Ok(Some(o)) => {
                 wrote += 1;
+                ctx.echoes.wrote(&o);
                 copies.insert(t, o);
             }
             Ok(None) => {}

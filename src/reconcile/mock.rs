@@ -235,6 +235,8 @@ fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
         scope: Some("identity".into()),
         namespaces: None,
         backoff: Default::default(),
+        written: Default::default(),
+        echoes: Default::default(),
     })
 }
 
@@ -365,6 +367,52 @@ async fn a_steady_set_is_read_and_nothing_is_written() {
     let calls = calls(&fake);
     assert!(calls.iter().all(|c| c.method == "GET"), "{:#?}", calls);
     assert_eq!(calls.len(), 3);
+}
+
+/// The controller's cache lags keyturn's own status patch: the echo of a Secret write can
+/// start a reconcile while the cache still holds the set as it was before. That reconcile
+/// decides from the status keyturn wrote: it reads, and writes nothing (not the same status
+/// again with a new `lastTransitionTime`).
+#[tokio::test]
+async fn a_reconcile_from_a_cache_that_has_not_seen_the_status_patch_writes_nothing() {
+    let fake = with_set(json!({}));
+    let ctx = context(fake.clone());
+    let before = Arc::new(stored_set(&fake));
+    reconcile(before.clone(), ctx.clone()).await.unwrap();
+    calls(&fake);
+    reconcile(before.clone(), ctx.clone()).await.unwrap();
+    let calls = calls(&fake);
+    assert!(calls.iter().all(|c| c.method == "GET"), "{:#?}", calls);
+    // Once the cache holds a newer version, the set is read from it again.
+    let after = Arc::new(stored_set(&fake));
+    assert_ne!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert!(Arc::ptr_eq(&ctx.written.latest(after.clone()), &after));
+    assert!(
+        Arc::ptr_eq(&ctx.written.latest(before.clone()), &before),
+        "record dropped"
+    );
+}
+
+/// The same for a refusal: its Event is sent once, not again from the stale copy.
+#[tokio::test]
+async fn a_refusal_from_a_stale_cache_is_not_announced_twice() {
+    let fake = with_set(json!({}));
+    fake.lock().unwrap().objects.insert(
+        format!("{CONFIGMAPS}/auth-jwks"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "auth-jwks", "namespace": "identity", "resourceVersion": "1"},
+               "data": {"jwks.json": "theirs"}}),
+    );
+    let ctx = context(fake.clone());
+    let before = Arc::new(stored_set(&fake));
+    reconcile(before.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(event_reasons(&calls(&fake)), ["ForeignObject"]);
+    reconcile(before, ctx).await.unwrap();
+    let calls = calls(&fake);
+    assert!(calls.iter().all(|c| c.method == "GET"), "{:#?}", calls);
 }
 
 #[tokio::test]

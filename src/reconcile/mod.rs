@@ -57,10 +57,14 @@ pub struct Context {
     pub namespace_only: bool,
     /// The one namespace this controller watches, if any.
     pub scope: Option<String>,
-    /// Every namespace (cluster-wide mode), to tell a namespace being deleted.
-    pub namespaces: Option<Store<Namespace>>,
+    /// Every namespace's metadata (cluster-wide mode), to tell a namespace being deleted.
+    pub namespaces: Option<Store<kube::core::PartialObjectMeta<Namespace>>>,
     /// Consecutive failed reconciles per set, for [`error_policy`]'s backoff.
     pub backoff: Backoff,
+    /// The status keyturn last wrote to each set, until the watch shows it.
+    pub written: WrittenStatus,
+    /// keyturn's own writes whose watch events must not start another reconcile.
+    pub echoes: Arc<crate::echo::Echoes>,
 }
 
 impl Context {
@@ -69,10 +73,8 @@ impl Context {
         self.namespaces
             .as_ref()
             .and_then(|s| s.get(&ObjectRef::new(ns)))
-            .is_some_and(|n| {
-                n.metadata.deletion_timestamp.is_some()
-                    || n.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
-            })
+            // A namespace is Terminating exactly when it has a deletionTimestamp.
+            .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
     }
 
     /// True when the set is being deleted, or its namespace is: no alarms for it.
@@ -88,6 +90,65 @@ impl Context {
             (true, Some(ns)) => Api::namespaced(self.client.clone(), ns),
             _ => Api::all(self.client.clone()),
         }
+    }
+}
+
+/// The status keyturn patched onto each set, kept only until the controller's watch cache
+/// holds a newer version of the set than the one the patch was decided from. A reconcile that
+/// runs before that (the patch's own echo through another watch) decides from what keyturn
+/// wrote, not from the older status, so it does not patch the same status again (nor re-date
+/// its conditions' `lastTransitionTime`, nor repeat a refusal's Event).
+#[derive(Default)]
+pub struct WrittenStatus(Mutex<HashMap<(String, String), Written>>);
+
+/// A status patch: onto which object (uid) and version it was decided from.
+struct Written {
+    uid: String,
+    from_version: String,
+    status: crate::crd::SigningKeySetStatus,
+}
+
+impl WrittenStatus {
+    /// `sks` as keyturn last left it: its status replaced by the one keyturn patched, when the
+    /// cache still holds the version that patch was decided from. Otherwise `sks` unchanged
+    /// (and the record dropped: the cache has caught up, or someone else changed the set).
+    pub fn latest(&self, sks: Arc<SigningKeySet>) -> Arc<SigningKeySet> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let k = key(&sks);
+        let Some(w) = m.get(&k) else { return sks };
+        if sks.uid().as_ref() == Some(&w.uid)
+            && sks.metadata.resource_version.as_ref() == Some(&w.from_version)
+        {
+            let mut newer = (*sks).clone();
+            newer.status = Some(w.status.clone());
+            return Arc::new(newer);
+        }
+        m.remove(&k);
+        sks
+    }
+
+    /// Records that `status` was patched onto `sks` (the version it was decided from).
+    fn wrote(&self, sks: &SigningKeySet, status: &crate::crd::SigningKeySetStatus) {
+        if let (Some(uid), Some(from_version)) = (sks.uid(), sks.metadata.resource_version.clone())
+        {
+            let w = Written {
+                uid,
+                from_version,
+                status: status.clone(),
+            };
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key(sks), w);
+        }
+    }
+
+    /// Forgets a set (deleted).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.to_string(), name.to_string()));
     }
 }
 
@@ -253,6 +314,7 @@ impl Refusal {
 /// Reconciles one SigningKeySet. A broken internal rule or a write the API server refuses
 /// for good ends as `Ready=False` with an Event, never as a panic or a silent retry.
 pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let sks = ctx.written.latest(sks);
     let refusal = match run(&sks, &ctx).await {
         Ok(action) => {
             ctx.backoff.succeeded(&sks);

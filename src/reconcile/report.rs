@@ -31,12 +31,15 @@ pub async fn write_status(
         "kind": "SigningKeySet",
         "status": status,
     });
-    api.patch_status(
-        &sks.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let stored = api
+        .patch_status(
+            &sks.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.written.wrote(sks, &status);
+    ctx.echoes.wrote(&stored);
     crate::fault::wrote();
     ctx.metrics.write("status");
     Ok(())
