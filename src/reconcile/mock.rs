@@ -253,6 +253,18 @@ fn with_set(spec: Value) -> Arc<Mutex<Fake>> {
     Arc::new(Mutex::new(f))
 }
 
+/// A set whose JWKS ConfigMap name is taken by someone else's ConfigMap.
+fn with_foreign_jwks() -> Arc<Mutex<Fake>> {
+    let fake = with_set(json!({}));
+    fake.lock().unwrap().objects.insert(
+        format!("{CONFIGMAPS}/auth-jwks"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "auth-jwks", "namespace": "identity", "resourceVersion": "1"},
+               "data": {"jwks.json": "theirs"}}),
+    );
+    fake
+}
+
 fn calls(fake: &Arc<Mutex<Fake>>) -> Vec<Call> {
     std::mem::take(&mut fake.lock().unwrap().calls)
 }
@@ -399,13 +411,7 @@ async fn a_reconcile_from_a_cache_that_has_not_seen_the_status_patch_writes_noth
 /// The same for a refusal: its Event is sent once, not again from the stale copy.
 #[tokio::test]
 async fn a_refusal_from_a_stale_cache_is_not_announced_twice() {
-    let fake = with_set(json!({}));
-    fake.lock().unwrap().objects.insert(
-        format!("{CONFIGMAPS}/auth-jwks"),
-        json!({"apiVersion": "v1", "kind": "ConfigMap",
-               "metadata": {"name": "auth-jwks", "namespace": "identity", "resourceVersion": "1"},
-               "data": {"jwks.json": "theirs"}}),
-    );
+    let fake = with_foreign_jwks();
     let ctx = context(fake.clone());
     let before = Arc::new(stored_set(&fake));
     reconcile(before.clone(), ctx.clone()).await.unwrap();
@@ -417,13 +423,7 @@ async fn a_refusal_from_a_stale_cache_is_not_announced_twice() {
 
 #[tokio::test]
 async fn a_foreign_configmap_is_refused_with_a_condition_and_an_event_and_never_written() {
-    let fake = with_set(json!({}));
-    fake.lock().unwrap().objects.insert(
-        format!("{CONFIGMAPS}/auth-jwks"),
-        json!({"apiVersion": "v1", "kind": "ConfigMap",
-               "metadata": {"name": "auth-jwks", "namespace": "identity", "resourceVersion": "1"},
-               "data": {"jwks.json": "theirs"}}),
-    );
+    let fake = with_foreign_jwks();
     let ctx = context(fake.clone());
     let action = reconcile(Arc::new(stored_set(&fake)), ctx).await.unwrap();
     assert_eq!(
