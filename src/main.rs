@@ -155,8 +155,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Key generation runs on blocking threads (CPU-bound; RSA takes up to seconds): a few
-    // are enough, and each idle thread would keep its own allocator arena (memory).
+    // Key generation runs on blocking threads (CPU-bound; RSA takes up to seconds): 8 are
+    // plenty with 48 reconciles at once (tokio's default allows 512). Its effect on memory
+    // was within the noise of docs/benchmarks.md's runs.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(8)
