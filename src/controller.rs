@@ -145,24 +145,24 @@ pub async fn run(
         instance: Some(opts.instance.clone()),
     };
     let client_for_watch = client.clone();
-    // Namespaces being deleted (cluster-wide mode): their sets go quietly.
-    let (namespaces, follow_namespaces) = if opts.namespace_only {
+    // Namespaces (cluster-wide mode), metadata only, one watch for two uses: the cache tells a
+    // namespace being deleted (its sets go quietly), the events trigger the sets whose JWKS
+    // targets may change (below).
+    let (namespaces, namespace_events) = if opts.namespace_only {
         (None, None)
     } else {
         let (store, writer) = kube::runtime::reflector::store();
-        let task = tokio::spawn(
-            kube::runtime::reflector(
-                writer,
-                watcher(
-                    Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                    watcher::Config::default(),
-                )
-                .modify(|n| n.metadata.managed_fields = None),
+        let events = kube::runtime::reflector(
+            writer,
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
             )
-            .default_backoff()
-            .for_each(|_| async {}),
-        );
-        (Some(store), Some(task))
+            .modify(|n| n.metadata.managed_fields = None),
+        )
+        .default_backoff()
+        .touched_objects();
+        (Some(store), Some(events))
     };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -185,13 +185,13 @@ pub async fn run(
     // The sets' cache is filled from every event; only events that are not the echo of
     // keyturn's own status patch trigger a reconcile.
     let (store, writer) = kube::runtime::reflector::store();
-    let echoes = ctx.echoes.clone();
+    let ctx_for_sets = ctx.clone();
     let set_events = kube::runtime::reflector(
         writer,
         watcher(sets, watcher::Config::default()).modify(slim),
     )
     .default_backoff()
-    .try_filter_map(move |ev| futures::future::ready(Ok(applied(ev, &echoes))));
+    .try_filter_map(move |ev| futures::future::ready(Ok(applied(ev, &ctx_for_sets))));
     let controller = Controller::for_stream(set_events, store.clone()).with_config(
         kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
     );
@@ -206,7 +206,7 @@ pub async fn run(
             owned.clone(),
             ctx.echoes.clone(),
         ));
-    } else {
+    } else if let Some(namespace_events) = namespace_events {
         // JWKS copies live in many namespaces and cannot carry ownerReferences: map them back
         // by label.
         let copies: Api<PartialObjectMeta<ConfigMap>> = Api::all(client_for_watch.clone());
@@ -221,28 +221,19 @@ pub async fn run(
                     _ => None,
                 }
             })
-            // A namespace created, labelled or deleted may change where a set's JWKS belongs
-            // (its name and labels are all that matter here: metadata only).
-            .watches_stream(
-                watcher(
-                    Api::<PartialObjectMeta<Namespace>>::all(client_for_watch.clone()),
-                    watcher::Config::default(),
-                )
-                .default_backoff()
-                .touched_objects(),
-                move |ns| {
-                    let name = ns.name_any();
-                    store_ns
-                        .state()
-                        .into_iter()
-                        .filter(|s| {
-                            s.spec.jwks.namespace_selector.is_some()
-                                || s.spec.jwks.namespaces.contains(&name)
-                        })
-                        .map(|s| ObjectRef::from_obj(&*s))
-                        .collect::<Vec<_>>()
-                },
-            )
+            // A namespace created, labelled or deleted may change where a set's JWKS belongs.
+            .watches_stream(namespace_events, move |ns| {
+                let name = ns.name_any();
+                store_ns
+                    .state()
+                    .into_iter()
+                    .filter(|s| {
+                        s.spec.jwks.namespace_selector.is_some()
+                            || s.spec.jwks.namespaces.contains(&name)
+                    })
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            })
             // A grant given or withdrawn changes where the sets it names may publish.
             .watches(
                 Api::<SigningKeySetGrant>::all(client_for_watch),
@@ -290,9 +281,6 @@ pub async fn run(
         })
         .await;
     forget.abort();
-    if let Some(t) = follow_namespaces {
-        t.abort();
-    }
     info!("keyturn controller stopped");
 }
 
@@ -306,15 +294,20 @@ pub fn slim(sks: &mut SigningKeySet) {
 }
 
 /// The object of a created or changed set, unless that change is keyturn's own status patch
-/// coming back (the cache has it; a reconcile would find nothing to do).
-fn applied(ev: watcher::Event<SigningKeySet>, echoes: &Echoes) -> Option<SigningKeySet> {
+/// coming back (the cache has it; a reconcile would find nothing to do). The reflector has
+/// stored the event before it gets here, so the status keyturn wrote is no longer needed in
+/// place of the cache's.
+fn applied(ev: watcher::Event<SigningKeySet>, ctx: &Context) -> Option<SigningKeySet> {
+    if let watcher::Event::Apply(s) | watcher::Event::InitApply(s) = &ev {
+        ctx.written
+            .forget(&s.namespace().unwrap_or_default(), &s.name_any());
+    }
     match ev {
-        watcher::Event::Apply(s) | watcher::Event::InitApply(s) if !echoes.is_echo(&s) => Some(s),
         watcher::Event::Delete(s) => {
-            echoes.forget(&s);
+            ctx.echoes.forget(&s);
             None
         }
-        _ => None,
+        ev => touched(ev, &ctx.echoes),
     }
 }
 

@@ -94,7 +94,8 @@ impl Context {
 }
 
 /// The status keyturn patched onto each set, kept only until the controller's watch cache
-/// holds a newer version of the set than the one the patch was decided from. A reconcile that
+/// holds a newer version of the set than the one the patch was decided from (the patch's own
+/// watch event drops it). A reconcile that
 /// runs before that (the patch's own echo through another watch) decides from what keyturn
 /// wrote, not from the older status, so it does not patch the same status again (nor re-date
 /// its conditions' `lastTransitionTime`, nor repeat a refusal's Event).
