@@ -18,7 +18,7 @@ use crate::crd::{
 use crate::echo::Echoes;
 use crate::metrics::Metrics;
 use crate::publish::SOURCE_NAMESPACE_LABEL;
-use crate::reconcile::{Clock, Context, error_policy, reconcile};
+use crate::reconcile::{Cache, Clock, Context, error_policy, reconcile};
 
 /// Options for [`run`].
 pub struct Options {
@@ -148,21 +148,31 @@ pub async fn run(
     // Namespaces (cluster-wide mode), metadata only, one watch for two uses: the cache tells a
     // namespace being deleted (its sets go quietly), the events trigger the sets whose JWKS
     // targets may change (below).
-    let (namespaces, namespace_events) = if opts.namespace_only {
-        (None, None)
+    // Grants (cluster-wide mode), likewise: the cache is what fan-out reads consent from, the
+    // events trigger the sets a grant names.
+    let (namespaces, namespace_events, grants, grant_events) = if opts.namespace_only {
+        (None, None, None, None)
     } else {
-        let (store, writer) = kube::runtime::reflector::store();
-        let events = kube::runtime::reflector(
-            writer,
+        let (namespaces, events) = cached(
             watcher(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 watcher::Config::default(),
             )
             .modify(|n| n.metadata.managed_fields = None),
+        );
+        let (grants, grant_events) = cached(
+            watcher(
+                Api::<SigningKeySetGrant>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .modify(|g| g.metadata.managed_fields = None),
+        );
+        (
+            Some(namespaces),
+            Some(events),
+            Some(grants),
+            Some(grant_events),
         )
-        .default_backoff()
-        .touched_objects();
-        (Some(store), Some(events))
     };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -172,6 +182,7 @@ pub async fn run(
         namespace_only: opts.namespace_only,
         scope: opts.namespace.clone(),
         namespaces,
+        grants,
         backoff: Default::default(),
         written: Default::default(),
         echoes: Default::default(),
@@ -206,7 +217,7 @@ pub async fn run(
             owned.clone(),
             ctx.echoes.clone(),
         ));
-    } else if let Some(namespace_events) = namespace_events {
+    } else if let (Some(namespace_events), Some(grant_events)) = (namespace_events, grant_events) {
         // JWKS copies live in many namespaces and cannot carry ownerReferences: map them back
         // by label.
         let copies: Api<PartialObjectMeta<ConfigMap>> = Api::all(client_for_watch.clone());
@@ -235,24 +246,20 @@ pub async fn run(
                     .collect::<Vec<_>>()
             })
             // A grant given or withdrawn changes where the sets it names may publish.
-            .watches(
-                Api::<SigningKeySetGrant>::all(client_for_watch),
-                watcher::Config::default(),
-                move |g| {
-                    store_grants
-                        .state()
-                        .into_iter()
-                        .filter(|s| {
-                            crate::consent::requested(s)
-                                && g.spec.from.iter().any(|f| {
-                                    s.namespace().as_ref() == Some(&f.namespace)
-                                        && f.name.as_ref().is_none_or(|n| *n == s.name_any())
-                                })
-                        })
-                        .map(|s| ObjectRef::from_obj(&*s))
-                        .collect::<Vec<_>>()
-                },
-            );
+            .watches_stream(grant_events, move |g| {
+                store_grants
+                    .state()
+                    .into_iter()
+                    .filter(|s| {
+                        crate::consent::requested(s)
+                            && g.spec.from.iter().any(|f| {
+                                s.namespace().as_ref() == Some(&f.namespace)
+                                    && f.name.as_ref().is_none_or(|n| *n == s.name_any())
+                            })
+                    })
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            });
     }
     controller
         .graceful_shutdown_on(stop)
@@ -282,6 +289,30 @@ pub async fn run(
         .await;
     forget.abort();
     info!("keyturn controller stopped");
+}
+
+/// A watch cache filled from `events`, and the objects changed, for triggers (the cache holds
+/// each change before it is passed on).
+fn cached<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> (
+    Cache<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + std::fmt::Debug + 'static,
+{
+    let (store, writer) = kube::runtime::reflector::store();
+    let (ready, ready_rx) = tokio::sync::watch::channel(false);
+    let stream = kube::runtime::reflector(writer, events)
+        .inspect_ok(move |ev| {
+            if matches!(ev, watcher::Event::InitDone) {
+                ready.send_replace(true);
+            }
+        })
+        .default_backoff()
+        .touched_objects();
+    (Cache::new(store, ready_rx), stream)
 }
 
 /// What a cached SigningKeySet does not need (no reconcile or route reads it): its

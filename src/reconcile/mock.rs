@@ -178,18 +178,22 @@ const CONFIGMAPS: &str = "/api/v1/namespaces/identity/configmaps";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/identity/events";
 const GRANTS: &str = "/apis/keyturn.dev/v1alpha1/namespaces/payments/signingkeysetgrants";
 const COPY: &str = "/api/v1/namespaces/payments/configmaps/auth-jwks";
-/// The cluster-wide lists the fake answers, with their list kinds.
-const LISTS: [(&str, &str); 3] = [
-    ("/api/v1/namespaces", "NamespaceList"),
-    (
-        "/apis/keyturn.dev/v1alpha1/signingkeysetgrants",
-        "SigningKeySetGrantList",
-    ),
-    ("/api/v1/configmaps", "ConfigMapList"),
-];
+/// The cluster-wide lists the fake answers, with their list kinds (namespaces and grants
+/// come from the controller's watch caches: a LIST of them is not answered).
+const LISTS: [(&str, &str); 1] = [("/api/v1/configmaps", "ConfigMapList")];
 
 /// A Context whose client talks to `fake`, with the clock at `t0`.
 fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
+    let namespaces = cache(&fake, "/api/v1/namespaces/", |o| {
+        let n: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(o).ok()?;
+        Some(kube::core::PartialObjectMeta {
+            metadata: n.metadata,
+            ..Default::default()
+        })
+    });
+    let grants = cache(&fake, "/signingkeysetgrants/", |o| {
+        serde_json::from_value(o).ok()
+    });
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(async move {
         while let Some((req, send)) = handle.next_request().await {
@@ -233,11 +237,38 @@ fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
         metrics: Arc::new(Metrics::new()),
         namespace_only: false,
         scope: Some("identity".into()),
-        namespaces: None,
+        namespaces: Some(namespaces),
+        grants: Some(grants),
         backoff: Default::default(),
         written: Default::default(),
         echoes: Default::default(),
     })
+}
+
+/// A filled watch cache of the fake's objects whose path contains `marker`, as the
+/// controller's caches are when the reconcile reads them (later changes to the fake are not
+/// seen: a test that changes them makes a new context).
+fn cache<K>(
+    fake: &Arc<Mutex<Fake>>,
+    marker: &str,
+    parse: impl Fn(Value) -> Option<K>,
+) -> super::Cache<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    use kube::runtime::watcher::Event;
+    let (store, mut writer) = kube::runtime::reflector::store();
+    writer.apply_watcher_event(&Event::Init);
+    for (path, o) in &fake.lock().unwrap().objects {
+        if let Some(rest) = path.split_once(marker).map(|(_, r)| r)
+            && !rest.contains('/')
+            && let Some(k) = parse(o.clone())
+        {
+            writer.apply_watcher_event(&Event::InitApply(k));
+        }
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    super::Cache::new(store, tokio::sync::watch::channel(true).1)
 }
 
 /// The set as the fake holds it (with whatever status was written).
@@ -526,6 +557,8 @@ async fn fan_out_holds_a_finalizer_before_any_copy_and_removes_the_copy_when_con
         .unwrap()
         .objects
         .remove(&format!("{GRANTS}/from-identity"));
+    // (The controller's grant cache would have dropped it too: a context with current caches.)
+    let ctx = context(fake.clone());
     reconcile(Arc::new(stored_set(&fake)), ctx).await.unwrap();
     let calls2 = calls(&fake);
     assert_eq!(

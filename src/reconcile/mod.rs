@@ -57,8 +57,11 @@ pub struct Context {
     pub namespace_only: bool,
     /// The one namespace this controller watches, if any.
     pub scope: Option<String>,
-    /// Every namespace's metadata (cluster-wide mode), to tell a namespace being deleted.
-    pub namespaces: Option<Store<kube::core::PartialObjectMeta<Namespace>>>,
+    /// Every namespace's metadata (cluster-wide mode): fan-out targets, and a namespace being
+    /// deleted.
+    pub namespaces: Option<Cache<kube::core::PartialObjectMeta<Namespace>>>,
+    /// Every SigningKeySetGrant (cluster-wide mode): consent to fan-out.
+    pub grants: Option<Cache<crate::crd::SigningKeySetGrant>>,
     /// Consecutive failed reconciles per set, for [`error_policy`]'s backoff.
     pub backoff: Backoff,
     /// The status keyturn last wrote to each set, until the watch shows it.
@@ -72,7 +75,7 @@ impl Context {
     pub fn namespace_terminating(&self, ns: &str) -> bool {
         self.namespaces
             .as_ref()
-            .and_then(|s| s.get(&ObjectRef::new(ns)))
+            .and_then(|c| c.store.get(&ObjectRef::new(ns)))
             // A namespace is Terminating exactly when it has a deletionTimestamp.
             .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
     }
@@ -90,6 +93,34 @@ impl Context {
             (true, Some(ns)) => Api::namespaced(self.client.clone(), ns),
             _ => Api::all(self.client.clone()),
         }
+    }
+}
+
+/// A watch cache a reconcile reads from, and whether its first complete list has arrived.
+/// (Readiness is kept here rather than read from the store: kube-runtime's
+/// `Store::wait_until_ready` wakes only the last of several concurrent waiters, and 48
+/// reconciles may wait at once.)
+#[derive(Clone)]
+pub struct Cache<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    /// The objects.
+    pub store: Store<K>,
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Cache<K> {
+    /// A cache over `store`, complete once `ready` holds `true`.
+    pub fn new(store: Store<K>, ready: tokio::sync::watch::Receiver<bool>) -> Self {
+        Cache { store, ready }
+    }
+
+    /// Every object, once the first complete list has been stored.
+    pub async fn complete(&self) -> Result<Vec<Arc<K>>, Error> {
+        self.ready
+            .clone()
+            .wait_for(|r| *r)
+            .await
+            .map_err(|_| Error::Invariant("a watch cache stopped".into()))?;
+        Ok(self.store.state())
     }
 }
 
@@ -485,6 +516,52 @@ pub(crate) mod fixtures {
             jwks: Some(jwks.clone()),
             copies: [("identity".to_string(), jwks)].into(),
             ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::watcher::Event;
+
+    use super::Cache;
+
+    /// Every reconcile waiting for a cache goes on once it is filled, not only the last one
+    /// to wait (what kube-runtime's `Store::wait_until_ready` does with several waiters).
+    #[tokio::test]
+    async fn every_reconcile_waiting_for_a_cache_goes_on_once_it_is_filled() {
+        let (store, mut writer) = kube::runtime::reflector::store::<ConfigMap>();
+        let (ready, ready_rx) = tokio::sync::watch::channel(false);
+        let cache = Cache::new(store, ready_rx);
+        let waiters: Vec<_> = (0..48)
+            .map(|_| {
+                let c = cache.clone();
+                tokio::spawn(async move { c.complete().await.map(|v| v.len()) })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "nothing before the list"
+        );
+        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "n"}
+        }))
+        .unwrap();
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(cm));
+        writer.apply_watcher_event(&Event::InitDone);
+        ready.send_replace(true);
+        for w in waiters {
+            let n = tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("a waiter was never woken")
+                .unwrap()
+                .unwrap();
+            assert_eq!(n, 1);
         }
     }
 }

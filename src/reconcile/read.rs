@@ -23,14 +23,16 @@ pub struct Objects {
     /// Every JWKS ConfigMap by namespace: the set's own and the copies elsewhere (labelled
     /// as the set's; ownership is checked where it matters).
     pub copies: BTreeMap<String, ConfigMap>,
-    /// Every namespace, when the set asks for fan-out (cluster-wide mode).
+    /// Every namespace (metadata only), when the set asks for fan-out (cluster-wide mode).
     pub namespaces: Vec<Namespace>,
     /// Every SigningKeySetGrant, when the set asks for fan-out (cluster-wide mode).
     pub grants: Vec<SigningKeySetGrant>,
 }
 
-/// Reads the set's objects. Namespaces, grants and copies elsewhere are listed only when the
-/// set asks for fan-out (or still has copies to remove).
+/// Reads the set's objects. Namespaces and grants come from the controller's watch caches
+/// (complete before anything is decided from them: an empty cache would read as "no target"
+/// and remove copies), copies elsewhere are listed; both only when the set asks for fan-out
+/// (or, for copies, still has some to remove).
 pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> {
     let ns = sks.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -43,14 +45,26 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
     };
     let fan_out = consent::requested(sks);
     if fan_out && !ctx.namespace_only {
-        o.namespaces = Api::<Namespace>::all(ctx.client.clone())
-            .list(&ListParams::default())
+        let (Some(namespaces), Some(grants)) = (&ctx.namespaces, &ctx.grants) else {
+            return Err(Error::Invariant(
+                "fan-out needs the namespace and grant watch caches".into(),
+            ));
+        };
+        o.namespaces = namespaces
+            .complete()
             .await?
-            .items;
-        o.grants = Api::<SigningKeySetGrant>::all(ctx.client.clone())
-            .list(&ListParams::default())
+            .iter()
+            .map(|n| Namespace {
+                metadata: n.metadata.clone(),
+                ..Default::default()
+            })
+            .collect();
+        o.grants = grants
+            .complete()
             .await?
-            .items;
+            .iter()
+            .map(|g| (**g).clone())
+            .collect();
     }
     if fan_out || fanout::has_finalizer(sks) {
         for c in ctx
