@@ -17,7 +17,7 @@ use crate::crd::{
 };
 use crate::echo::Echoes;
 use crate::metrics::Metrics;
-use crate::publish::SOURCE_NAMESPACE_LABEL;
+use crate::publish::{SOURCE_NAMESPACE_LABEL, is_copy_elsewhere};
 use crate::reconcile::{Cache, Clock, Context, error_policy, reconcile};
 
 /// Options for [`run`].
@@ -174,6 +174,22 @@ pub async fn run(
             Some(grant_events),
         )
     };
+    // keyturn's ConfigMaps in every namespace (cluster-wide mode): JWKS copies live in many
+    // namespaces and cannot carry ownerReferences, so any change maps back to its set by
+    // label. The copies outside their set's namespace are kept (data included: the check
+    // compares what each holds) for fan-out to read instead of a LIST per reconcile; a set's
+    // own JWKS ConfigMap is read with a GET and not kept.
+    let ctx_echoes: Arc<Echoes> = Default::default();
+    let (copies, copy_events) = if opts.namespace_only {
+        (None, None)
+    } else {
+        let (cache, events) = copies_elsewhere(
+            watcher(Api::<ConfigMap>::all(client.clone()), owned.clone())
+                .modify(|c| c.metadata.managed_fields = None),
+            ctx_echoes.clone(),
+        );
+        (Some(cache), Some(events))
+    };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -183,9 +199,10 @@ pub async fn run(
         scope: opts.namespace.clone(),
         namespaces,
         grants,
+        copies,
         backoff: Default::default(),
         written: Default::default(),
-        echoes: Default::default(),
+        echoes: ctx_echoes,
     });
     info!(namespace = ?opts.namespace, "keyturn controller starting");
     let ctx_for_gone = ctx.clone();
@@ -217,13 +234,12 @@ pub async fn run(
             owned.clone(),
             ctx.echoes.clone(),
         ));
-    } else if let (Some(namespace_events), Some(grant_events)) = (namespace_events, grant_events) {
-        // JWKS copies live in many namespaces and cannot carry ownerReferences: map them back
-        // by label.
-        let copies: Api<PartialObjectMeta<ConfigMap>> = Api::all(client_for_watch.clone());
+    } else if let (Some(namespace_events), Some(grant_events), Some(copy_events)) =
+        (namespace_events, grant_events, copy_events)
+    {
         let (store_ns, store_grants) = (store.clone(), store.clone());
         controller = controller
-            .watches_stream(owned_events(copies, owned, ctx.echoes.clone()), move |cm| {
+            .watches_stream(copy_events, move |cm| {
                 let labels = cm.labels();
                 match (labels.get(SET_LABEL), labels.get(SOURCE_NAMESPACE_LABEL)) {
                     // Sets outside this controller's scope are another operator's business.
@@ -312,6 +328,38 @@ where
         })
         .default_backoff()
         .touched_objects();
+    (Cache::new(store, ready_rx), stream)
+}
+
+/// The cache of JWKS copies in namespaces other than their set's, filled from `events` (every
+/// keyturn ConfigMap), and the ConfigMaps changed by anyone but keyturn itself, for triggers.
+fn copies_elsewhere(
+    events: impl futures::Stream<Item = Result<watcher::Event<ConfigMap>, watcher::Error>>
+    + Send
+    + 'static,
+    echoes: Arc<Echoes>,
+) -> (
+    Cache<ConfigMap>,
+    impl futures::Stream<Item = Result<ConfigMap, watcher::Error>> + Send + 'static,
+) {
+    use watcher::Event;
+    let (store, mut writer) = kube::runtime::reflector::store();
+    let (ready, ready_rx) = tokio::sync::watch::channel(false);
+    let stream = events
+        .default_backoff()
+        .inspect_ok(move |ev| {
+            match ev {
+                Event::Apply(c) | Event::InitApply(c) if !is_copy_elsewhere(&c.metadata) => {
+                    // Not (or no longer) a copy elsewhere: not kept.
+                    writer.apply_watcher_event(&Event::Delete(c.clone()));
+                }
+                ev => writer.apply_watcher_event(ev),
+            }
+            if matches!(ev, Event::InitDone) {
+                ready.send_replace(true);
+            }
+        })
+        .try_filter_map(move |ev| futures::future::ready(Ok(touched(ev, &echoes))));
     (Cache::new(store, ready_rx), stream)
 }
 

@@ -69,17 +69,31 @@ pub fn copies_selector(sks: &SigningKeySet) -> String {
     )
 }
 
+/// True when `meta` carries the labels of a JWKS copy of `sks` (any namespace); ownership is
+/// [`is_owned_copy`].
+pub fn is_labelled_copy(meta: &ObjectMeta, sks: &SigningKeySet) -> bool {
+    meta.labels.as_ref().is_some_and(|l| {
+        l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+            && l.get(SET_LABEL) == Some(&sks.name_any())
+            && l.get(SOURCE_NAMESPACE_LABEL) == sks.namespace().as_ref()
+    })
+}
+
+/// True when `meta` is labelled as a JWKS copy in a namespace other than its set's.
+pub fn is_copy_elsewhere(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(SOURCE_NAMESPACE_LABEL))
+        .is_some_and(|src| meta.namespace.as_ref() != Some(src))
+}
+
 /// True when `meta` is a JWKS copy of `sks`: keyturn's labels plus the owner-uid annotation
 /// (in the set's own namespace the ownerReference counts too).
 pub fn is_owned_copy(meta: &ObjectMeta, sks: &SigningKeySet) -> bool {
     if meta.namespace == sks.namespace() {
         return is_owned(meta, sks);
     }
-    let labels_ok = meta.labels.as_ref().is_some_and(|l| {
-        l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
-            && l.get(SET_LABEL) == Some(&sks.name_any())
-            && l.get(SOURCE_NAMESPACE_LABEL) == sks.namespace().as_ref()
-    });
+    let labels_ok = is_labelled_copy(meta, sks);
     let uid_ok = meta
         .annotations
         .as_ref()

@@ -193,7 +193,7 @@ impl<'a> Applier<'a> {
             &mut self.objects.copies,
             &bytes,
         )
-        .await;
+        .await?;
         info!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), keys = kids.len(), copies = self.targets.len(), failed = failures.len(), "published JWKS");
         Ok(Ok(failures))
     }

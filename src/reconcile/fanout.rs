@@ -30,14 +30,16 @@ pub fn has_finalizer(sks: &SigningKeySet) -> bool {
 }
 
 /// Writes `bytes` as the JWKS in every target (concurrently), keeping `copies` current.
-/// Returns the copies that could not be written, as `namespace: error`.
+/// Returns the copies that could not be written, as `namespace: error`, or
+/// [`Error::Stale`] when a copy's write failed its precondition because the cache it was
+/// decided from lagged.
 pub async fn publish(
     sks: &SigningKeySet,
     ctx: &Context,
     targets: &BTreeSet<String>,
     copies: &mut BTreeMap<String, ConfigMap>,
     bytes: &[u8],
-) -> Vec<String> {
+) -> Result<Vec<String>, Error> {
     let current: &BTreeMap<String, ConfigMap> = copies;
     let results: Vec<(String, Result<Option<ConfigMap>, WriteError>)> =
         futures::stream::iter(targets.iter().cloned())
@@ -60,6 +62,7 @@ pub async fn publish(
             .collect()
             .await;
     let mut failures = vec![];
+    let mut stale = vec![];
     let mut wrote = 0;
     for (t, r) in results {
         match r {
@@ -69,6 +72,7 @@ pub async fn publish(
                 copies.insert(t, o);
             }
             Ok(None) => {}
+            Err(e) if lagged(&e) => stale.push(t),
             Err(e) => failures.push(format!("{t}: {e}")),
         }
     }
@@ -77,7 +81,21 @@ pub async fn publish(
         ctx.metrics.write("configmap");
         ctx.metrics.published();
     }
-    failures
+    if !stale.is_empty() {
+        stale.sort();
+        return Err(Error::Stale(format!(
+            "the JWKS copy in {}",
+            stale.join(", ")
+        )));
+    }
+    Ok(failures)
+}
+
+/// A copy's write refused because the copy is not as the cache showed it: changed since
+/// (409 Conflict on the resourceVersion), already created (409 AlreadyExists, keyturn's own:
+/// someone else's is [`WriteError::Foreign`]) or gone (404).
+fn lagged(e: &WriteError) -> bool {
+    matches!(e, WriteError::Api { source: kube::Error::Api(s), .. } if s.code == 409 || s.code == 404)
 }
 
 /// Before any copy is written elsewhere, the set carries the finalizer that removes them.

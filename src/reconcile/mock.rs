@@ -178,8 +178,9 @@ const CONFIGMAPS: &str = "/api/v1/namespaces/identity/configmaps";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/identity/events";
 const GRANTS: &str = "/apis/keyturn.dev/v1alpha1/namespaces/payments/signingkeysetgrants";
 const COPY: &str = "/api/v1/namespaces/payments/configmaps/auth-jwks";
-/// The cluster-wide lists the fake answers, with their list kinds (namespaces and grants
-/// come from the controller's watch caches: a LIST of them is not answered).
+/// The cluster-wide lists the fake answers, with their list kinds (a set's deletion lists its
+/// copies; namespaces, grants and copies otherwise come from the controller's watch caches:
+/// a LIST of them is not answered).
 const LISTS: [(&str, &str); 1] = [("/api/v1/configmaps", "ConfigMapList")];
 
 /// A Context whose client talks to `fake`, with the clock at `t0`.
@@ -193,6 +194,10 @@ fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
     });
     let grants = cache(&fake, "/signingkeysetgrants/", |o| {
         serde_json::from_value(o).ok()
+    });
+    let copies = cache(&fake, "/configmaps/", |o| {
+        let c: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(o).ok()?;
+        crate::publish::is_copy_elsewhere(&c.metadata).then_some(c)
     });
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(async move {
@@ -239,6 +244,7 @@ fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
         scope: Some("identity".into()),
         namespaces: Some(namespaces),
         grants: Some(grants),
+        copies: Some(copies),
         backoff: Default::default(),
         written: Default::default(),
         echoes: Default::default(),
@@ -584,4 +590,61 @@ async fn fan_out_holds_a_finalizer_before_any_copy_and_removes_the_copy_when_con
         s.status.as_ref().unwrap().published_namespaces,
         ["identity"]
     );
+}
+
+/// A copy changed after the cache was filled (here: by a tenant of the target namespace):
+/// the write decided from the cache fails its resourceVersion precondition, the reconcile
+/// ends as `Stale` (no status, no Event, no alarm), and the next one, from a current cache,
+/// repairs the copy.
+#[tokio::test]
+async fn a_copy_changed_behind_the_cache_fails_the_precondition_and_is_repaired_next_time() {
+    let fake = with_set(json!({"jwks": {"namespaces": ["payments"]}}));
+    {
+        let mut f = fake.lock().unwrap();
+        for ns in ["identity", "payments"] {
+            f.objects.insert(
+                format!("/api/v1/namespaces/{ns}"),
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            );
+        }
+        f.objects.insert(
+            format!("{GRANTS}/from-identity"),
+            json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySetGrant",
+                   "metadata": {"name": "from-identity", "namespace": "payments"},
+                   "spec": {"from": [{"namespace": "identity"}]}}),
+        );
+    }
+    reconcile(Arc::new(stored_set(&fake)), context(fake.clone()))
+        .await
+        .unwrap();
+    let tamper = |fake: &Arc<Mutex<Fake>>, jwks: &str| {
+        let mut f = fake.lock().unwrap();
+        let rv = f.next_rv();
+        let c = f.objects.get_mut(COPY).unwrap();
+        c["data"]["jwks.json"] = json!(jwks);
+        c["metadata"]["resourceVersion"] = json!(rv);
+    };
+    tamper(&fake, r#"{"keys":[]}"#);
+    let ctx = context(fake.clone()); // its cache holds the first edit
+    tamper(&fake, r#"{"keys":[{"kty":"oct"}]}"#); // a second edit it has not seen
+    calls(&fake);
+    let err = reconcile(Arc::new(stored_set(&fake)), ctx)
+        .await
+        .expect_err("the stale write must fail");
+    assert!(matches!(err, super::Error::Stale(_)), "{err}");
+    let c = calls(&fake);
+    assert_eq!(
+        writes(&c),
+        [format!("PATCH {COPY}")],
+        "only the guarded write"
+    );
+    assert_eq!(c.last().unwrap().code, 409);
+    assert!(event_reasons(&c).is_empty(), "no Event for a lagging cache");
+
+    reconcile(Arc::new(stored_set(&fake)), context(fake.clone()))
+        .await
+        .unwrap();
+    let f = fake.lock().unwrap();
+    let own = &f.objects[&format!("{CONFIGMAPS}/auth-jwks")];
+    assert_eq!(f.objects[COPY]["data"], own["data"], "the copy is repaired");
 }

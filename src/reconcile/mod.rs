@@ -62,6 +62,8 @@ pub struct Context {
     pub namespaces: Option<Cache<kube::core::PartialObjectMeta<Namespace>>>,
     /// Every SigningKeySetGrant (cluster-wide mode): consent to fan-out.
     pub grants: Option<Cache<crate::crd::SigningKeySetGrant>>,
+    /// keyturn's JWKS copies in namespaces other than their set's (cluster-wide mode).
+    pub copies: Option<Cache<ConfigMap>>,
     /// Consecutive failed reconciles per set, for [`error_policy`]'s backoff.
     pub backoff: Backoff,
     /// The status keyturn last wrote to each set, until the watch shows it.
@@ -227,6 +229,11 @@ pub enum Error {
     /// Key generation failed.
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
+    /// A write's precondition failed because the watch cache it was decided from lagged
+    /// (the object changed, appeared or went since): not a failure, the set is reconciled
+    /// again from the newer cache.
+    #[error("{0} changed since the watch cache was read; reconciling again")]
+    Stale(String),
     /// The object has no namespace or uid (not read from the API server).
     #[error("SigningKeySet has no {0}")]
     Incomplete(&'static str),
@@ -245,6 +252,7 @@ impl Error {
             Error::Kube(_) => "ApiError",
             Error::Key(_) => "KeyGenerationFailed",
             Error::Incomplete(_) => "Incomplete",
+            Error::Stale(_) => "Stale",
             Error::Invariant(_) => Reason::InternalError.as_str(),
         }
     }
@@ -457,6 +465,13 @@ pub fn error_policy(sks: Arc<SigningKeySet>, err: &Error, ctx: Arc<Context>) -> 
         // A teardown, not a failure: retried, never alarmed.
         debug!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), error = %err, "reconcile failed while the set is going away");
         return Action::requeue(StdDuration::from_secs(5));
+    }
+    if let Error::Stale(_) = err {
+        // A lagging cache, not a failure: no alarm, and retried at once the first time (a
+        // cache that stays behind still backs off).
+        debug!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), error = %err, "reconciling again from a newer cache");
+        let n = ctx.backoff.failed(&sks);
+        return Action::requeue(StdDuration::from_millis(100 << n.min(9)));
     }
     warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = err.reason(), error = %err, "reconcile failed");
     ctx.metrics.error(err.reason());

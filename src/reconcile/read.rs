@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 
 use super::{Context, Error, fanout};
 use crate::consent;
@@ -29,10 +29,12 @@ pub struct Objects {
     pub grants: Vec<SigningKeySetGrant>,
 }
 
-/// Reads the set's objects. Namespaces and grants come from the controller's watch caches
-/// (complete before anything is decided from them: an empty cache would read as "no target"
-/// and remove copies), copies elsewhere are listed; both only when the set asks for fan-out
-/// (or, for copies, still has some to remove).
+/// Reads the set's objects: its own three with a GET each; namespaces, grants and its copies
+/// in other namespaces from the controller's watch caches (complete before anything is
+/// decided from them: an empty cache would read as "no target" and remove copies), only when
+/// the set asks for fan-out (or, for copies, still has some to remove). A cache may lag the
+/// API server; every write is guarded by the resourceVersion it was decided from, so a stale
+/// read fails its write and the reconcile runs again ([`Error::Stale`]).
 pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> {
     let ns = sks.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -66,16 +68,19 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
             .map(|g| (**g).clone())
             .collect();
     }
-    if fan_out || fanout::has_finalizer(sks) {
-        for c in ctx
-            .copies_api()
-            .list(&ListParams::default().labels(&publish::copies_selector(sks)))
-            .await?
-        {
+    // In namespace-only mode there are no copies elsewhere to read (nor to write or remove).
+    if (fan_out || fanout::has_finalizer(sks)) && !ctx.namespace_only {
+        let Some(copies) = &ctx.copies else {
+            return Err(Error::Invariant(
+                "fan-out needs the JWKS copies' watch cache".into(),
+            ));
+        };
+        for c in copies.complete().await? {
             if let Some(cns) = c.namespace()
                 && cns != ns
+                && publish::is_labelled_copy(&c.metadata, sks)
             {
-                o.copies.insert(cns, c);
+                o.copies.insert(cns, (*c).clone());
             }
         }
     }
