@@ -240,7 +240,7 @@ pub fn jwks_config_map(sks: &SigningKeySet, namespace: &str, bytes: &[u8]) -> Co
 pub async fn write<K>(
     api: &Api<K>,
     existing: Option<&K>,
-    mut desired: K,
+    desired: K,
     owned: impl Fn(&ObjectMeta) -> bool,
     same: impl Fn(&K, &K) -> bool,
 ) -> Result<Option<K>, WriteError>
@@ -295,27 +295,19 @@ where
             if same(cur, &desired) && labels_and_owner_match(cur.meta(), desired.meta()) {
                 return Ok(None);
             }
-            desired.meta_mut().resource_version = cur.meta().resource_version.clone();
-            // A data key keyturn no longer writes (`spec.jwks.key` renamed) would survive a
-            // server-side apply: the POST that created the object owns it. A merge patch
-            // under the same precondition replaces the data and removes such keys, so a
-            // workload reading the old file name fails visibly instead of reading a frozen
-            // JWKS.
-            if let Some(patch) = data_replacing_patch(cur, &desired) {
-                let o = api
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(api_err)?;
-                crate::fault::wrote();
-                return Ok(Some(o));
-            }
-            let mut value =
-                serde_json::to_value(&desired).map_err(|e| api_err(kube::Error::SerdeError(e)))?;
-            value["apiVersion"] = K::api_version(&()).as_ref().into();
-            value["kind"] = K::kind(&()).as_ref().into();
-            let pp = PatchParams::apply(FIELD_MANAGER).force();
+            // One JSON merge patch under the observed resourceVersion: keyturn's labels,
+            // annotations and ownerReference, and the data with every key keyturn no longer
+            // writes deleted (a `spec.jwks.key` renamed: a workload reading the old file name
+            // fails visibly instead of reading a frozen JWKS). Measured cheaper for the API
+            // server than a server-side apply of the same change (docs/benchmarks.md).
+            let patch =
+                merge_patch(cur, &desired).map_err(|e| api_err(kube::Error::SerdeError(e)))?;
+            let pp = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
             let o = api
-                .patch(&name, &pp, &Patch::Apply(&value))
+                .patch(&name, &pp, &Patch::Merge(&patch))
                 .await
                 .map_err(api_err)?;
             crate::fault::wrote();
@@ -324,15 +316,17 @@ where
     }
 }
 
-/// A merge patch that sets `desired`'s data and deletes the data keys only `cur` has, with
-/// `cur`'s resourceVersion as precondition; `None` when `cur` has no such key.
-fn data_replacing_patch<K: Serialize>(cur: &K, desired: &K) -> Option<serde_json::Value> {
-    let cur = serde_json::to_value(cur).ok()?;
-    let want = serde_json::to_value(desired).ok()?;
+/// The merge patch that makes `cur` hold `desired`'s labels, annotations, ownerReferences
+/// and data (data keys only `cur` has set to null, other owners' references kept), with
+/// `cur`'s resourceVersion as precondition.
+fn merge_patch<K: Resource<DynamicType = ()> + Serialize>(
+    cur: &K,
+    desired: &K,
+) -> Result<serde_json::Value, serde_json::Error> {
+    let (cur_v, want) = (serde_json::to_value(cur)?, serde_json::to_value(desired)?);
     let want_data = want.get("data").and_then(|d| d.as_object());
     let mut data = want_data.cloned().unwrap_or_default();
-    let mut stale = false;
-    for key in cur
+    for key in cur_v
         .get("data")
         .and_then(|d| d.as_object())
         .into_iter()
@@ -341,15 +335,34 @@ fn data_replacing_patch<K: Serialize>(cur: &K, desired: &K) -> Option<serde_json
     {
         if !want_data.is_some_and(|w| w.contains_key(key)) {
             data.insert(key.clone(), serde_json::Value::Null);
-            stale = true;
         }
     }
-    stale.then(|| {
-        serde_json::json!({
-            "metadata": {"resourceVersion": cur["metadata"]["resourceVersion"]},
-            "data": data,
-        })
-    })
+    let (cm, dm) = (cur.meta(), desired.meta());
+    let mut metadata = serde_json::json!({
+        "resourceVersion": cm.resource_version,
+        "labels": dm.labels,
+        "annotations": dm.annotations,
+    });
+    let missing: Vec<&OwnerReference> = dm
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|w| !cm.owner_references.iter().flatten().any(|c| c.uid == w.uid))
+        .collect();
+    if !missing.is_empty() {
+        // A merge patch replaces the whole list: keep the references already there.
+        let all: Vec<&OwnerReference> = cm
+            .owner_references
+            .iter()
+            .flatten()
+            .chain(missing)
+            .collect();
+        metadata["ownerReferences"] = serde_json::to_value(all)?;
+    }
+    if dm.annotations.is_none() {
+        metadata.as_object_mut().map(|m| m.remove("annotations"));
+    }
+    Ok(serde_json::json!({"metadata": metadata, "data": data}))
 }
 
 fn labels_and_owner_match(cur: &ObjectMeta, want: &ObjectMeta) -> bool {
@@ -402,13 +415,40 @@ mod tests {
     fn a_renamed_data_key_is_deleted_under_the_observed_version() {
         let cur = cm("41", &[("jwks.json", "{old}")]);
         let want = cm("", &[("keys.json", "{new}")]);
-        let patch = data_replacing_patch(&cur, &want).expect("a stale key needs the merge patch");
+        let patch = merge_patch(&cur, &want).unwrap();
+        assert_eq!(patch["metadata"]["resourceVersion"], "41");
         assert_eq!(
-            patch,
-            serde_json::json!({
-                "metadata": {"resourceVersion": "41"},
-                "data": {"jwks.json": null, "keys.json": "{new}"},
-            })
+            patch["data"],
+            serde_json::json!({"jwks.json": null, "keys.json": "{new}"})
+        );
+    }
+
+    #[test]
+    fn other_owners_references_and_keys_are_kept() {
+        let other = OwnerReference {
+            uid: "someone-else".into(),
+            ..Default::default()
+        };
+        let ours = OwnerReference {
+            uid: "keyturn-set".into(),
+            ..Default::default()
+        };
+        let mut cur = cm("41", &[("jwks.json", "{old}")]);
+        cur.metadata.owner_references = Some(vec![other.clone()]);
+        let mut want = cm("", &[("jwks.json", "{new}")]);
+        want.metadata.owner_references = Some(vec![ours.clone()]);
+        let patch = merge_patch(&cur, &want).unwrap();
+        assert_eq!(patch["data"], serde_json::json!({"jwks.json": "{new}"}));
+        assert_eq!(
+            patch["metadata"]["ownerReferences"],
+            serde_json::to_value(vec![other.clone(), ours.clone()]).unwrap(),
+            "a merge patch replaces the list: the other owner is written back"
+        );
+        cur.metadata.owner_references = Some(vec![other, ours]);
+        let patch = merge_patch(&cur, &want).unwrap();
+        assert!(
+            patch["metadata"].get("ownerReferences").is_none(),
+            "present already: the list is left alone"
         );
     }
 
@@ -440,12 +480,5 @@ mod tests {
         let data = signing_data(&rec).unwrap();
         assert_eq!(data["private.pem"].0, kp.to_pkcs8_pem().as_bytes());
         assert_eq!(data["kid"].0, kp.kid().as_bytes());
-    }
-
-    #[test]
-    fn same_keys_need_no_merge_patch() {
-        let cur = cm("41", &[("jwks.json", "{old}")]);
-        let want = cm("", &[("jwks.json", "{new}")]);
-        assert_eq!(data_replacing_patch(&cur, &want), None);
     }
 }
