@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 
 use super::fixtures::{set, t0};
@@ -230,13 +230,10 @@ fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
     });
     let client = kube::Client::new(service, "identity");
     Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "keyturn".into(),
-                instance: None,
-            },
-        ),
+        reporter: Reporter {
+            controller: "keyturn".into(),
+            instance: None,
+        },
         client,
         clock: Arc::new(t0),
         metrics: Arc::new(Metrics::new()),

@@ -27,7 +27,6 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tracing::{debug, warn};
@@ -47,8 +46,12 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 pub struct Context {
     /// Kubernetes client.
     pub client: Client,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Who records keyturn's Events. A recorder is made per Event: kube-runtime's `Recorder`
+    /// keeps every Event it published for six minutes to fold repeats into a series, and
+    /// drops them only when it publishes again, so one long-lived recorder held the 20,000
+    /// Events of 10,000 new sets for as long as the sets sat idle (keyturn announces
+    /// transitions and new refusals, which do not repeat within minutes).
+    pub reporter: kube::runtime::events::Reporter,
     /// Current time.
     pub clock: Clock,
     /// Prometheus metrics.
