@@ -501,10 +501,8 @@ async fn a_write_the_api_server_refuses_becomes_write_rejected_and_a_retry() {
     );
 }
 
-/// The fan-out stage: the finalizer before any copy, the copy in the consenting namespace,
-/// and, once the grant is withdrawn, the copy deleted and the finalizer released.
-#[tokio::test]
-async fn fan_out_holds_a_finalizer_before_any_copy_and_removes_the_copy_when_consent_goes() {
+/// A set asking for a copy in `payments`, which consents (a grant from `identity`).
+fn with_consented_copy() -> Arc<Mutex<Fake>> {
     let fake = with_set(json!({"jwks": {"namespaces": ["payments"]}}));
     {
         let mut f = fake.lock().unwrap();
@@ -521,6 +519,14 @@ async fn fan_out_holds_a_finalizer_before_any_copy_and_removes_the_copy_when_con
                    "spec": {"from": [{"namespace": "identity"}]}}),
         );
     }
+    fake
+}
+
+/// The fan-out stage: the finalizer before any copy, the copy in the consenting namespace,
+/// and, once the grant is withdrawn, the copy deleted and the finalizer released.
+#[tokio::test]
+async fn fan_out_holds_a_finalizer_before_any_copy_and_removes_the_copy_when_consent_goes() {
+    let fake = with_consented_copy();
     let ctx = context(fake.clone());
     reconcile(Arc::new(stored_set(&fake)), ctx.clone())
         .await
@@ -595,22 +601,7 @@ async fn fan_out_holds_a_finalizer_before_any_copy_and_removes_the_copy_when_con
 /// repairs the copy.
 #[tokio::test]
 async fn a_copy_changed_behind_the_cache_fails_the_precondition_and_is_repaired_next_time() {
-    let fake = with_set(json!({"jwks": {"namespaces": ["payments"]}}));
-    {
-        let mut f = fake.lock().unwrap();
-        for ns in ["identity", "payments"] {
-            f.objects.insert(
-                format!("/api/v1/namespaces/{ns}"),
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-            );
-        }
-        f.objects.insert(
-            format!("{GRANTS}/from-identity"),
-            json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySetGrant",
-                   "metadata": {"name": "from-identity", "namespace": "payments"},
-                   "spec": {"from": [{"namespace": "identity"}]}}),
-        );
-    }
+    let fake = with_consented_copy();
     reconcile(Arc::new(stored_set(&fake)), context(fake.clone()))
         .await
         .unwrap();
