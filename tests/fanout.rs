@@ -349,3 +349,81 @@ async fn deleting_a_namespace_of_rotating_sets_is_a_quiet_teardown() {
         .collect();
     assert!(noisy.is_empty(), "a teardown logged warnings: {noisy:#?}");
 }
+
+/// A tenant of a target namespace (allowed every verb on ConfigMaps there, nothing else)
+/// rewrites keyturn's JWKS copy twice in a row, the second time before keyturn's cache of
+/// copies can have seen the first: keyturn puts the copy back each time (a write decided
+/// from the stale cache fails its resourceVersion precondition and is retried, quietly),
+/// and the set stays Ready.
+#[tokio::test]
+async fn a_tenant_rewriting_a_copy_in_its_namespace_gets_it_put_back() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let src = common::fresh_namespace(&client, "repair").await;
+    let dst = format!("{src}-copies");
+    namespace(&client, &dst, json!({})).await;
+    common::grant(&client, &dst, &src, None).await;
+    let (tenant, _) = common::restricted_with(
+        &client,
+        &dst,
+        "cm-writer",
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}]),
+    )
+    .await;
+    let op = common::Operator::start(&src);
+    common::create_set(
+        &client,
+        &src,
+        "auth",
+        json!({"jwks": {"namespaces": [dst]}}),
+    )
+    .await;
+    wait_identical(&client, &src, &dst, "auth-jwks").await;
+    let copies: Api<ConfigMap> = Api::namespaced(tenant, &dst);
+    let forged = |kid: String| {
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid,
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]})
+        .to_string()
+    };
+    for round in 0..2 {
+        // Two different rewrites back to back, each over what the tenant just read.
+        for j in 0..2 {
+            let want = forged(format!("forged-{round}-{j}"));
+            // The tenant's write must land (re-read if keyturn's repair came in between).
+            let written =
+                common::wait_for("the tenant's rewrite", Duration::from_secs(10), || async {
+                    let mut c = copies.get("auth-jwks").await.unwrap();
+                    c.data
+                        .get_or_insert_default()
+                        .insert("jwks.json".into(), want.clone());
+                    match copies
+                        .replace("auth-jwks", &PostParams::default(), &c)
+                        .await
+                    {
+                        Ok(c) => Some(c),
+                        Err(kube::Error::Api(e)) if e.code == 409 => None,
+                        Err(e) => panic!("the tenant may write ConfigMaps here: {e}"),
+                    }
+                })
+                .await;
+            assert_eq!(written.data.unwrap()["jwks.json"], want);
+        }
+        wait_identical(&client, &src, &dst, "auth-jwks").await;
+    }
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
+    let s = sets.get("auth").await.unwrap();
+    let ready = s
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.clone());
+    assert_eq!(ready.as_deref(), Some("True"), "the set stays Ready");
+    let noisy: Vec<String> = op
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+        .map(String::from)
+        .collect();
+    assert!(noisy.is_empty(), "a repair logged warnings: {noisy:#?}");
+}
