@@ -159,6 +159,7 @@ pub async fn run(
                 watcher::Config::default(),
             )
             .modify(|n| n.metadata.managed_fields = None),
+            |_| true,
         );
         let (grants, grant_events) = cached(
             watcher(
@@ -166,7 +167,9 @@ pub async fn run(
                 watcher::Config::default(),
             )
             .modify(|g| g.metadata.managed_fields = None),
+            |_| true,
         );
+        let (events, grant_events) = (events.touched_objects(), grant_events.touched_objects());
         (
             Some(namespaces),
             Some(events),
@@ -183,11 +186,14 @@ pub async fn run(
     let (copies, copy_events) = if opts.namespace_only {
         (None, None)
     } else {
-        let (cache, events) = copies_elsewhere(
+        let (cache, events) = cached(
             watcher(Api::<ConfigMap>::all(client.clone()), owned.clone())
                 .modify(|c| c.metadata.managed_fields = None),
-            ctx_echoes.clone(),
+            |c: &ConfigMap| is_copy_elsewhere(&c.metadata),
         );
+        let echoes = ctx_echoes.clone();
+        let events =
+            events.try_filter_map(move |ev| futures::future::ready(Ok(touched(ev, &echoes))));
         (Some(cache), Some(events))
     };
     let ctx = Arc::new(Context {
@@ -307,59 +313,33 @@ pub async fn run(
     info!("keyturn controller stopped");
 }
 
-/// A watch cache filled from `events`, and the objects changed, for triggers (the cache holds
-/// each change before it is passed on).
+/// A watch cache filled from `events` with the objects `keep` accepts (an object it no longer
+/// accepts leaves the cache), complete once its first full list is in; and the events, passed
+/// on after the cache holds them.
 fn cached<K>(
     events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    keep: impl Fn(&K) -> bool + Send + 'static,
 ) -> (
     Cache<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 )
 where
     K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + std::fmt::Debug + 'static,
 {
-    let (store, writer) = kube::runtime::reflector::store();
-    let (ready, ready_rx) = tokio::sync::watch::channel(false);
-    let stream = kube::runtime::reflector(writer, events)
-        .inspect_ok(move |ev| {
-            if matches!(ev, watcher::Event::InitDone) {
-                ready.send_replace(true);
-            }
-        })
-        .default_backoff()
-        .touched_objects();
-    (Cache::new(store, ready_rx), stream)
-}
-
-/// The cache of JWKS copies in namespaces other than their set's, filled from `events` (every
-/// keyturn ConfigMap), and the ConfigMaps changed by anyone but keyturn itself, for triggers.
-fn copies_elsewhere(
-    events: impl futures::Stream<Item = Result<watcher::Event<ConfigMap>, watcher::Error>>
-    + Send
-    + 'static,
-    echoes: Arc<Echoes>,
-) -> (
-    Cache<ConfigMap>,
-    impl futures::Stream<Item = Result<ConfigMap, watcher::Error>> + Send + 'static,
-) {
     use watcher::Event;
     let (store, mut writer) = kube::runtime::reflector::store();
     let (ready, ready_rx) = tokio::sync::watch::channel(false);
-    let stream = events
-        .default_backoff()
-        .inspect_ok(move |ev| {
-            match ev {
-                Event::Apply(c) | Event::InitApply(c) if !is_copy_elsewhere(&c.metadata) => {
-                    // Not (or no longer) a copy elsewhere: not kept.
-                    writer.apply_watcher_event(&Event::Delete(c.clone()));
-                }
-                ev => writer.apply_watcher_event(ev),
+    let stream = events.default_backoff().inspect_ok(move |ev| {
+        match ev {
+            Event::Apply(o) | Event::InitApply(o) if !keep(o) => {
+                writer.apply_watcher_event(&Event::Delete(o.clone()))
             }
-            if matches!(ev, Event::InitDone) {
-                ready.send_replace(true);
-            }
-        })
-        .try_filter_map(move |ev| futures::future::ready(Ok(touched(ev, &echoes))));
+            ev => writer.apply_watcher_event(ev),
+        }
+        if matches!(ev, Event::InitDone) {
+            ready.send_replace(true);
+        }
+    });
     (Cache::new(store, ready_rx), stream)
 }
 
