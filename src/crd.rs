@@ -16,7 +16,6 @@ pub const ROTATE_ANNOTATION: &str = "keyturn.dev/rotate";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY_VALUE: &str = "keyturn";
-/// Label naming the SigningKeySet an object belongs to.
 /// The RSA modulus sizes keyturn generates (`spec.rsaKeySize`); the first is the default.
 pub const RSA_KEY_SIZES: [u32; 3] = [2048, 3072, 4096];
 
@@ -27,7 +26,16 @@ pub fn rsa_key_sizes_text() -> String {
     format!("{} or {last}", rest.join(", "))
 }
 
+/// Label naming the SigningKeySet an object belongs to.
 pub const SET_LABEL: &str = "keyturn.dev/signing-key-set";
+/// Annotation on a user's Secret that lets the SigningKeySet it names import its key
+/// (`spec.import`): the consent of whoever may write that Secret.
+pub const IMPORT_ANNOTATION: &str = "keyturn.dev/import-into";
+/// What `spec.rotation.overlap` must exceed `spec.maxTokenLifetime` by: the kubelet's
+/// propagation of the signing Secret to the issuer (the old key may sign this long after it
+/// retires: measured up to 82 s at the kubelet's defaults, docs/benchmarks.md) plus clock skew.
+/// The CRD's CEL rule spells the same value.
+pub const TOKEN_LIFETIME_MARGIN: &str = "2m";
 /// Field manager for every server-side apply keyturn makes.
 pub const FIELD_MANAGER: &str = "keyturn";
 
@@ -57,6 +65,11 @@ pub const FIELD_MANAGER: &str = "keyturn";
         "message": "spec.rsaKeySize may only be set when spec.algorithm is RS256, RS384, RS512, PS256, PS384 or PS512",
         "fieldPath": ".rsaKeySize",
         "reason": "FieldValueForbidden"
+    },
+    {
+        "rule": "!has(self.maxTokenLifetime) || duration(self.rotation.overlap) >= duration(self.maxTokenLifetime) + duration('2m')",
+        "message": "spec.rotation.overlap must be at least spec.maxTokenLifetime plus 2m (the kubelet's propagation of the signing Secret and clock skew): a token signed just before its key retires must verify until it expires",
+        "fieldPath": ".rotation.overlap"
     }
 ]))]
 pub struct SigningKeySetSpec {
@@ -91,6 +104,70 @@ pub struct SigningKeySetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = 2048, "pattern" = "^https?://"))]
     pub issuer: Option<String>,
+    /// The longest lifetime of a token signed with this set's keys (a duration, e.g. `1h`).
+    /// When set, `rotation.overlap` must be at least this plus 2m, so a token signed just
+    /// before its key retires verifies until it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 32, "pattern" = DURATION_PATTERN))]
+    pub max_token_lifetime: Option<String>,
+    /// Take the set's first key from an existing Secret instead of generating it, so tokens
+    /// already signed with it keep verifying. Read once, when the set has no key yet; the
+    /// Secret is never modified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportSpec>,
+    /// Public keys of a previous issuer, published in the JWKS beside keyturn's own until a
+    /// time, so its tokens keep verifying during a migration. keyturn reads the sources when
+    /// the spec changes (or a source was missing or refused), not when the sources change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("maxItems" = 16))]
+    pub verification_keys: Vec<VerificationKeySource>,
+}
+
+/// Where the set's first key comes from when it is imported.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportSpec {
+    /// Secret in the set's namespace holding the private key. It must carry the annotation
+    /// `keyturn.dev/import-into: <this set's name>`.
+    #[schemars(extend("maxLength" = 253, "pattern" = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub secret_name: String,
+    /// Data key holding the key: PEM (PKCS#8, PKCS#1 RSA or SEC1 EC) or a private JWK.
+    /// Default: `private.pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 253, "pattern" = "^[-._a-zA-Z0-9]+$"))]
+    pub key: Option<String>,
+    /// The kid the key must have (its RFC 7638 thumbprint); a key with another is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 128))]
+    pub key_id: Option<String>,
+}
+
+/// Public keys published for verification only, until a time.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.configMapName) != has(self.secretName)",
+        "message": "exactly one of configMapName and secretName must be set"
+    }
+]))]
+pub struct VerificationKeySource {
+    /// ConfigMap in the set's namespace holding the keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 253, "pattern" = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub config_map_name: Option<String>,
+    /// Secret in the set's namespace holding the keys (public keys only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 253, "pattern" = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub secret_name: Option<String>,
+    /// Data key holding a JWKS, one JWK, or PEM public keys (SPKI or PKCS#1 RSA).
+    #[schemars(extend("maxLength" = 253, "pattern" = "^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+    /// When these keys leave the JWKS (RFC 3339).
+    pub until: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// Algorithm of keys that name none (PEM RSA keys, JWKs without `alg`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<Algorithm>,
 }
 
 /// Rotation schedule. Durations use the Kubernetes/Go form: `90s`, `15m`, `1h30m`, `720h`.
@@ -308,7 +385,8 @@ pub struct KeyStatus {
     pub kid: String,
     /// JWS algorithm of this key.
     pub algorithm: String,
-    /// Pending (published, not signing), Active (the signer) or Retired (verification only).
+    /// Pending (published, not signing), Active (the signer), Retired (stopped signing) or
+    /// VerificationOnly (a previous issuer's key from `spec.verificationKeys`).
     pub state: String,
     /// When the key first appeared in the JWKS.
     #[serde(default, skip_serializing_if = "Option::is_none")]

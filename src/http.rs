@@ -625,6 +625,7 @@ mod tests {
             activated_at: None,
             retired_at: None,
             manual: false,
+            verify_until: None,
         }
     }
 

@@ -65,7 +65,8 @@ pub fn redact_encoded(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-enum Inner {
+/// A private key of one of keyturn's key families.
+pub(crate) enum Inner {
     Rsa(Box<rsa::PrivateKey>),
     P256(p256::SecretKey),
     P384(p384::SecretKey),
@@ -120,7 +121,7 @@ fn ed25519_pkcs8_v1(
         .to_pem(pkcs8::PrivateKeyInfoRef::PEM_LABEL, le)?)
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
@@ -167,8 +168,8 @@ impl KeyPair {
         Ok(Self::from_inner(alg, inner))
     }
 
-    fn from_inner(alg: Algorithm, inner: Inner) -> KeyPair {
-        let kid = thumbprint(&public_members(&inner))
+    pub(crate) fn from_inner(alg: Algorithm, inner: Inner) -> KeyPair {
+        let kid = thumbprint(&public_members(&public_of(&inner)))
             .expect("keyturn's own JWKs always have the thumbprint members");
         KeyPair { alg, inner, kid }
     }
@@ -235,7 +236,7 @@ impl KeyPair {
 
     /// The public JWK: `kty`, key members, `kid`, `alg`, `use: "sig"`. No private members.
     pub fn public_jwk(&self) -> Value {
-        let mut m = public_members(&self.inner);
+        let mut m = public_members(&public_of(&self.inner));
         m.insert("kid".into(), json!(self.kid));
         m.insert("alg".into(), json!(self.alg.as_str()));
         m.insert("use".into(), json!("sig"));
@@ -286,34 +287,76 @@ impl KeyPair {
     }
 }
 
-fn public_members(inner: &Inner) -> Map<String, Value> {
-    let mut m = Map::new();
+/// A public key of one of keyturn's key families.
+pub(crate) enum Public {
+    Rsa(Box<rsa::PublicKey>),
+    P256(p256::PublicKey),
+    P384(p384::PublicKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+impl Public {
+    /// Whether `alg` signs with keys of this family (and curve).
+    pub(crate) fn fits(&self, alg: Algorithm) -> bool {
+        match self {
+            Public::Rsa(_) => alg.is_rsa(),
+            Public::P256(_) => alg == Algorithm::ES256,
+            Public::P384(_) => alg == Algorithm::ES384,
+            Public::Ed25519(_) => alg == Algorithm::EdDSA,
+        }
+    }
+
+    /// The family as a reader says it: "RSA", "EC P-256", "EC P-384", "Ed25519".
+    pub(crate) fn family(&self) -> &'static str {
+        match self {
+            Public::Rsa(_) => "RSA",
+            Public::P256(_) => "EC P-256",
+            Public::P384(_) => "EC P-384",
+            Public::Ed25519(_) => "Ed25519",
+        }
+    }
+}
+
+/// The public half of a private key.
+pub(crate) fn public_of(inner: &Inner) -> Public {
     match inner {
-        Inner::Rsa(k) => {
+        Inner::Rsa(k) => Public::Rsa(Box::new(k.to_public_key())),
+        Inner::P256(k) => Public::P256(k.public_key()),
+        Inner::P384(k) => Public::P384(k.public_key()),
+        Inner::Ed25519(k) => Public::Ed25519(k.verifying_key()),
+    }
+}
+
+/// The key members of a public JWK (`kty` and the family's members), the one encoding of
+/// every JWK keyturn publishes.
+pub(crate) fn public_members(key: &Public) -> Map<String, Value> {
+    let mut m = Map::new();
+    match key {
+        Public::Rsa(k) => {
             m.insert("kty".into(), json!("RSA"));
             // Minimal octets: no leading zero octet (RFC 7518 §6.3.1.1).
             m.insert("n".into(), json!(b64_uint(k.n())));
             m.insert("e".into(), json!(b64_uint(k.e())));
         }
-        Inner::P256(k) => {
-            let p = k.public_key().to_sec1_point(false);
+        Public::P256(k) => {
+            let p = k.to_sec1_point(false);
             m.insert("kty".into(), json!("EC"));
             m.insert("crv".into(), json!("P-256"));
             // Fixed-width field elements: leading zeros kept (RFC 7518 §6.2.1.2).
             m.insert("x".into(), json!(b64(p.x().expect("uncompressed point"))));
             m.insert("y".into(), json!(b64(p.y().expect("uncompressed point"))));
         }
-        Inner::P384(k) => {
-            let p = k.public_key().to_sec1_point(false);
+        Public::P384(k) => {
+            let p = k.to_sec1_point(false);
             m.insert("kty".into(), json!("EC"));
             m.insert("crv".into(), json!("P-384"));
             m.insert("x".into(), json!(b64(p.x().expect("uncompressed point"))));
             m.insert("y".into(), json!(b64(p.y().expect("uncompressed point"))));
         }
-        Inner::Ed25519(k) => {
+        Public::Ed25519(k) => {
             m.insert("kty".into(), json!("OKP"));
             m.insert("crv".into(), json!("Ed25519"));
-            m.insert("x".into(), json!(b64(k.verifying_key().as_bytes())));
+            m.insert("x".into(), json!(b64(k.as_bytes())));
         }
     }
     m

@@ -11,6 +11,7 @@ pub mod duration;
 pub mod echo;
 pub mod fault;
 pub mod http;
+pub mod import;
 pub mod jwks;
 pub mod keys;
 pub mod leader;
@@ -74,5 +75,11 @@ mod tests {
         ] {
             assert!(y.contains(needle), "CRD lacks {needle:?}");
         }
+        // The CEL rule and the operator's own check use the same margin.
+        let margin = format!(
+            "duration(self.maxTokenLifetime) + duration('{}')",
+            super::crd::TOKEN_LIFETIME_MARGIN
+        );
+        assert!(y.contains(&margin), "CRD lacks {margin:?}");
     }
 }

@@ -201,7 +201,7 @@ impl Metrics {
         state: &SetState,
         until_next: Option<Duration>,
     ) {
-        for st in [KeyState::Pending, KeyState::Active, KeyState::Retired] {
+        for st in KeyState::ALL {
             let n = state.keys.iter().filter(|r| r.state() == st).count();
             self.keys
                 .get_or_create(&StateLabels {
@@ -234,7 +234,7 @@ impl Metrics {
     /// Drops every per-set series (and the error streak) of a set that is gone, so clusters
     /// that create and delete sets do not grow `/metrics` without bound.
     pub fn forget_set(&self, namespace: &str, name: &str) {
-        for st in [KeyState::Pending, KeyState::Active, KeyState::Retired] {
+        for st in KeyState::ALL {
             self.keys.remove(&StateLabels {
                 namespace: namespace.into(),
                 name: name.into(),

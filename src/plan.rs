@@ -31,6 +31,8 @@ pub struct Settings {
     pub revoked: BTreeSet<String>,
     /// Current value of the `keyturn.dev/rotate` annotation.
     pub rotate_token: Option<String>,
+    /// The longest token lifetime (`spec.maxTokenLifetime`), when given.
+    pub max_token_lifetime: Option<Duration>,
 }
 
 /// A spec the operator cannot act on; becomes `Ready=False` with reason `InvalidSpec`.
@@ -75,6 +77,26 @@ pub fn validate(
             ),
         });
     }
+    let max_token_lifetime = match &spec.max_token_lifetime {
+        None => None,
+        Some(t) => {
+            let life = dur("spec.maxTokenLifetime", t)?;
+            let margin = duration::parse(crate::crd::TOKEN_LIFETIME_MARGIN)
+                .expect("the margin is a valid duration");
+            if overlap < life + margin {
+                return Err(SpecError {
+                    field: "spec.rotation.overlap",
+                    why: format!(
+                        "must be at least spec.maxTokenLifetime plus {} ({} < {t} + {}): a token signed just before its key retires must verify until it expires",
+                        crate::crd::TOKEN_LIFETIME_MARGIN,
+                        spec.rotation.overlap,
+                        crate::crd::TOKEN_LIFETIME_MARGIN
+                    ),
+                });
+            }
+            Some(life)
+        }
+    };
     if let Some(bits) = spec.rsa_key_size {
         if !spec.algorithm.is_rsa() {
             return Err(SpecError {
@@ -97,6 +119,7 @@ pub fn validate(
         overlap,
         revoked: spec.revoked_key_ids.iter().cloned().collect(),
         rotate_token,
+        max_token_lifetime,
     })
 }
 
@@ -114,6 +137,18 @@ pub struct Observed {
     /// Pending keys recorded as published that some JWKS copy lacks (a namespace that joined
     /// or consented since, a copy deleted): their prePublish must start again.
     pub lagging: BTreeSet<String>,
+    /// The verification-only keys as read from `spec.verificationKeys` for a generation the
+    /// state has not recorded yet; `None` when there is nothing new to record.
+    pub verification: Option<Verification>,
+}
+
+/// The verification-only keys of one generation of the spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verification {
+    /// The set's `metadata.generation` they were read for.
+    pub generation: i64,
+    /// Each key with the time it leaves the JWKS; kids unique and none of the set's own.
+    pub keys: Vec<(crate::import::VerificationKey, DateTime<Utc>)>,
 }
 
 /// Why a key is generated.
@@ -183,13 +218,15 @@ pub enum Plan {
     },
 }
 
-/// When a key is removed from the JWKS.
+/// When a key is removed from the JWKS: `overlap` after it retired, or a verification-only
+/// key's own time.
 pub fn remove_at(r: &KeyRecord, s: &Settings) -> Option<DateTime<Utc>> {
-    r.retired_at.map(|t| t + s.overlap)
+    r.verify_until.or(r.retired_at.map(|t| t + s.overlap))
 }
 
 /// The live (non-revoked, not yet removed) keys in JWKS order: Active, then Pending
-/// (oldest first), then Retired (most recently retired first); ties by kid.
+/// (oldest first), then Retired (most recently retired first), then verification-only; ties
+/// by kid.
 pub fn published_order<'a>(
     state: &'a SetState,
     s: &Settings,
@@ -206,13 +243,14 @@ pub fn published_order<'a>(
             KeyState::Active => 0,
             KeyState::Pending => 1,
             KeyState::Retired => 2,
+            KeyState::Verification => 3,
         };
         rank(a)
             .cmp(&rank(b))
             .then_with(|| match a.state() {
                 KeyState::Pending => a.created_at.cmp(&b.created_at),
                 KeyState::Retired => b.retired_at.cmp(&a.retired_at),
-                KeyState::Active => std::cmp::Ordering::Equal,
+                KeyState::Active | KeyState::Verification => std::cmp::Ordering::Equal,
             })
             .then_with(|| a.kid.cmp(&b.kid))
     });
@@ -277,6 +315,15 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
             rotate_token: s.rotate_token.clone(),
         });
     };
+
+    // 0. Record the verification-only keys read for a new generation of the spec (public
+    //    keys only; published by step 2 like any other).
+    if let Some(v) = &observed.verification
+        && state.verification_generation != Some(v.generation)
+    {
+        return Plan::Do(Step::Store(with_verification(state, v, now), vec![]));
+    }
+
     let active_i = active(state, s);
     let cand_i = candidate(state, s);
 
@@ -406,7 +453,10 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
     let expired: Vec<String> = state
         .keys
         .iter()
-        .filter(|r| r.state() == KeyState::Retired && remove_at(r, s).is_some_and(|t| t <= now))
+        .filter(|r| {
+            matches!(r.state(), KeyState::Retired | KeyState::Verification)
+                && remove_at(r, s).is_some_and(|t| t <= now)
+        })
         .map(|r| r.kid.clone())
         .collect();
     let revoked_droppable = state
@@ -474,6 +524,38 @@ fn drop_revoked(
     });
 }
 
+/// The state with its verification-only records replaced by `v`'s keys not yet due to leave
+/// (a key kept from before keeps its publication time), and `v`'s generation recorded.
+pub fn with_verification(state: &SetState, v: &Verification, now: DateTime<Utc>) -> SetState {
+    let mut next = state.clone();
+    let before: Vec<KeyRecord> = next
+        .keys
+        .iter()
+        .filter(|r| r.state() == KeyState::Verification)
+        .cloned()
+        .collect();
+    next.keys.retain(|r| r.state() != KeyState::Verification);
+    for (k, until) in v.keys.iter().filter(|(_, until)| *until > now) {
+        let kept = before
+            .iter()
+            .find(|r| r.kid == k.kid && r.public_jwk == k.jwk);
+        next.keys.push(KeyRecord {
+            kid: k.kid.clone(),
+            alg: k.alg,
+            public_jwk: k.jwk.clone(),
+            private_pem: None,
+            created_at: kept.map_or(now, |r| r.created_at),
+            published_at: kept.and_then(|r| r.published_at),
+            activated_at: None,
+            retired_at: None,
+            manual: false,
+            verify_until: Some(*until),
+        });
+    }
+    next.verification_generation = Some(v.generation);
+    next
+}
+
 /// The state after storing a freshly generated key (the `Generate` step's write).
 pub fn with_new_key(
     state: Option<&SetState>,
@@ -493,6 +575,7 @@ pub fn with_new_key(
         activated_at: None,
         retired_at: None,
         manual: reason == GenerateReason::Manual,
+        verify_until: None,
     });
     next.rotate_token = rotate_token;
     next
@@ -566,6 +649,9 @@ mod tests {
             jwks: Default::default(),
             revoked_key_ids: vec![],
             issuer: None,
+            max_token_lifetime: None,
+            import: None,
+            verification_keys: vec![],
         };
         spec.rotation.interval = interval.into();
         spec.rotation.pre_publish = pre.into();
@@ -589,6 +675,8 @@ mod tests {
         /// Kids exempt from I1/I2 (revoked, or first key / revocation replacements).
         exempt_prepublish: BTreeSet<String>,
         revoked_ever: BTreeSet<String>,
+        /// Verification-only kids ever recorded (they leave at their own time, not by I2).
+        verification_kids: BTreeSet<String>,
     }
 
     impl World {
@@ -603,6 +691,7 @@ mod tests {
                 events: vec![],
                 exempt_prepublish: BTreeSet::new(),
                 revoked_ever: BTreeSet::new(),
+                verification_kids: BTreeSet::new(),
             }
         }
 
@@ -640,8 +729,9 @@ mod tests {
                     }
                     // Removal check (I2) for every kid leaving the JWKS.
                     let old: Vec<String> = self.obs.published.clone().unwrap_or_default();
+                    let verification_only = |k: &String| self.verification_kids.contains(k);
                     for k in old.iter().filter(|k| !kids.contains(k)) {
-                        if !s.revoked.contains(k) {
+                        if !s.revoked.contains(k) && !verification_only(k) {
                             let stopped = self.stopped_signing.get(k).copied();
                             match stopped {
                                 Some(t) => assert!(
@@ -703,6 +793,10 @@ mod tests {
                 Step::Store(st, ev) => {
                     // Retired keys never keep private material.
                     for r in &st.keys {
+                        if r.state() == KeyState::Verification {
+                            assert!(r.private_pem.is_none(), "a verification key is private");
+                            self.verification_kids.insert(r.kid.clone());
+                        }
                         if r.state() == KeyState::Retired {
                             assert!(
                                 r.private_pem.is_none(),
@@ -1235,6 +1329,124 @@ mod tests {
         }
     }
 
+    fn verification(generation: i64, keys: &[(&KeyPair, DateTime<Utc>)]) -> Verification {
+        Verification {
+            generation,
+            keys: keys
+                .iter()
+                .map(|(kp, until)| {
+                    let mut jwk = kp.public_jwk();
+                    jwk["kid"] = serde_json::json!(format!("legacy-{}", &kp.kid()[..6]));
+                    let text = jwk.to_string();
+                    let k = crate::import::public_keys(text.as_bytes(), None)
+                        .unwrap()
+                        .remove(0);
+                    (k, *until)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn verification_keys_are_published_after_the_sets_own_until_their_time() {
+        let s = settings("10m", "2m", "2m");
+        let mut w = World::new();
+        w.settle(&s);
+        let own = w.active_kid().unwrap();
+        let old = KeyPair::generate(Algorithm::RS256, None).unwrap();
+        let until = t0() + Duration::minutes(5);
+        w.obs.verification = Some(verification(4, &[(&old, until)]));
+        let wake = w.settle(&s);
+        let legacy = format!("legacy-{}", &old.kid()[..6]);
+        assert_eq!(w.obs.published, Some(vec![own.clone(), legacy.clone()]));
+        assert_eq!(w.count(KeyState::Verification), 1);
+        assert!(w.events.contains(&Transition::Published(legacy.clone())));
+        assert_eq!(wake, Some(until), "it wakes when the key is due to leave");
+        let st = w.obs.state.as_ref().unwrap();
+        assert_eq!(st.verification_generation, Some(4));
+        assert_eq!(next_transition(st, &s, w.now), Some(until));
+
+        // Its time comes: it leaves, and the set's own key stays.
+        w.now = until;
+        w.settle(&s);
+        assert_eq!(w.obs.published, Some(vec![own]));
+        assert_eq!(w.count(KeyState::Verification), 0);
+        assert!(w.events.contains(&Transition::Removed(legacy)));
+    }
+
+    #[test]
+    fn a_new_generation_keeps_unchanged_keys_and_drops_the_others_at_once() {
+        let s = settings("10m", "2m", "2m");
+        let mut w = World::new();
+        w.settle(&s);
+        let (a, b) = (
+            KeyPair::generate(Algorithm::ES256, None).unwrap(),
+            KeyPair::generate(Algorithm::EdDSA, None).unwrap(),
+        );
+        let later = t0() + Duration::hours(1);
+        w.obs.verification = Some(verification(1, &[(&a, later), (&b, later)]));
+        w.settle(&s);
+        let published_a = w.obs.state.as_ref().unwrap().keys[1].published_at;
+        w.now += Duration::seconds(30);
+        let published = w.events.len();
+        // Generation 2 lists only `a`, until later; a key already past its time is not taken.
+        w.obs.verification = Some(verification(
+            2,
+            &[
+                (&a, later + Duration::hours(1)),
+                (&b, w.now - Duration::seconds(1)),
+            ],
+        ));
+        w.settle(&s);
+        let st = w.obs.state.as_ref().unwrap();
+        let v: Vec<&KeyRecord> = st
+            .keys
+            .iter()
+            .filter(|r| r.state() == KeyState::Verification)
+            .collect();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].published_at, published_a, "kept, not published anew");
+        assert_eq!(v[0].verify_until, Some(later + Duration::hours(1)));
+        assert_eq!(w.obs.published.as_ref().unwrap().len(), 2);
+        assert!(
+            !w.events[published..]
+                .iter()
+                .any(|e| matches!(e, Transition::Published(_))),
+            "{:?}",
+            &w.events[published..]
+        );
+        // The same generation again is no write.
+        assert!(matches!(plan(&s, &w.obs, w.now), Plan::Idle { .. }));
+    }
+
+    #[test]
+    fn a_max_token_lifetime_longer_than_the_overlap_allows_is_refused() {
+        let mut spec = SigningKeySetSpec {
+            algorithm: Algorithm::ES256,
+            rsa_key_size: None,
+            rotation: Default::default(),
+            secret_name: None,
+            jwks: Default::default(),
+            revoked_key_ids: vec![],
+            issuer: None,
+            max_token_lifetime: Some("1h".into()),
+            import: None,
+            verification_keys: vec![],
+        };
+        spec.rotation.overlap = "61m".into();
+        let e = validate(&spec, None).unwrap_err();
+        assert_eq!(e.field, "spec.rotation.overlap");
+        assert!(e.why.contains("spec.maxTokenLifetime plus 2m"), "{}", e.why);
+        spec.rotation.overlap = "62m".into();
+        let ok = validate(&spec, None).unwrap();
+        assert_eq!(ok.max_token_lifetime, Some(Duration::hours(1)));
+        spec.max_token_lifetime = Some("0s".into());
+        assert_eq!(
+            validate(&spec, None).unwrap_err().field,
+            "spec.maxTokenLifetime"
+        );
+    }
+
     #[test]
     fn validation_names_the_field() {
         let mut spec = SigningKeySetSpec {
@@ -1245,6 +1457,9 @@ mod tests {
             jwks: Default::default(),
             revoked_key_ids: vec![],
             issuer: None,
+            max_token_lifetime: None,
+            import: None,
+            verification_keys: vec![],
         };
         assert!(validate(&spec, None).is_ok());
         spec.rotation.pre_publish = "800h".into();

@@ -476,6 +476,7 @@ mod tests {
             activated_at: None,
             retired_at: None,
             manual: false,
+            verify_until: None,
         };
         let data = signing_data(&rec).unwrap();
         assert_eq!(data["private.pem"].0, kp.to_pkcs8_pem().as_bytes());

@@ -49,15 +49,27 @@ pub enum KeyState {
     Active,
     /// Stopped signing; published for verification until removal.
     Retired,
+    /// A previous issuer's public key (`spec.verificationKeys`): published until its time,
+    /// never signs.
+    Verification,
 }
 
 impl KeyState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [KeyState; 4] = [
+        KeyState::Pending,
+        KeyState::Active,
+        KeyState::Retired,
+        KeyState::Verification,
+    ];
+
     /// Name as shown in the status.
     pub fn as_str(self) -> &'static str {
         match self {
             KeyState::Pending => "Pending",
             KeyState::Active => "Active",
             KeyState::Retired => "Retired",
+            KeyState::Verification => "VerificationOnly",
         }
     }
 }
@@ -89,11 +101,18 @@ pub struct KeyRecord {
     /// Manual rotation: activate `prePublish` after publication instead of on schedule.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub manual: bool,
+    /// A verification-only key (`spec.verificationKeys`): when it leaves the JWKS. Such a
+    /// record has no private key and never signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_until: Option<DateTime<Utc>>,
 }
 
 impl KeyRecord {
     /// The lifecycle state.
     pub fn state(&self) -> KeyState {
+        if self.verify_until.is_some() {
+            return KeyState::Verification;
+        }
         match (self.activated_at, self.retired_at) {
             (_, Some(_)) => KeyState::Retired,
             (Some(_), None) => KeyState::Active,
@@ -113,6 +132,26 @@ pub struct SetState {
     /// The `keyturn.dev/rotate` annotation value last acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_token: Option<String>,
+    /// The set's `metadata.generation` whose `spec.verificationKeys` the verification-only
+    /// records were read for; the sources are read again only for another generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_generation: Option<i64>,
+}
+
+/// Only the verification generation of a stored state, read cheaply (no key is parsed).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationOnly {
+    #[serde(default)]
+    verification_generation: Option<i64>,
+}
+
+/// The generation a stored state read its verification keys for (`None` when never, or when
+/// the bytes do not parse: the full read reports that).
+pub fn verification_generation(bytes: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<GenerationOnly>(bytes)
+        .ok()?
+        .verification_generation
 }
 
 /// Why the internal Secret could not be read.
@@ -144,6 +183,7 @@ impl SetState {
             version: STATE_VERSION,
             keys: Vec::new(),
             rotate_token: None,
+            verification_generation: None,
         }
     }
 
@@ -172,8 +212,11 @@ impl SetState {
                 kid: r.kid.clone(),
                 why: why.into(),
             };
-            crate::jwks::validate_key(&r.public_jwk)
-                .map_err(|e| bad(&format!("public JWK: {e}")))?;
+            let rules = match r.state() {
+                KeyState::Verification => crate::jwks::validate_key,
+                _ => crate::jwks::validate_own_key,
+            };
+            rules(&r.public_jwk).map_err(|e| bad(&format!("public JWK: {e}")))?;
             if r.public_jwk.get("kid").and_then(Value::as_str) != Some(r.kid.as_str()) {
                 return Err(bad("public JWK kid differs from record kid"));
             }
@@ -191,7 +234,12 @@ impl SetState {
                 (None, KeyState::Pending | KeyState::Active) => {
                     return Err(bad("private key missing for a Pending or Active key"));
                 }
-                (None, KeyState::Retired) => {}
+                (None, KeyState::Retired | KeyState::Verification) => {}
+            }
+            if r.state() == KeyState::Verification
+                && (r.private_pem.is_some() || r.activated_at.is_some() || r.retired_at.is_some())
+            {
+                return Err(bad("a verification-only key has a private key or signed"));
             }
         }
         Ok(state)
@@ -209,7 +257,11 @@ impl SetState {
         }
         for r in &mut state.keys {
             r.private_pem = None;
-            crate::jwks::validate_key(&r.public_jwk).map_err(|e| StateError::Record {
+            let rules = match r.state() {
+                KeyState::Verification => crate::jwks::validate_key,
+                _ => crate::jwks::validate_own_key,
+            };
+            rules(&r.public_jwk).map_err(|e| StateError::Record {
                 kid: r.kid.clone(),
                 why: format!("public JWK: {e}"),
             })?;

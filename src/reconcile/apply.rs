@@ -58,6 +58,7 @@ pub struct Applier<'a> {
     objects: &'a mut Objects,
     targets: &'a BTreeSet<String>,
     secrets: Api<Secret>,
+    import: Option<KeyPair>,
 }
 
 impl<'a> Applier<'a> {
@@ -75,7 +76,14 @@ impl<'a> Applier<'a> {
             objects,
             targets,
             secrets,
+            import: None,
         }
+    }
+
+    /// The set's first key comes from `spec.import` instead of the RNG.
+    pub fn importing(mut self, key: Option<KeyPair>) -> Self {
+        self.import = key;
+        self
     }
 
     /// Plans and applies until idle. `obs` is what `check` observed; it follows each write.
@@ -149,9 +157,17 @@ impl<'a> Applier<'a> {
         rotate_token: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<Option<Refusal>, Error> {
-        let kp = tokio::task::spawn_blocking(move || KeyPair::generate(alg, rsa_bits))
-            .await
-            .map_err(|e| Error::Invariant(format!("key generation task failed: {e}")))??;
+        let imported = match self.import.take() {
+            Some(kp) if reason == GenerateReason::First && kp.alg() == alg => Some(kp),
+            _ => None,
+        };
+        let was_imported = imported.is_some();
+        let kp = match imported {
+            Some(kp) => kp,
+            None => tokio::task::spawn_blocking(move || KeyPair::generate(alg, rsa_bits))
+                .await
+                .map_err(|e| Error::Invariant(format!("key generation task failed: {e}")))??,
+        };
         let next = plan::with_new_key(obs.state.as_ref(), &kp, reason, rotate_token, now);
         if let Err(refusal) = state_fits(self.sks, &next) {
             // The current key keeps signing; old keys leave after their overlap and make
@@ -159,7 +175,7 @@ impl<'a> Applier<'a> {
             return Ok(Some(refusal));
         }
         self.store(&next).await?;
-        info!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), kid = %kp.kid(), alg = %alg, ?reason, "stored new key");
+        info!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), kid = %kp.kid(), alg = %alg, ?reason, imported = was_imported, "stored new key");
         obs.state = Some(next);
         Ok(None)
     }
@@ -294,6 +310,7 @@ mod tests {
             activated_at: Some(t),
             retired_at: Some(t),
             manual: true,
+            verify_until: None,
         };
         let mut s = SetState::new();
         s.keys = vec![rec; n];

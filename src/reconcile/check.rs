@@ -9,7 +9,8 @@ use kube::ResourceExt;
 use super::read::Objects;
 use super::{Reason, Refusal};
 use crate::consent::{self, FanOut};
-use crate::crd::SigningKeySet;
+use crate::crd::{IMPORT_ANNOTATION, SigningKeySet};
+use crate::keys::KeyPair;
 use crate::plan::{self, Observed, Settings};
 use crate::publish;
 use crate::state::{KeyState, STATE_KEY, SetState};
@@ -24,6 +25,11 @@ pub struct Checked {
     /// The planner's view of the objects: the stored state, what is published everywhere,
     /// what signs.
     pub observed: Observed,
+    /// The imported first key (`spec.import`), when the set has no key yet.
+    pub import: Option<KeyPair>,
+    /// Why the verification-only keys could not be read (a source missing, a key refused):
+    /// the set's own keys go on, the set is not Ready until this clears.
+    pub verification_refused: Option<Refusal>,
 }
 
 /// Checks, in order: the spec, the names keyturn reserves, objects keyturn does not own,
@@ -120,12 +126,132 @@ pub fn check(
                 })?,
         ),
     };
-    let observed = observe(sks, state, objects, &spread.targets);
+    let import = match state {
+        None => import(sks, objects)?,
+        Some(_) => None,
+    };
+    // The set's own keys: those stored, or the one being imported.
+    let own: Vec<(String, serde_json::Value)> = match (&state, &import) {
+        (Some(st), _) => st
+            .keys
+            .iter()
+            .filter(|r| r.state() != KeyState::Verification)
+            .map(|r| (r.kid.clone(), r.public_jwk.clone()))
+            .collect(),
+        (None, Some(kp)) => vec![(kp.kid().to_string(), kp.public_jwk())],
+        (None, None) => vec![],
+    };
+    let (verification, verification_refused) =
+        match verification(sks, state.as_ref(), &own, objects) {
+            Ok(v) => (v, None),
+            Err(r) => (None, Some(r)),
+        };
+    let mut observed = observe(sks, state, objects, &spread.targets);
+    observed.verification = verification;
     Ok(Checked {
         settings,
         spread,
         observed,
+        import,
+        verification_refused,
     })
+}
+
+/// The first key from `spec.import`'s Secret, when the set has none: the Secret must consent
+/// (annotation `keyturn.dev/import-into: <set>`) and hold one key that fits `spec.algorithm`
+/// (and `spec.import.keyId`). Nothing is generated instead while it does not.
+fn import(sks: &SigningKeySet, objects: &Objects) -> Result<Option<KeyPair>, Refusal> {
+    let (Some(spec), Some(source)) = (&sks.spec.import, &objects.import_source) else {
+        return Ok(None);
+    };
+    let refuse = |why: String| Refusal::new(Reason::ImportFailed, format!("spec.import: {why}"));
+    let secret = source.as_ref().map_err(|why| refuse(why.clone()))?;
+    let ns = sks.namespace().unwrap_or_default();
+    let name = format!("Secret {ns}/{}", spec.secret_name);
+    let set = sks.name_any();
+    if secret.annotations().get(IMPORT_ANNOTATION) != Some(&set) {
+        return Err(refuse(format!(
+            "{name} does not consent: keyturn imports a key only from a Secret annotated {IMPORT_ANNOTATION}: {set} (added by someone who may write it)"
+        )));
+    }
+    let key = spec.key.clone().unwrap_or_else(|| "private.pem".into());
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&key))
+        .ok_or_else(|| refuse(format!("{name} has no data key {key:?}")))?;
+    crate::import::private_key(sks.spec.algorithm, &bytes.0, spec.key_id.as_deref())
+        .map(Some)
+        .map_err(|e| refuse(format!("{name} {key}: {e}")))
+}
+
+/// A Kubernetes time as chrono's.
+fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
+        .unwrap_or_default()
+}
+
+/// The verification-only keys to record: read for this generation of the spec (or none, to
+/// drop the recorded ones), every key loaded and checked by the JWKS rules, kids unique and
+/// none of them one of the set's own keys with other material. `Ok(None)` when the state has
+/// already recorded this generation (or nothing is asked).
+fn verification(
+    sks: &SigningKeySet,
+    state: Option<&SetState>,
+    own: &[(String, serde_json::Value)],
+    objects: &Objects,
+) -> Result<Option<plan::Verification>, Refusal> {
+    let generation = sks.metadata.generation.unwrap_or_default();
+    let recorded = state.and_then(|s| s.verification_generation);
+    let has_records =
+        state.is_some_and(|s| s.keys.iter().any(|r| r.state() == KeyState::Verification));
+    if recorded == Some(generation) || (sks.spec.verification_keys.is_empty() && !has_records) {
+        return Ok(None);
+    }
+    let refuse = |why: String| Refusal::new(Reason::VerificationKeysRefused, why);
+    let Some(texts) = &objects.verification_sources else {
+        if sks.spec.verification_keys.is_empty() {
+            return Ok(Some(plan::Verification {
+                generation,
+                keys: vec![],
+            }));
+        }
+        return Ok(None); // not read (cannot happen after `read`)
+    };
+    let mut keys: Vec<(
+        crate::import::VerificationKey,
+        chrono::DateTime<chrono::Utc>,
+    )> = vec![];
+    for (i, (src, text)) in sks.spec.verification_keys.iter().zip(texts).enumerate() {
+        let field = format!("spec.verificationKeys[{i}]");
+        let text = text
+            .as_ref()
+            .map_err(|why| refuse(format!("{field}: {why}")))?;
+        let found = crate::import::public_keys(text.as_bytes(), src.algorithm)
+            .map_err(|why| refuse(format!("{field} ({}): {why}", src.key)))?;
+        for k in found {
+            let mine = own.iter().find(|(kid, _)| *kid == k.kid);
+            let twin = keys.iter().find(|(o, _)| o.kid == k.kid);
+            match (mine, twin) {
+                (Some((_, jwk)), _) if *jwk == k.jwk => continue,
+                (Some(_), _) => {
+                    return Err(refuse(format!(
+                        "{field}: kid {:?} is one of the set's own keys, with other key material",
+                        k.kid
+                    )));
+                }
+                (None, Some((o, _))) if o.jwk == k.jwk => continue,
+                (None, Some(_)) => {
+                    return Err(refuse(format!(
+                        "{field}: kid {:?} is given twice with different keys",
+                        k.kid
+                    )));
+                }
+                (None, None) => keys.push((k, time(&src.until))),
+            }
+        }
+    }
+    Ok(Some(plan::Verification { generation, keys }))
 }
 
 /// The planner's input: the stored state, the keys every target's copy holds exactly, the
@@ -144,6 +270,7 @@ fn observe(
         lagging: lagging_kids(sks, &state, &objects.copies, targets),
         signing: signing_kid(&state, objects.signing.as_ref()),
         state: Some(state),
+        verification: None,
     }
 }
 
@@ -365,5 +492,122 @@ mod tests {
         o.internal = Some(publish::internal_secret(&sks, &st));
         let c = check(&sks, &o, None, false).unwrap();
         assert_eq!(c.observed.lagging, BTreeSet::from([kp.kid().to_string()]));
+    }
+
+    fn import_secret(annotation: Option<&str>, pem: &str) -> Secret {
+        let mut sec: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "legacy", "namespace": "identity"},
+        }))
+        .unwrap();
+        if let Some(a) = annotation {
+            sec.metadata.annotations =
+                Some([(IMPORT_ANNOTATION.to_string(), a.to_string())].into());
+        }
+        sec.data = Some(
+            [(
+                "private.pem".to_string(),
+                ByteString(pem.as_bytes().to_vec()),
+            )]
+            .into(),
+        );
+        sec
+    }
+
+    #[test]
+    fn a_new_set_imports_its_first_key_only_from_a_secret_that_consents() {
+        let sks = set(json!({"algorithm": "EdDSA", "import": {"secretName": "legacy"}}));
+        let kp = crate::keys::KeyPair::generate(crate::crd::Algorithm::EdDSA, None).unwrap();
+        let pem = kp.to_pkcs8_pem();
+        let with = |src: Result<Secret, String>| Objects {
+            import_source: Some(src),
+            ..Default::default()
+        };
+        let c = check(
+            &sks,
+            &with(Ok(import_secret(Some("auth"), &pem))),
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.import.as_ref().map(|k| k.kid()), Some(kp.kid()));
+        for (src, want) in [
+            (Ok(import_secret(None, &pem)), "does not consent"),
+            (Ok(import_secret(Some("other"), &pem)), "does not consent"),
+            (
+                Err("Secret identity/legacy does not exist".into()),
+                "does not exist",
+            ),
+            (
+                Ok(import_secret(Some("auth"), "junk")),
+                "private.pem: is neither",
+            ),
+        ] {
+            let r = refused(&sks, &with(src));
+            assert_eq!(r.reason, Reason::ImportFailed);
+            assert!(r.message.starts_with("spec.import: "), "{}", r.message);
+            assert!(r.message.contains(want), "{want}: {}", r.message);
+            assert!(!r.message.contains("PRIVATE"), "{}", r.message);
+        }
+        // A set that has keys does not import (the Secret is not even read).
+        let st = active_state();
+        let c = check(&sks, &written(&sks, &st), None, false).unwrap();
+        assert!(c.import.is_none());
+    }
+
+    #[test]
+    fn verification_keys_are_read_once_per_generation_and_refused_with_the_field() {
+        let until = "2026-12-31T00:00:00Z";
+        let sks = set(
+            json!({"verificationKeys": [{"configMapName": "old", "key": "jwks.json", "until": until}]}),
+        );
+        let old = crate::keys::KeyPair::generate(crate::crd::Algorithm::ES256, None).unwrap();
+        let jwks = json!({"keys": [old.public_jwk()]}).to_string();
+        let st = active_state();
+        let mut o = written(&sks, &st);
+        o.verification_sources = Some(vec![Ok(jwks.clone())]);
+        let c = check(&sks, &o, None, false).unwrap();
+        let v = c.observed.verification.expect("read for generation 3");
+        assert_eq!(v.generation, 3);
+        assert_eq!(v.keys[0].0.kid, old.kid());
+        assert!(c.verification_refused.is_none());
+
+        // Recorded for this generation: nothing new.
+        let recorded = plan::with_verification(&st, &v, crate::reconcile::fixtures::t0());
+        let mut o2 = written(&sks, &recorded);
+        o2.verification_sources = None;
+        let c = check(&sks, &o2, None, false).unwrap();
+        assert!(c.observed.verification.is_none());
+        // The spec drops them: an empty set of keys is recorded.
+        let mut none = set(json!({}));
+        none.metadata.generation = Some(4);
+        let c = check(&none, &written(&none, &recorded), None, false).unwrap();
+        assert_eq!(c.observed.verification.map(|v| v.keys.len()), Some(0));
+
+        // A missing source or a refused key: the set goes on, with the reason and the field.
+        let mut private: serde_json::Value = serde_json::from_str(&old.private_jwk_json()).unwrap();
+        private["kid"] = json!("x");
+        let own_kid_other_key = {
+            let mut j = old.public_jwk();
+            j["kid"] = json!(st.keys[0].kid);
+            json!({"keys": [j]}).to_string()
+        };
+        for (src, want) in [
+            (
+                Err("ConfigMap identity/old does not exist".to_string()),
+                "spec.verificationKeys[0]: ConfigMap identity/old does not exist",
+            ),
+            (
+                Ok(private.to_string()),
+                "spec.verificationKeys[0] (jwks.json): key 0: has the private member \"d\"",
+            ),
+            (Ok(own_kid_other_key), "is one of the set's own keys"),
+        ] {
+            o.verification_sources = Some(vec![src]);
+            let c = check(&sks, &o, None, false).unwrap();
+            assert!(c.observed.verification.is_none());
+            let r = c.verification_refused.expect("refused");
+            assert_eq!(r.reason, Reason::VerificationKeysRefused);
+            assert!(r.message.contains(want), "{want}: {}", r.message);
+        }
     }
 }

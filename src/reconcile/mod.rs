@@ -299,6 +299,10 @@ pub enum Reason {
     WriteRejected,
     /// A rule keyturn relies on did not hold (a bug).
     InternalError,
+    /// The first key cannot be imported from `spec.import`'s Secret.
+    ImportFailed,
+    /// A `spec.verificationKeys` source is missing or holds a key the JWKS rules refuse.
+    VerificationKeysRefused,
 }
 
 impl Reason {
@@ -314,6 +318,8 @@ impl Reason {
             Reason::PublishFailed => "PublishFailed",
             Reason::WriteRejected => "WriteRejected",
             Reason::InternalError => "InternalError",
+            Reason::ImportFailed => "ImportFailed",
+            Reason::VerificationKeysRefused => "VerificationKeysRefused",
         }
     }
 
@@ -324,7 +330,8 @@ impl Reason {
         let secs = match self {
             Reason::InvalidSpec => return None,
             Reason::PublishFailed => 10,
-            Reason::WriteRejected => 30,
+            // The Secret or ConfigMap can be created, annotated or fixed without a spec edit.
+            Reason::WriteRejected | Reason::ImportFailed | Reason::VerificationKeysRefused => 30,
             Reason::ForeignObject
             | Reason::InternalStateMissing
             | Reason::TooManyKeys
@@ -406,6 +413,7 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
     fanout::hold_copies(sks, ctx).await?;
 
     let applied = match apply::Applier::new(sks, ctx, &mut objects, &checked.spread.targets)
+        .importing(checked.import)
         .run(&checked.settings, checked.observed)
         .await?
     {
@@ -429,6 +437,17 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
             ),
         );
         return report::refuse(sks, ctx, refusal, Some((state, &checked.settings))).await;
+    }
+    if let Some(refusal) = checked.verification_refused {
+        // The set's own keys went on above; it is not Ready until the sources can be read,
+        // looked at again after the refusal's retry or at the next transition, if sooner.
+        let retry = refusal.reason.retry().unwrap_or(StdDuration::from_secs(30));
+        report::refuse(sks, ctx, refusal, Some((state, &checked.settings))).await?;
+        let now = (ctx.clock)();
+        let wake = applied.wake_at.map(|w| {
+            (w - now).to_std().unwrap_or(StdDuration::ZERO) + StdDuration::from_millis(20)
+        });
+        return Ok(Action::requeue(wake.map_or(retry, |w| w.min(retry))));
     }
     let now = (ctx.clock)();
     let published_in = status::published_namespaces(

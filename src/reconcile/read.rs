@@ -27,6 +27,12 @@ pub struct Objects {
     pub namespaces: Vec<Namespace>,
     /// Every SigningKeySetGrant, when the set asks for fan-out (cluster-wide mode).
     pub grants: Vec<SigningKeySetGrant>,
+    /// The Secret named by `spec.import`, read only while the set has no key (`Err` when it
+    /// does not exist).
+    pub import_source: Option<Result<Secret, String>>,
+    /// The text of each `spec.verificationKeys` source, in order (`Err` saying what is
+    /// missing), read only when the stored state has not recorded this generation's keys.
+    pub verification_sources: Option<Vec<Result<String, String>>>,
 }
 
 /// Reads the set's objects: its own three with a GET each; namespaces, grants and its copies
@@ -85,7 +91,59 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
         }
     }
     if let Some(c) = o.jwks.clone() {
-        o.copies.insert(ns, c);
+        o.copies.insert(ns.clone(), c);
+    }
+    if let Some(import) = &sks.spec.import
+        && o.internal.is_none()
+    {
+        o.import_source = Some(
+            secrets
+                .get_opt(&import.secret_name)
+                .await?
+                .ok_or_else(|| format!("Secret {ns}/{} does not exist", import.secret_name)),
+        );
+    }
+    let recorded = o
+        .internal
+        .as_ref()
+        .and_then(|s| s.data.as_ref()?.get(crate::state::STATE_KEY))
+        .and_then(|b| crate::state::verification_generation(&b.0));
+    if !sks.spec.verification_keys.is_empty() && recorded != sks.metadata.generation {
+        let mut texts = vec![];
+        for src in &sks.spec.verification_keys {
+            texts.push(source_text(&secrets, &cms, &ns, src).await?);
+        }
+        o.verification_sources = Some(texts);
     }
     Ok(o)
+}
+
+/// The text under `src.key` in the ConfigMap or Secret `src` names, or what is missing.
+async fn source_text(
+    secrets: &Api<Secret>,
+    cms: &Api<ConfigMap>,
+    ns: &str,
+    src: &crate::crd::VerificationKeySource,
+) -> Result<Result<String, String>, Error> {
+    let missing = |kind: &str, name: &str| format!("{kind} {ns}/{name} does not exist");
+    let no_key =
+        |kind: &str, name: &str| format!("{kind} {ns}/{name} has no data key {:?}", src.key);
+    Ok(match (&src.config_map_name, &src.secret_name) {
+        (Some(name), _) => match cms.get_opt(name).await? {
+            None => Err(missing("ConfigMap", name)),
+            Some(cm) => cm
+                .data
+                .and_then(|mut d| d.remove(&src.key))
+                .ok_or_else(|| no_key("ConfigMap", name)),
+        },
+        (None, Some(name)) => match secrets.get_opt(name).await? {
+            None => Err(missing("Secret", name)),
+            Some(sec) => sec
+                .data
+                .and_then(|mut d| d.remove(&src.key))
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .ok_or_else(|| no_key("Secret", name)),
+        },
+        (None, None) => Err("neither configMapName nor secretName is set".into()),
+    })
 }

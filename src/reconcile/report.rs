@@ -136,7 +136,9 @@ pub async fn announce(sks: &SigningKeySet, ctx: &Context, t: &Transition) {
         Transition::Removed(k) => (
             EventType::Normal,
             "KeyRemoved",
-            format!("key {k} left the JWKS after its overlap window"),
+            format!(
+                "key {k} left the JWKS: its overlap window (or, for a verification-only key, its time) ended"
+            ),
         ),
         Transition::Revoked {
             kid,

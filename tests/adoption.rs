@@ -1,0 +1,468 @@
+//! Adopting keyturn without logging anyone out (issue 16), on the real control plane with the
+//! operator running:
+//!
+//! - a team's issuer already signs with its own key and a previous key's tokens are still in
+//!   flight: the set imports the first (`spec.import`) and publishes the second for
+//!   verification only (`spec.verificationKeys`); a verifier that never refetches checks both
+//!   tokens against every version of the JWKS, through the first rotation and past the overlap;
+//! - a tenant who may only write SigningKeySets names a Secret it cannot read: nothing is
+//!   imported until the Secret's writers consent; a tenant who may write the verification
+//!   source ConfigMap rewrites it with its own key: what keyturn publishes and serves does not
+//!   change;
+//! - a verification key the JWKS rules refuse, a `maxTokenLifetime` longer than the overlap
+//!   allows, and a source naming both a ConfigMap and a Secret are refused with the field named.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jsonwebtoken::{EncodingKey, Header};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use common::invariants::{Seen, observe, verify_with_jwks};
+use keyturn::crd::{Algorithm, SigningKeySet};
+use keyturn::keys::KeyPair;
+
+/// A token signed with `kp` carrying `kid`, valid for an hour.
+fn token(kp: &KeyPair, kid: &str) -> String {
+    let pem = kp.to_pkcs8_pem();
+    let key = match kp.alg() {
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()),
+        a if a.is_rsa() => EncodingKey::from_rsa_pem(pem.as_bytes()),
+        _ => EncodingKey::from_ec_pem(pem.as_bytes()),
+    }
+    .unwrap();
+    let mut header = Header::new(common::invariants::jwt_alg(kp.alg()));
+    header.kid = Some(kid.to_string());
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    jsonwebtoken::encode(&header, &json!({"sub": "old-issuer", "exp": exp}), &key).unwrap()
+}
+
+/// The Secret a team's issuer kept its key in, annotated (or not) for import into `set`.
+async fn key_secret(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    kp: &KeyPair,
+    into: Option<&str>,
+) -> Secret {
+    let mut s: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "stringData": {"private.pem": kp.to_pkcs8_pem().as_str()}
+    }))
+    .unwrap();
+    if let Some(set) = into {
+        s.metadata.annotations =
+            Some([("keyturn.dev/import-into".to_string(), set.to_string())].into());
+    }
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &s)
+        .await
+        .unwrap()
+}
+
+async fn jwks_config_map(client: &Client, ns: &str, name: &str, keys: &[serde_json::Value]) {
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "data": {"jwks.json": json!({"keys": keys}).to_string()}
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+}
+
+fn condition(s: &SigningKeySet, type_: &str) -> Option<(String, String, String)> {
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until the set is `Ready` with `status` and `reason`; returns the message.
+async fn wait_ready(
+    sets: &Api<SigningKeySet>,
+    name: &str,
+    status: &'static str,
+    reason: &'static str,
+) -> String {
+    let s = common::wait_object(
+        sets,
+        name,
+        &format!("{name}: Ready={status} ({reason})"),
+        Duration::from_secs(60),
+        move |o: Option<&SigningKeySet>| {
+            o.and_then(|s| condition(s, "Ready"))
+                .is_some_and(|(st, r, _)| st == status && r == reason)
+        },
+    )
+    .await
+    .unwrap();
+    condition(&s, "Ready").unwrap().2
+}
+
+/// The migration: tokens of the imported key and of a verification-only key verify against
+/// every version of the JWKS until each key's own deadline, with no refetch on an unknown kid.
+#[tokio::test]
+async fn an_issuer_keeps_its_key_and_its_old_tokens_through_the_first_rotation() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "adopt").await;
+    let mut op = common::Operator::start(&ns);
+
+    // The team's issuer signs with `current`; tokens of `previous` (kid "legacy-2025") are
+    // still in flight.
+    let current = KeyPair::generate(Algorithm::ES256, None).unwrap();
+    let previous = KeyPair::generate(Algorithm::EdDSA, None).unwrap();
+    let source = key_secret(&client, &ns, "issuer-key", &current, Some("auth")).await;
+    let mut legacy = previous.public_jwk();
+    legacy["kid"] = json!("legacy-2025");
+    jwks_config_map(&client, &ns, "previous-issuer", &[legacy]).await;
+    let current_token = token(&current, current.kid());
+    let previous_token = token(&previous, "legacy-2025");
+
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mut seen = observe(
+        cms.clone(),
+        kube::runtime::watcher::Config::default().labels("keyturn.dev/signing-key-set=auth"),
+        secrets.clone(),
+    )
+    .await;
+    let (interval, pre, overlap, verify_for) = (12, 4, 10, 30);
+    let until = chrono::Utc::now() + chrono::Duration::seconds(verify_for);
+    let start = Instant::now();
+    common::create_set(
+        &client,
+        &ns,
+        "auth",
+        json!({
+            "algorithm": "ES256",
+            "rotation": {"interval": format!("{interval}s"), "prePublish": format!("{pre}s"), "overlap": format!("{overlap}s")},
+            "import": {"secretName": "issuer-key", "keyId": current.kid()},
+            "verificationKeys": [{"configMapName": "previous-issuer", "key": "jwks.json", "until": until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}]
+        }),
+    )
+    .await;
+
+    // Follow the set until both old keys have left the JWKS, checking every version.
+    let mut versions = 0;
+    let mut first_signer: Option<String> = None;
+    let mut retired_at: Option<Instant> = None;
+    let (mut current_gone, mut previous_gone): (Option<Instant>, Option<Instant>) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while current_gone.is_none() || previous_gone.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, copy_ns, s) = tokio::time::timeout(left, seen.next())
+            .await
+            .expect("both old keys leave the JWKS within 90 s")
+            .expect("watch ended");
+        match s {
+            Seen::Signer { kid, at, .. } => match &first_signer {
+                None => first_signer = Some(kid),
+                Some(f) if *f != kid && retired_at.is_none() => retired_at = Some(at),
+                Some(_) => {}
+            },
+            Seen::Jwks {
+                kids, bytes, at, ..
+            } if copy_ns.as_deref() == Some(ns.as_str()) => {
+                versions += 1;
+                if versions == 1 {
+                    assert!(
+                        kids.contains(&current.kid().to_string())
+                            && kids.contains(&"legacy-2025".to_string()),
+                        "the first JWKS already holds the imported and the verification key: {kids:?}"
+                    );
+                }
+                match verify_with_jwks(&current_token, &bytes) {
+                    Ok(()) => assert!(current_gone.is_none(), "the imported key came back"),
+                    Err(e) if current_gone.is_none() => {
+                        // It may leave only `overlap` after it stopped signing.
+                        let retired = retired_at.expect("the imported key left before it retired");
+                        assert!(
+                            at.duration_since(retired) + common::invariants::JITTER
+                                >= Duration::from_secs(overlap),
+                            "imported key's token refused {:?} after retirement: {e}",
+                            at.duration_since(retired)
+                        );
+                        current_gone = Some(at);
+                    }
+                    Err(_) => {}
+                }
+                match verify_with_jwks(&previous_token, &bytes) {
+                    Ok(()) => assert!(previous_gone.is_none(), "the verification key came back"),
+                    Err(e) if previous_gone.is_none() => {
+                        assert!(
+                            chrono::Utc::now() + chrono::Duration::milliseconds(300) >= until,
+                            "previous issuer's token refused before its time: {e}"
+                        );
+                        previous_gone = Some(at);
+                    }
+                    Err(_) => {}
+                }
+            }
+            Seen::Jwks { .. } => {}
+        }
+    }
+    assert_eq!(
+        first_signer.as_deref(),
+        Some(current.kid()),
+        "the imported key signs first, at once"
+    );
+    assert!(retired_at.is_some(), "the first rotation happened");
+    assert!(start.elapsed() >= Duration::from_secs(interval + overlap));
+
+    // The source Secret is exactly as the team left it.
+    let after = secrets.get("issuer-key").await.unwrap();
+    assert_eq!(after.resource_version(), source.resource_version());
+    assert_eq!(after.data, source.data);
+    assert_eq!(after.metadata.annotations, source.metadata.annotations);
+    op.assert_running();
+}
+
+/// A tenant who may write SigningKeySets (and nothing else) names a Secret it cannot read:
+/// nothing is imported, nothing is generated instead, until the Secret's writers consent.
+#[tokio::test]
+async fn a_secret_is_imported_only_when_its_writers_consent() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "adopt-consent").await;
+    let mut op = common::Operator::start(&ns);
+    let (tenant, _) = common::restricted_with(
+        &client,
+        &ns,
+        "tenant",
+        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["create", "get", "list", "watch", "patch", "update"]}]),
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        matches!(Api::<Secret>::namespaced(tenant.clone(), &ns).get("payments-key").await, Err(kube::Error::Api(e)) if e.code == 403),
+        "the tenant cannot read Secrets"
+    );
+    let theirs = KeyPair::generate(Algorithm::RS256, None).unwrap();
+    let source = key_secret(&client, &ns, "payments-key", &theirs, None).await;
+
+    common::create_set(
+        &tenant,
+        &ns,
+        "stolen",
+        json!({"algorithm": "RS256", "import": {"secretName": "payments-key"}}),
+    )
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let msg = wait_ready(&sets, "stolen", "False", "ImportFailed").await;
+    assert!(
+        msg.contains("does not consent") && msg.contains("keyturn.dev/import-into: stolen"),
+        "{msg}"
+    );
+    assert!(!msg.contains("PRIVATE"), "{msg}");
+    for name in ["stolen-signing-key", "stolen-keyturn-keys"] {
+        assert!(
+            secrets.get_opt(name).await.unwrap().is_none(),
+            "{name} was written"
+        );
+    }
+    assert!(
+        Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get_opt("stolen-jwks")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing is published while the import waits"
+    );
+    let after = secrets.get("payments-key").await.unwrap();
+    assert_eq!(
+        after.resource_version(),
+        source.resource_version(),
+        "the source is untouched"
+    );
+
+    // Its writers consent: the key is imported as it is, and signs.
+    secrets
+        .patch(
+            "payments-key",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"keyturn.dev/import-into": "stolen"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_ready(&sets, "stolen", "True", "KeysPublished").await;
+    let signing = secrets.get("stolen-signing-key").await.unwrap();
+    assert_eq!(common::signing_kid(&signing), theirs.kid());
+    op.assert_running();
+}
+
+/// A tenant who may write the verification source ConfigMap replaces its key with its own:
+/// keyturn read the source for this generation of the spec, so neither the JWKS nor the HTTP
+/// endpoint carries the tenant's key, also after the set is reconciled again.
+#[tokio::test]
+async fn rewriting_a_verification_source_does_not_reach_the_jwks() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "adopt-source").await;
+    let mut op = common::Operator::start(&ns);
+    let previous = KeyPair::generate(Algorithm::ES384, None).unwrap();
+    jwks_config_map(&client, &ns, "previous-issuer", &[previous.public_jwk()]).await;
+    let until = chrono::Utc::now() + chrono::Duration::hours(1);
+    common::create_set(
+        &client,
+        &ns,
+        "auth",
+        json!({"rotation": {"interval": "1h", "prePublish": "3s", "overlap": "1h"},
+               "verificationKeys": [{"configMapName": "previous-issuer", "key": "jwks.json", "until": until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}]}),
+    )
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    wait_ready(&sets, "auth", "True", "KeysPublished").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let kids = common::invariants::kids_of(&cms.get("auth-jwks").await.unwrap());
+    assert!(kids.contains(&previous.kid().to_string()), "{kids:?}");
+
+    // The tenant may do anything to ConfigMaps in the namespace, nothing else.
+    let (tenant, _) = common::restricted_with(
+        &client,
+        &ns,
+        "cm-writer",
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}]),
+    )
+    .await;
+    let attacker = KeyPair::generate(Algorithm::ES384, None).unwrap();
+    Api::<ConfigMap>::namespaced(tenant, &ns)
+        .patch(
+            "previous-issuer",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"jwks.json": json!({"keys": [attacker.public_jwk()]}).to_string()}})),
+        )
+        .await
+        .expect("the tenant may write the source");
+
+    // Reconciled again (a manual rotation publishes a new key): still the recorded key only.
+    sets.patch(
+        "auth",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"keyturn.dev/rotate": "1"}}})),
+    )
+    .await
+    .unwrap();
+    let cm = common::wait_object(
+        &cms,
+        "auth-jwks",
+        "the manual rotation's key published",
+        Duration::from_secs(30),
+        |o: Option<&ConfigMap>| o.is_some_and(|c| common::invariants::kids_of(c).len() == 3),
+    )
+    .await
+    .unwrap();
+    let kids = common::invariants::kids_of(&cm);
+    assert!(kids.contains(&previous.kid().to_string()), "{kids:?}");
+    assert!(!kids.contains(&attacker.kid().to_string()), "{kids:?}");
+    let (code, body) = op
+        .http_get(&format!("/jwks/{ns}/auth"))
+        .expect("the endpoint answers");
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains(attacker.kid()), "{body}");
+    op.assert_running();
+}
+
+/// Refusals name the field: a verification key the JWKS rules refuse (the set's own key goes
+/// on; the set is Ready once the source is fixed, without a spec edit), a `maxTokenLifetime`
+/// the overlap does not cover, a source naming both a ConfigMap and a Secret.
+#[tokio::test]
+async fn bad_adoption_input_is_refused_naming_the_field() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "adopt-bad").await;
+    let mut op = common::Operator::start(&ns);
+
+    let e = common::try_create_set(
+        &client,
+        &ns,
+        "short",
+        json!({"maxTokenLifetime": "1h", "rotation": {"overlap": "61m"}}),
+    )
+    .await
+    .expect_err("an overlap shorter than the token lifetime plus the margin is rejected");
+    assert!(
+        e.to_string().contains("spec.rotation.overlap")
+            && e.to_string().contains("maxTokenLifetime"),
+        "{e}"
+    );
+    common::try_create_set(
+        &client,
+        &ns,
+        "long-enough",
+        json!({"maxTokenLifetime": "1h", "rotation": {"overlap": "62m"}}),
+    )
+    .await
+    .expect("an overlap of the token lifetime plus 2m is accepted");
+    let e = common::try_create_set(
+        &client,
+        &ns,
+        "both",
+        json!({"verificationKeys": [{"configMapName": "a", "secretName": "b", "key": "k", "until": "2030-01-01T00:00:00Z"}]}),
+    )
+    .await
+    .expect_err("a source naming a ConfigMap and a Secret is rejected");
+    assert!(
+        e.to_string()
+            .contains("exactly one of configMapName and secretName"),
+        "{e}"
+    );
+
+    // A private JWK where public keys belong.
+    let previous = KeyPair::generate(Algorithm::EdDSA, None).unwrap();
+    let private: serde_json::Value = serde_json::from_str(&previous.private_jwk_json()).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    jwks_config_map(&client, &ns, "previous-issuer", &[private]).await;
+    common::create_set(
+        &client,
+        &ns,
+        "auth",
+        json!({"rotation": {"interval": "1h", "prePublish": "3s", "overlap": "1h"},
+               "verificationKeys": [{"configMapName": "previous-issuer", "key": "jwks.json", "until": "2030-01-01T00:00:00Z"}]}),
+    )
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let msg = wait_ready(&sets, "auth", "False", "VerificationKeysRefused").await;
+    assert!(
+        msg.contains("spec.verificationKeys[0]") && msg.contains("private member"),
+        "{msg}"
+    );
+    let d = serde_json::from_str::<serde_json::Value>(&previous.private_jwk_json()).unwrap()["d"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!msg.contains(&d), "{msg}");
+    // The set's own key is published and signs meanwhile, without the refused key.
+    let own = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("auth-signing-key")
+        .await
+        .unwrap();
+    let kids = common::invariants::kids_of(&cms.get("auth-jwks").await.unwrap());
+    assert_eq!(kids, vec![common::signing_kid(&own)]);
+
+    // The source fixed (no spec edit): picked up on the retry.
+    cms.patch(
+        "previous-issuer",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"data": {"jwks.json": json!({"keys": [previous.public_jwk()]}).to_string()}}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_ready(&sets, "auth", "True", "KeysPublished").await;
+    let kids = common::invariants::kids_of(&cms.get("auth-jwks").await.unwrap());
+    assert!(kids.contains(&previous.kid().to_string()), "{kids:?}");
+    op.assert_running();
+}
