@@ -152,13 +152,13 @@ pub fn private_key(
         // (serde_json's values cannot be wiped; the decoded private members are, below.)
         let jwk: Value = serde_json::from_str(trimmed).map_err(|_| ImportError::NotAKey)?;
         let kp = private_jwk(alg, jwk.as_object().ok_or(ImportError::NotAKey)?)?;
-        if let Some(kid) = jwk.get("kid") {
-            if kid.as_str() != Some(kp.kid()) {
-                return Err(ImportError::KidMismatch {
-                    given_in: "the JWK's \"kid\"",
-                    thumbprint: kp.kid().to_string(),
-                });
-            }
+        if let Some(kid) = jwk.get("kid")
+            && kid.as_str() != Some(kp.kid())
+        {
+            return Err(ImportError::KidMismatch {
+                given_in: "the JWK's \"kid\"",
+                thumbprint: kp.kid().to_string(),
+            });
         }
         kp
     } else {
@@ -190,7 +190,7 @@ fn private_pem(alg: Algorithm, block: &Block<'_>) -> Result<KeyPair, ImportError
         "PRIVATE KEY" => {
             return KeyPair::from_pkcs8_pem(alg, block.text).map_err(|e| match e {
                 crate::keys::KeyError::BadPem { .. } => match pkcs8_family(block.text) {
-                    Some(found) => wrong(&format!("{found}"), alg),
+                    Some(found) => wrong(found, alg),
                     None => invalid("PKCS#8"),
                 },
                 other => ImportError::Invalid(other.to_string()),

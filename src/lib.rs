@@ -17,6 +17,7 @@ pub mod keys;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod plugin;
 pub mod publish;
 pub mod reconcile;
 pub mod state;

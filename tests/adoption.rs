@@ -137,7 +137,9 @@ async fn an_issuer_keeps_its_key_and_its_old_tokens_through_the_first_rotation()
     )
     .await;
     let (interval, pre, overlap, verify_for) = (12, 4, 10, 30);
-    let until = chrono::Utc::now() + chrono::Duration::seconds(verify_for);
+    // Whole seconds, as the spec holds it.
+    let until =
+        chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + verify_for, 0).unwrap();
     let start = Instant::now();
     common::create_set(
         &client,

@@ -1,0 +1,217 @@
+//! The kubectl plugin (`kubectl keyturn`), run through kubectl's own plugin discovery (the
+//! binary on the PATH) against the real control plane with the operator running: `status`,
+//! `rotate`, `revoke`, and `verify` on a valid, a tampered, an unknown-kid and a retired-key
+//! token, and on a revoked key's token; a viewer's identity may verify but not rotate or revoke.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::Api;
+use serde_json::json;
+
+use common::invariants::sign_with_secret;
+use keyturn::crd::{Algorithm, SigningKeySet};
+use keyturn::keys::KeyPair;
+
+/// `kubectl keyturn ARGS` as `kubeconfig`, with the plugin found on the PATH by kubectl.
+fn plugin(kubeconfig: &Path, args: &[&str]) -> Output {
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_kubectl-keyturn"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let kubectl = std::env::var("KEYTURN_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new(kubectl)
+        .arg("keyturn")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("PATH", path)
+        .output()
+        .expect("run kubectl keyturn")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `verify`; returns the exit code and the output.
+fn verify(kubeconfig: &Path, ns: &str, token: &str) -> (i32, String) {
+    let o = plugin(kubeconfig, &["verify", "auth", token, "-n", ns]);
+    (o.status.code().unwrap_or(-1), text(&o))
+}
+
+async fn kids(cms: &Api<ConfigMap>) -> Vec<String> {
+    common::invariants::kids_of(&cms.get("auth-jwks").await.unwrap())
+}
+
+#[tokio::test]
+async fn status_rotate_revoke_and_verify_through_kubectl() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "plugin").await;
+    let mut op = common::Operator::start(&ns);
+    let admin = common::kubeconfig_path();
+    common::create_set(
+        &client,
+        &ns,
+        "auth",
+        json!({"algorithm": "ES256", "rotation": {"interval": "1h", "prePublish": "3s", "overlap": "1h"}}),
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let first = common::wait_object(
+        &secrets,
+        "auth-signing-key",
+        "the first key",
+        Duration::from_secs(60),
+        |o: Option<&Secret>| o.is_some(),
+    )
+    .await
+    .unwrap();
+    let (token, first_kid) = sign_with_secret(&first);
+    common::wait_object(
+        &sets,
+        "auth",
+        "status lists the key",
+        Duration::from_secs(30),
+        |o: Option<&SigningKeySet>| {
+            o.and_then(|s| s.status.as_ref())
+                .is_some_and(|s| s.keys.len() == 1)
+        },
+    )
+    .await
+    .unwrap();
+
+    // A valid token of the Active key.
+    let (code, out) = verify(&admin, &ns, &token);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("valid\n"), "{out}");
+    assert!(
+        out.contains(&format!("key {first_kid} is Active")) && out.contains("at least until"),
+        "{out}"
+    );
+
+    // Tampered: the payload changed under the same signature.
+    let parts: Vec<&str> = token.split('.').collect();
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(br#"{"sub":"admin","exp":4102444800}"#);
+    let (code, out) = verify(&admin, &ns, &format!("{}.{forged}.{}", parts[0], parts[2]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("signature does not verify"), "{out}");
+
+    // Unknown kid: a key the set never published.
+    let stranger = KeyPair::generate(Algorithm::ES256, None).unwrap();
+    let stranger_token = {
+        let key =
+            jsonwebtoken::EncodingKey::from_ec_pem(stranger.to_pkcs8_pem().as_bytes()).unwrap();
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some(stranger.kid().into());
+        jsonwebtoken::encode(&h, &json!({"sub": "x", "exp": 4102444800u64}), &key).unwrap()
+    };
+    let (code, out) = verify(&admin, &ns, &stranger_token);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unknown kid"), "{out}");
+
+    // A viewer (get/list on sets and ConfigMaps) may verify and see the status, not rotate.
+    let (_, viewer) = common::restricted_with(
+        &client,
+        &ns,
+        "viewer",
+        json!([
+            {"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["get", "list"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}
+        ]),
+    )
+    .await;
+    let (code, out) = verify(&viewer, &ns, &token);
+    assert_eq!(code, 0, "{out}");
+    let o = plugin(&viewer, &["rotate", "auth", "-n", &ns]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("forbidden"), "{}", text(&o));
+    let o = plugin(&viewer, &["revoke", "auth", &first_kid, "-n", &ns]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    // Rotate: a new key signs after prePublish; the first one is Retired and still verifies.
+    let o = plugin(&admin, &["rotate", "auth", "-n", &ns]);
+    assert!(o.status.success(), "{}", text(&o));
+    let f = first_kid.clone();
+    common::wait_object(
+        &secrets,
+        "auth-signing-key",
+        "the rotated key signs",
+        Duration::from_secs(30),
+        move |o: Option<&Secret>| o.is_some_and(|s| common::signing_kid(s) != f),
+    )
+    .await
+    .unwrap();
+    common::wait_object(
+        &sets,
+        "auth",
+        "status shows the first key Retired",
+        Duration::from_secs(30),
+        |o: Option<&SigningKeySet>| {
+            o.and_then(|s| s.status.as_ref())
+                .is_some_and(|s| s.keys.iter().any(|k| k.state == "Retired"))
+        },
+    )
+    .await
+    .unwrap();
+    let (code, out) = verify(&admin, &ns, &token);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("key {first_kid} is Retired"))
+            && out.contains("when it leaves the JWKS"),
+        "{out}"
+    );
+    let o = plugin(&admin, &["status", "auth", "-n", &ns]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("Retired") && text(&o).contains("Active"),
+        "{}",
+        text(&o)
+    );
+    let o = plugin(&admin, &["status", "auth", "-n", &ns, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON status");
+    assert!(v.to_string().contains(&first_kid), "{v}");
+
+    // Revoke the retired key: it leaves the JWKS and its tokens stop verifying.
+    let o = plugin(&admin, &["revoke", "auth", "not-a-kid", "-n", &ns]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("is not a key of"), "{}", text(&o));
+    let o = plugin(&admin, &["revoke", "auth", &first_kid, "-n", &ns]);
+    assert!(o.status.success(), "{}", text(&o));
+    let set = sets.get("auth").await.unwrap();
+    assert_eq!(set.spec.revoked_key_ids, vec![first_kid.clone()]);
+    let f = first_kid.clone();
+    common::wait_object(
+        &cms,
+        "auth-jwks",
+        "the revoked key leaves the JWKS",
+        Duration::from_secs(30),
+        move |o: Option<&ConfigMap>| {
+            o.is_some_and(|c| !common::invariants::kids_of(c).contains(&f))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(kids(&cms).await.len(), 1);
+    let (code, out) = verify(&admin, &ns, &token);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unknown kid"), "{out}");
+    op.assert_running();
+}
