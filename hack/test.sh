@@ -72,6 +72,19 @@ for t in tests/*.rs; do
 done
 cargo test "${targets[@]}" -- --test-threads 4
 
+step "krew packaging of kubectl keyturn (hack/krew-manifest, with the debug build the tests ran)"
+KEYTURN_PLUGIN_BIN="$ROOT/target/debug/kubectl-keyturn" "$ROOT/hack/krew-manifest" v0.0.0-test http://127.0.0.1/krew >/dev/null
+krew="$ROOT/target/krew"
+sha="$(sha256sum "$krew/kubectl-keyturn-v0.0.0-test-linux-amd64.tar.gz" | cut -d' ' -f1)"
+grep -q "sha256: $sha" "$krew/keyturn.yaml"
+grep -q "uri: http://127.0.0.1/krew/kubectl-keyturn-v0.0.0-test-linux-amd64.tar.gz" "$krew/keyturn.yaml"
+! grep -v '^#' "$krew/keyturn.yaml" | grep -E 'VERSION|BASE_URL|SHA256_'
+unpacked="$(mktemp -d)"
+tar -xzf "$krew/kubectl-keyturn-v0.0.0-test-linux-amd64.tar.gz" -C "$unpacked"
+"$unpacked/kubectl-keyturn" --help | grep -q "verify"
+rm -rf "$unpacked"
+echo "krew: archive and manifest agree (sha256 $sha)"
+
 step "docs: every command, manifest and code block of README.md and docs/ (hack/check-docs)"
 KUBECONFIG="$PLANE/kubeconfig" "$ROOT/hack/check-docs"
 
