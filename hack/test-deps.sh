@@ -48,3 +48,31 @@ if fresh "${java[@]}"; then
   javac -d "$DIR/java/classes" -cp "$DIR/java/lib/*" "$V/interop/java/Interop.java"
   installed "${java[@]}"
 fi
+
+# Go tools, built from the Go module proxy into ~/.cache/keyturn/bin (kept across checkouts)
+# and linked into DIR/bin: Helm (tests/chart.rs: lint, template, install, upgrade, push),
+# promtool (hack/test.sh: the alerts' unit tests), and the Prometheus Operator's CRDs
+# (ServiceMonitor, PrometheusRule) for the chart's server-side dry run (DIR/monitoring-crds).
+. "$V/go-tools.env"
+CACHE_BIN="$HOME/.cache/keyturn/bin"
+mkdir -p "$CACHE_BIN" "$DIR/bin" "$DIR/monitoring-crds"
+go_tool() { # NAME PACKAGE VERSION
+  local name="$1" pkg="$2" version="$3" out="$CACHE_BIN/$1-$3"
+  if [ ! -x "$out" ]; then
+    need go "$name"
+    echo "building $name $version (Go module proxy) into $out (first time: minutes on 2 cores)"
+    local tmp; tmp="$(mktemp -d)"
+    (cd "$tmp" && GOTOOLCHAIN=local GOBIN="$tmp/bin" go install -trimpath -ldflags "-s -w" "$pkg@$version")
+    mv "$tmp/bin/$name" "$out"
+    rm -rf "$tmp"
+  fi
+  ln -sf "$out" "$DIR/bin/$name"
+}
+go_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
+go_tool promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_VERSION"
+if [ ! -s "$DIR/monitoring-crds/.version" ] || [ "$(cat "$DIR/monitoring-crds/.version")" != "$PROMETHEUS_OPERATOR_VERSION" ]; then
+  need go "the Prometheus Operator's CRDs"
+  src="$(cd "$(mktemp -d)" && GOTOOLCHAIN=local go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  cp "$src"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,prometheusrules}.yaml "$DIR/monitoring-crds/"
+  echo "$PROMETHEUS_OPERATOR_VERSION" > "$DIR/monitoring-crds/.version"
+fi

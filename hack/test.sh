@@ -59,9 +59,13 @@ export KEYTURN_TEST_KUBECTL="$("$ROOT/hack/control-plane" bin-dir)/kubectl"
 export KEYTURN_TEST_LOG_DIR="$PLANE/test-logs"
 mkdir -p "$KEYTURN_TEST_LOG_DIR"
 
-step "test packages: jose, mermaid, jsdom (npm), PyJWT (PyPI), go-jose (Go proxy), Nimbus + Tink (Maven)"
+step "test packages: jose, mermaid, jsdom (npm), PyJWT (PyPI), go-jose, Helm, promtool, Prometheus Operator CRDs (Go proxy), Nimbus + Tink (Maven)"
 "$ROOT/hack/test-deps.sh" "$ROOT/.test-deps/verifiers"
 export KEYTURN_TEST_VERIFIERS="$ROOT/.test-deps/verifiers"
+
+step "alerts: promtool check rules and promtool test rules (tests/monitoring/alerts-test.yaml)"
+"$KEYTURN_TEST_VERIFIERS/bin/promtool" check rules charts/keyturn/files/alerts.yaml
+"$KEYTURN_TEST_VERIFIERS/bin/promtool" test rules tests/monitoring/alerts-test.yaml
 
 step "integration tests (real kube-apiserver + etcd + kube-controller-manager)"
 # Every tests/*.rs but node.rs, which needs the node's plane (the last step runs it).

@@ -51,13 +51,16 @@ pub fn crd_yaml() -> String {
 mod tests {
     #[test]
     fn crds_directory_matches_the_types() {
-        for (file, yaml) in super::crd_files() {
-            let path = format!("{}/crds/{file}", env!("CARGO_MANIFEST_DIR"));
-            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(
-                on_disk == yaml,
-                "crds/{file} is out of date with src/crd.rs; regenerate crds/ with\n  cargo run -- crd --out-dir crds"
-            );
+        // crds/ (kustomize, kubectl) and the Helm chart's copy.
+        for dir in ["crds", "charts/keyturn/files/crds"] {
+            for (file, yaml) in super::crd_files() {
+                let path = format!("{}/{dir}/{file}", env!("CARGO_MANIFEST_DIR"));
+                let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    on_disk == yaml,
+                    "{dir}/{file} is out of date with src/crd.rs; regenerate it with\n  cargo run -- crd --out-dir {dir}"
+                );
+            }
         }
     }
 

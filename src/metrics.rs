@@ -278,4 +278,140 @@ mod tests {
         assert!(text.contains("name=\"two\""), "{text}");
         assert_eq!(m.sets(), vec![("a".to_string(), "two".to_string())]);
     }
+
+    /// Every series keyturn exports, as `/metrics` shows it once each kind of event happened:
+    /// name → label names (Prometheus adds `instance` and `job` when it scrapes).
+    fn exported() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        let m = Metrics::new();
+        m.reconcile_started();
+        m.error("ApiError");
+        m.refused("InvalidSpec");
+        m.write("status");
+        m.transition("KeyPublished");
+        m.set_leader(true);
+        m.http("jwks");
+        m.published();
+        let kp = crate::keys::KeyPair::generate(crate::crd::Algorithm::EdDSA, None).unwrap();
+        let st = crate::plan::with_new_key(
+            None,
+            &kp,
+            crate::plan::GenerateReason::First,
+            None,
+            chrono::Utc::now(),
+        );
+        m.observe_set("identity", "auth", &st, Some(chrono::Duration::seconds(5)));
+        let mut out: std::collections::BTreeMap<_, std::collections::BTreeSet<String>> =
+            Default::default();
+        for line in m.encode().lines().filter(|l| !l.starts_with('#')) {
+            let (name, labels) = match line.split_once('{') {
+                Some((n, rest)) => (n, rest.split_once('}').map_or("", |(l, _)| l)),
+                None => (line.split_whitespace().next().unwrap_or_default(), ""),
+            };
+            let set = out.entry(name.to_string()).or_default();
+            set.extend(["instance".to_string(), "job".to_string()]);
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                set.insert(pair.split('=').next().unwrap_or_default().to_string());
+            }
+        }
+        out
+    }
+
+    /// The metric names a PromQL text or a series selector mentions (`keyturn_*`).
+    fn named(text: &str) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("keyturn_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            out.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    fn read(path: &str) -> String {
+        std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn the_dashboard_and_the_alerts_name_only_metrics_keyturn_exports() {
+        let exported = exported();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&read("charts/keyturn/files/dashboard.json")).unwrap();
+        let mut queries = vec![];
+        for p in dashboard["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                queries.push(t["expr"].as_str().unwrap().to_string());
+            }
+        }
+        for v in dashboard["templating"]["list"].as_array().unwrap() {
+            if let Some(q) = v["query"].as_str() {
+                queries.push(q.to_string());
+            }
+        }
+        let rules: serde_json::Value =
+            serde_norway::from_str(&read("charts/keyturn/files/alerts.yaml")).unwrap();
+        for g in rules["groups"].as_array().unwrap() {
+            for r in g["rules"].as_array().unwrap() {
+                queries.push(r["expr"].as_str().unwrap().to_string());
+            }
+        }
+        assert!(queries.len() >= 14, "{queries:?}");
+        let mut used = 0;
+        for q in &queries {
+            for name in named(q) {
+                assert!(
+                    exported.contains_key(&name),
+                    "{q:?} names {name}, which keyturn does not export; it exports {:?}",
+                    exported.keys()
+                );
+                used += 1;
+            }
+        }
+        // Every metric keyturn exports is on the dashboard.
+        let on_dashboard: std::collections::BTreeSet<String> =
+            queries.iter().flat_map(|q| named(q)).collect();
+        for name in exported.keys() {
+            assert!(
+                on_dashboard.contains(name),
+                "{name} is not on the dashboard or in an alert"
+            );
+        }
+        assert!(used > 0);
+    }
+
+    #[test]
+    fn alert_tests_use_series_keyturn_exports() {
+        let exported = exported();
+        let tests: serde_json::Value =
+            serde_norway::from_str(&read("tests/monitoring/alerts-test.yaml")).unwrap();
+        let mut series = 0;
+        for t in tests["tests"].as_array().unwrap() {
+            for s in t["input_series"].as_array().unwrap() {
+                let sel = s["series"].as_str().unwrap();
+                let (name, labels) = sel.split_once('{').unwrap_or((sel, "}"));
+                if !name.starts_with("keyturn_") {
+                    continue; // a series of another exporter (the "no keyturn at all" case)
+                }
+                let have = exported
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{sel}: keyturn does not export {name}"));
+                for pair in labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                {
+                    let label = pair.split('=').next().unwrap();
+                    assert!(
+                        have.contains(label),
+                        "{sel}: {name} has no label {label} ({have:?})"
+                    );
+                }
+                series += 1;
+            }
+        }
+        assert!(series >= 6);
+    }
 }

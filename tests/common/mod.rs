@@ -343,16 +343,22 @@ impl Drop for Operator {
     }
 }
 
-/// Creates ServiceAccount `sa` in `ns` and writes a kubeconfig that authenticates with a
+/// Creates ServiceAccount `sa` in `ns` (unless it exists) and writes a kubeconfig that authenticates with a
 /// token of it (TokenRequest, one hour).
 pub async fn token_kubeconfig(client: &Client, ns: &str, sa: &str, path: &std::path::Path) {
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    sas.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    // Created here, or (a chart's, an install's) there already.
+    match sas
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap(),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create ServiceAccount {ns}/{sa}: {e}"),
+    }
     let tr: TokenRequest =
         serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
             .unwrap();
