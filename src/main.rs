@@ -199,15 +199,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .get_opt(name)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("SigningKeySet {ns}/{name} not found"))?;
-            let now = chrono::Utc::now();
-            if output == "json" {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&keyturn::view::render_json(&set, now))?
-                );
-            } else {
-                print!("{}", keyturn::view::render_text(&set, now));
-            }
+            print!(
+                "{}",
+                keyturn::view::render(&set, chrono::Utc::now(), output == "json")
+            );
             Ok(())
         }
         Command::Run(a) => {

@@ -640,19 +640,13 @@ mod tests {
         );
     }
 
+    /// The default spec (ES256), as the API server stores `spec: {}`.
+    fn spec() -> SigningKeySetSpec {
+        serde_json::from_value(serde_json::json!({})).unwrap()
+    }
+
     fn settings(interval: &str, pre: &str, overlap: &str) -> Settings {
-        let mut spec = SigningKeySetSpec {
-            algorithm: Algorithm::ES256,
-            rsa_key_size: None,
-            rotation: Default::default(),
-            secret_name: None,
-            jwks: Default::default(),
-            revoked_key_ids: vec![],
-            issuer: None,
-            max_token_lifetime: None,
-            import: None,
-            verification_keys: vec![],
-        };
+        let mut spec = spec();
         spec.rotation.interval = interval.into();
         spec.rotation.pre_publish = pre.into();
         spec.rotation.overlap = overlap.into();
@@ -1421,18 +1415,8 @@ mod tests {
 
     #[test]
     fn a_max_token_lifetime_longer_than_the_overlap_allows_is_refused() {
-        let mut spec = SigningKeySetSpec {
-            algorithm: Algorithm::ES256,
-            rsa_key_size: None,
-            rotation: Default::default(),
-            secret_name: None,
-            jwks: Default::default(),
-            revoked_key_ids: vec![],
-            issuer: None,
-            max_token_lifetime: Some("1h".into()),
-            import: None,
-            verification_keys: vec![],
-        };
+        let mut spec = spec();
+        spec.max_token_lifetime = Some("1h".into());
         spec.rotation.overlap = "61m".into();
         let e = validate(&spec, None).unwrap_err();
         assert_eq!(e.field, "spec.rotation.overlap");
@@ -1449,18 +1433,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let mut spec = SigningKeySetSpec {
-            algorithm: Algorithm::ES256,
-            rsa_key_size: None,
-            rotation: Default::default(),
-            secret_name: None,
-            jwks: Default::default(),
-            revoked_key_ids: vec![],
-            issuer: None,
-            max_token_lifetime: None,
-            import: None,
-            verification_keys: vec![],
-        };
+        let mut spec = spec();
         assert!(validate(&spec, None).is_ok());
         spec.rotation.pre_publish = "800h".into();
         assert_eq!(

@@ -54,6 +54,19 @@ fn short(kid: &str) -> String {
     }
 }
 
+/// The view as `keyturn status` and `kubectl keyturn status` print it: `json` (pretty) or
+/// text.
+pub fn render(set: &SigningKeySet, now: DateTime<Utc>, json: bool) -> String {
+    if json {
+        let mut out =
+            serde_json::to_string_pretty(&render_json(set, now)).expect("a JSON value serializes");
+        out.push('\n');
+        out
+    } else {
+        render_text(set, now)
+    }
+}
+
 /// The text view (every line at most 80 columns).
 pub fn render_text(set: &SigningKeySet, now: DateTime<Utc>) -> String {
     let name = format!(

@@ -77,15 +77,6 @@ async fn jwks_config_map(client: &Client, ns: &str, name: &str, keys: &[serde_js
         .unwrap();
 }
 
-fn condition(s: &SigningKeySet, type_: &str) -> Option<(String, String, String)> {
-    s.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
 /// Waits until the set is `Ready` with `status` and `reason`; returns the message.
 async fn wait_ready(
     sets: &Api<SigningKeySet>,
@@ -93,19 +84,7 @@ async fn wait_ready(
     status: &'static str,
     reason: &'static str,
 ) -> String {
-    let s = common::wait_object(
-        sets,
-        name,
-        &format!("{name}: Ready={status} ({reason})"),
-        Duration::from_secs(60),
-        move |o: Option<&SigningKeySet>| {
-            o.and_then(|s| condition(s, "Ready"))
-                .is_some_and(|(st, r, _)| st == status && r == reason)
-        },
-    )
-    .await
-    .unwrap();
-    condition(&s, "Ready").unwrap().2
+    common::wait_condition(sets, name, "Ready", status, reason).await
 }
 
 /// The migration: tokens of the imported key and of a verification-only key verify against
@@ -349,13 +328,7 @@ async fn rewriting_a_verification_source_does_not_reach_the_jwks() {
         .expect("the tenant may write the source");
 
     // Reconciled again (a manual rotation publishes a new key): still the recorded key only.
-    sets.patch(
-        "auth",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"keyturn.dev/rotate": "1"}}})),
-    )
-    .await
-    .unwrap();
+    common::rotate(&sets, "auth", "1").await;
     let cm = common::wait_object(
         &cms,
         "auth-jwks",
@@ -466,5 +439,61 @@ async fn bad_adoption_input_is_refused_naming_the_field() {
     wait_ready(&sets, "auth", "True", "KeysPublished").await;
     let kids = common::invariants::kids_of(&cms.get("auth-jwks").await.unwrap());
     assert!(kids.contains(&previous.kid().to_string()), "{kids:?}");
+    op.assert_running();
+}
+
+/// A tenant who may only write SigningKeySets names another team's private-key Secret as a
+/// verification source: nothing of it is published, the refusal quotes none of it, and the
+/// Secret is untouched.
+#[tokio::test]
+async fn a_private_key_secret_named_as_a_verification_source_is_refused_unquoted() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "adopt-probe").await;
+    let mut op = common::Operator::start(&ns);
+    let (tenant, _) = common::restricted_with(
+        &client,
+        &ns,
+        "tenant",
+        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["create", "get", "list", "watch"]}]),
+    )
+    .await;
+    let theirs = KeyPair::generate(Algorithm::ES256, None).unwrap();
+    let source = key_secret(&client, &ns, "payments-key", &theirs, None).await;
+    common::create_set(
+        &tenant,
+        &ns,
+        "probe",
+        json!({"rotation": {"interval": "1h", "prePublish": "3s", "overlap": "1h"},
+               "verificationKeys": [{"secretName": "payments-key", "key": "private.pem", "until": "2030-01-01T00:00:00Z"}]}),
+    )
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let msg = wait_ready(&sets, "probe", "False", "VerificationKeysRefused").await;
+    assert!(
+        msg.contains("is a private key; list public keys only"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("PRIVATE KEY-----") && !msg.contains(&theirs.public_jwk()["x"].to_string()),
+        "{msg}"
+    );
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("probe-jwks")
+        .await
+        .unwrap();
+    let kids = common::invariants::kids_of(&cm);
+    assert_eq!(kids.len(), 1, "only the set's own key: {kids:?}");
+    assert!(!kids.contains(&theirs.kid().to_string()));
+    let (code, body) = op
+        .http_get(&format!("/jwks/{ns}/probe"))
+        .expect("the endpoint answers");
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains(theirs.kid()), "{body}");
+    let after = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("payments-key")
+        .await
+        .unwrap();
+    assert_eq!(after.resource_version(), source.resource_version());
     op.assert_running();
 }

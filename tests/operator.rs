@@ -264,10 +264,20 @@ async fn steady_state_reconciles_write_nothing() {
                 .map(|s| serde_json::to_string(&s).unwrap()),
         ]
     };
-    // Let the self-triggered reconciles after the last write settle.
+    // Settle: a reconcile completed after a change of our own making. Reconciles of one set
+    // never overlap, so whatever keyturn had in flight (the first key's writes) completed
+    // before it. (Waiting for one keyturn causes itself was flaky: echoes of its own writes
+    // start none.)
     let settled = reconciles(&op, "idle");
+    sets.patch(
+        "idle",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"example.com/settle": "1"}}})),
+    )
+    .await
+    .unwrap();
     common::wait_for(
-        "a reconcile after the last write",
+        "a reconcile after the settling annotation",
         Duration::from_secs(20),
         || async { (reconciles(&op, "idle") > settled).then_some(()) },
     )
@@ -323,13 +333,7 @@ async fn status_configmap_and_signing_secret_are_rebuilt_without_losing_keys() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     // A manual rotation gives two published keys (Active + Pending).
-    sets.patch(
-        "auth",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"keyturn.dev/rotate": "1"}}})),
-    )
-    .await
-    .unwrap();
+    common::rotate(&sets, "auth", "1").await;
     let cm = common::wait_object(
         &cms,
         "auth-jwks",

@@ -31,39 +31,6 @@ fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The condition `type_` of a set: (status, reason, message).
-fn condition(s: &SigningKeySet, type_: &str) -> Option<(String, String, String)> {
-    s.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-/// Waits until the set's condition `type_` has `status` and `reason`; returns its message.
-async fn wait_condition(
-    sets: &Api<SigningKeySet>,
-    name: &str,
-    type_: &'static str,
-    status: &'static str,
-    reason: &'static str,
-) -> String {
-    let s = common::wait_object(
-        sets,
-        name,
-        &format!("{name}: {type_}={status} ({reason})"),
-        Duration::from_secs(60),
-        move |o: Option<&SigningKeySet>| {
-            o.and_then(|s| condition(s, type_))
-                .is_some_and(|(st, r, _)| st == status && r == reason)
-        },
-    )
-    .await
-    .unwrap();
-    condition(&s, type_).unwrap().2
-}
-
 /// keyturn's ConfigMaps in `ns` that came from sets in `from`.
 async fn copies_from(client: &Client, ns: &str, from: &str) -> Vec<String> {
     Api::<ConfigMap>::namespaced(client.clone(), ns)
@@ -192,13 +159,13 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
 
     // Both sets work in their own namespace, and say where they may not publish.
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &tenant);
-    wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
-    let msg = wait_condition(&sets, "auth", "FanOut", "False", "ConsentMissing").await;
+    common::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    let msg = common::wait_condition(&sets, "auth", "FanOut", "False", "ConsentMissing").await;
     assert!(
         msg.contains(&victim) && msg.contains("kube-system"),
         "{msg}"
     );
-    let msg = wait_condition(&sets, "sel", "FanOut", "False", "ConsentMissing").await;
+    let msg = common::wait_condition(&sets, "sel", "FanOut", "False", "ConsentMissing").await;
     assert!(msg.contains(&victim), "{msg}");
     // ... with a Warning Event the tenant can read.
     let events: Api<k8s_openapi::api::events::v1::Event> =
@@ -271,7 +238,7 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
         (c.data == o.data).then_some(())
     })
     .await;
-    wait_condition(&sets, "auth", "FanOut", "False", "ConsentMissing").await; // kube-system still refused
+    common::wait_condition(&sets, "auth", "FanOut", "False", "ConsentMissing").await; // kube-system still refused
     assert_eq!(
         copies_from(&client, "kube-system", &tenant).await,
         Vec::<String>::new()
@@ -382,7 +349,7 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
         "FanOut names the victim again",
         Duration::from_secs(30),
         move |o: Option<&SigningKeySet>| {
-            o.and_then(|s| condition(s, "FanOut"))
+            o.and_then(|s| common::condition(s, "FanOut"))
                 .is_some_and(|(st, r, m)| st == "False" && r == "ConsentMissing" && m.contains(&v))
         },
     )
@@ -428,7 +395,7 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
     )
     .await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
-    wait_condition(&sets, "auth", "Ready", "False", "ForeignObject").await;
+    common::wait_condition(&sets, "auth", "Ready", "False", "ForeignObject").await;
     // Wait until the endpoint knows the set (its cache has it) and check what it answers.
     let jwks_path = format!("/jwks/{ns}/auth");
     let discovery_path = format!("/{ns}/auth/.well-known/openid-configuration");
@@ -456,7 +423,7 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
 
     // The attacker gives up the name; keyturn publishes its own.
     cms.delete("auth-jwks", &Default::default()).await.unwrap();
-    wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    common::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
     let own: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let genuine = common::wait_for(
         "the genuine JWKS served",
@@ -860,7 +827,7 @@ async fn the_namespace_only_install_rotates_under_its_own_token_and_nothing_else
     );
     common::create_set(&client, &ns, "auth", json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [other]}})).await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
-    let msg = wait_condition(&sets, "auth", "FanOut", "False", "FanOutDisabled").await;
+    let msg = common::wait_condition(&sets, "auth", "FanOut", "False", "FanOutDisabled").await;
     assert!(msg.contains(&other), "{msg}");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     common::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;

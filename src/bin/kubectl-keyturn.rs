@@ -108,14 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Status { name, output } => {
             let set = get(name).await?;
-            if output == "json" {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&keyturn::view::render_json(&set, now))?
-                );
-            } else {
-                print!("{}", keyturn::view::render_text(&set, now));
-            }
+            print!("{}", keyturn::view::render(&set, now, output == "json"));
         }
         Command::Rotate { name } => {
             let set = get(name.clone()).await?;

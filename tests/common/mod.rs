@@ -455,6 +455,50 @@ pub async fn bind(
         .expect("create RoleBinding");
 }
 
+/// The condition `type_` of a set: (status, reason, message).
+pub fn condition(s: &keyturn::crd::SigningKeySet, type_: &str) -> Option<(String, String, String)> {
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until the set's condition `type_` has `status` and `reason`; returns its message.
+pub async fn wait_condition(
+    sets: &Api<keyturn::crd::SigningKeySet>,
+    name: &str,
+    type_: &'static str,
+    status: &'static str,
+    reason: &'static str,
+) -> String {
+    let s = wait_object(
+        sets,
+        name,
+        &format!("{name}: {type_}={status} ({reason})"),
+        Duration::from_secs(60),
+        move |o: Option<&keyturn::crd::SigningKeySet>| {
+            o.and_then(|s| condition(s, type_))
+                .is_some_and(|(st, r, _)| st == status && r == reason)
+        },
+    )
+    .await
+    .unwrap();
+    condition(&s, type_).unwrap().2
+}
+
+/// Starts a manual rotation of `name` (the `keyturn.dev/rotate` annotation set to `token`).
+pub async fn rotate(sets: &Api<keyturn::crd::SigningKeySet>, name: &str, token: &str) {
+    sets.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"keyturn.dev/rotate": token}}})),
+    )
+    .await
+    .expect("annotate keyturn.dev/rotate");
+}
+
 /// A SigningKeySet manifest as JSON (untyped, so tests can send what the types cannot hold).
 pub fn set_manifest(name: &str, spec: serde_json::Value) -> serde_json::Value {
     serde_json::json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": name}, "spec": spec})
