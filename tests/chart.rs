@@ -424,6 +424,78 @@ async fn helm_install_and_upgrade_rotate_under_the_charts_rbac_and_uninstall_kee
     }
 }
 
+/// A namespace-only release (CRDs and user roles left to the cluster admin): keyturn with the
+/// release's token rotates a set in the release namespace, and may read nothing outside it.
+#[tokio::test]
+async fn a_namespace_only_release_rotates_in_its_namespace_and_reads_nothing_else() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let release = common::fresh_namespace(&client, "chart-nso").await;
+    let elsewhere = common::fresh_namespace(&client, "chart-other").await;
+    let c = chart();
+    ok(
+        helm(&[
+            "install",
+            "keyturn",
+            &c,
+            "-n",
+            &release,
+            "--set",
+            "namespaceOnly=true,crds.install=false,aggregatedRoles=false",
+        ]),
+        "helm install (namespace-only)",
+    );
+    let kc = std::env::temp_dir().join(format!("{release}-nso.kubeconfig"));
+    common::token_kubeconfig(&client, &release, "keyturn", &kc).await;
+    let mut op = common::Operator::start_as(
+        "nso",
+        &release,
+        kc.clone(),
+        &[
+            "--namespace-only",
+            "--leader-elect",
+            "--lease-namespace",
+            &release,
+            "--lease-seconds",
+            "10",
+            "--instance",
+            "nso",
+        ],
+    );
+    common::create_set(
+        &client,
+        &release,
+        "auth",
+        json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}}),
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &release);
+    common::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;
+    op.assert_running();
+    common::assert_no_forbidden(&op.log_text(), "the namespace-only release's roles");
+    // The release's identity reads nothing outside its namespace.
+    let kubeconfig = kube::config::Kubeconfig::read_from(&kc).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let as_release = kube::Client::try_from(cfg).unwrap();
+    let other: Api<Secret> = Api::namespaced(as_release.clone(), &elsewhere);
+    assert!(
+        matches!(other.list(&Default::default()).await, Err(kube::Error::Api(e)) if e.code == 403),
+        "the namespace-only release lists Secrets elsewhere"
+    );
+    let all: Api<Secret> = Api::all(as_release);
+    assert!(
+        matches!(all.list(&Default::default()).await, Err(kube::Error::Api(e)) if e.code == 403),
+        "the namespace-only release lists Secrets cluster-wide"
+    );
+    op.terminate(Duration::from_secs(20));
+    ok(
+        helm(&["uninstall", "keyturn", "-n", &release]),
+        "helm uninstall",
+    );
+}
+
 /// `hack/chart-publish` to a local OCI registry; the chart is then rendered from it.
 #[test]
 fn the_chart_is_published_as_an_oci_artifact() {
