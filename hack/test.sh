@@ -82,7 +82,7 @@ krew="$ROOT/target/krew"
 sha="$(sha256sum "$krew/kubectl-keyturn-v0.0.0-test-linux-amd64.tar.gz" | cut -d' ' -f1)"
 grep -q "sha256: $sha" "$krew/keyturn.yaml"
 grep -q "uri: http://127.0.0.1/krew/kubectl-keyturn-v0.0.0-test-linux-amd64.tar.gz" "$krew/keyturn.yaml"
-! grep -v '^#' "$krew/keyturn.yaml" | grep -E 'VERSION|BASE_URL|SHA256_'
+if grep -v '^#' "$krew/keyturn.yaml" | grep -E 'VERSION|BASE_URL|SHA256_'; then echo "krew: a placeholder is left in the manifest"; exit 1; fi
 unpacked="$(mktemp -d)"
 tar -xzf "$krew/kubectl-keyturn-v0.0.0-test-linux-amd64.tar.gz" -C "$unpacked"
 "$unpacked/kubectl-keyturn" --help | grep -q "verify"
