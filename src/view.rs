@@ -101,7 +101,7 @@ pub fn render_text(set: &SigningKeySet, now: DateTime<Utc>) -> String {
     out.push('\n');
     let row = |cells: [&str; 6]| {
         let line = format!(
-            "{:<15} {:<7} {:<10} {:<10} {:<10} {:<10}",
+            "{:<15} {:<10} {:<10} {:<10} {:<10} {:<10}",
             cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
         );
         format!("{}\n", line.trim_end())
@@ -120,9 +120,15 @@ pub fn render_text(set: &SigningKeySet, now: DateTime<Utc>) -> String {
                 .map(|t| relative(t, now))
                 .unwrap_or_else(|| "-".into())
         };
+        // "VerificationOnly" shortened to fit the column.
+        let state = if k.state == "VerificationOnly" {
+            "VerifyOnly"
+        } else {
+            &k.state
+        };
         out.push_str(&row([
             &short(&k.kid),
-            &k.state,
+            state,
             &col(&k.published_at),
             &col(&k.activated_at),
             &col(&k.retired_at),
@@ -174,7 +180,9 @@ mod tests {
                      "publishedAt": "2026-11-28T09:00:00Z", "activatedAt": "2026-11-28T10:00:00Z"},
                     {"kid": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k", "algorithm": "RS256", "state": "Retired",
                      "publishedAt": "2026-10-29T09:00:00Z", "activatedAt": "2026-10-29T10:00:00Z",
-                     "retiredAt": "2026-11-28T10:00:00Z", "removeAt": "2026-11-29T10:00:00Z"}
+                     "retiredAt": "2026-11-28T10:00:00Z", "removeAt": "2026-11-29T10:00:00Z"},
+                    {"kid": "legacy-2025", "algorithm": "RS256", "state": "VerificationOnly",
+                     "publishedAt": "2026-11-28T09:00:00Z", "removeAt": "2026-12-15T00:00:00Z"}
                 ],
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KeysPublished", "message": "ok", "lastTransitionTime": "2026-11-28T10:00:00Z"}]
             }
@@ -211,6 +219,11 @@ mod tests {
         assert!(
             retired.contains("-2h") && retired.contains("in 22h"),
             "retired 2h ago, removed in 22h: {retired}"
+        );
+        let legacy = text.lines().find(|l| l.starts_with("legacy-2025")).unwrap();
+        assert!(
+            legacy.contains("VerifyOnly") && legacy.contains("in 16d12h"),
+            "a verification-only key until its time: {legacy}"
         );
     }
 
