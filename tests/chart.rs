@@ -226,6 +226,15 @@ async fn every_option_is_accepted_by_the_api_server() {
     }
 }
 
+/// `helm install keyturn` of the chart into `release` with `sets`.
+fn install(release: &str, sets: &str) {
+    let c = chart();
+    ok(
+        helm(&["install", "keyturn", &c, "-n", release, "--set", sets]),
+        &format!("helm install ({sets})"),
+    );
+}
+
 /// Marks an object an earlier `kubectl apply` made as the release's, the way Helm adopts
 /// objects (label and annotations), when it exists.
 fn adopt(kind: &str, name: &str, release_ns: &str) {
@@ -268,23 +277,21 @@ async fn operator_as_the_chart(
     release_ns: &str,
     watch: &str,
     label: &str,
+    extra: &[&str],
 ) -> common::Operator {
     let kc = std::env::temp_dir().join(format!("{release_ns}-{label}.kubeconfig"));
     common::token_kubeconfig(client, release_ns, "keyturn", &kc).await;
-    common::Operator::start_as(
+    let mut args = vec![
+        "--leader-elect",
+        "--lease-namespace",
+        release_ns,
+        "--lease-seconds",
+        "10",
+        "--instance",
         label,
-        watch,
-        kc,
-        &[
-            "--leader-elect",
-            "--lease-namespace",
-            release_ns,
-            "--lease-seconds",
-            "10",
-            "--instance",
-            label,
-        ],
-    )
+    ];
+    args.extend_from_slice(extra);
+    common::Operator::start_as(label, watch, kc, &args)
 }
 
 #[tokio::test]
@@ -304,22 +311,11 @@ async fn helm_install_and_upgrade_rotate_under_the_charts_rbac_and_uninstall_kee
     ] {
         adopt(kind, name, &release);
     }
+    install(&release, "image.repository=keyturn.test/keyturn");
     let c = chart();
-    ok(
-        helm(&[
-            "install",
-            "keyturn",
-            &c,
-            "-n",
-            &release,
-            "--set",
-            "image.repository=keyturn.test/keyturn",
-        ]),
-        "helm install",
-    );
 
     // A rotation under the chart's RBAC.
-    let mut op = operator_as_the_chart(&client, &release, &sets_ns, "install").await;
+    let mut op = operator_as_the_chart(&client, &release, &sets_ns, "install", &[]).await;
     common::create_set(
         &client,
         &sets_ns,
@@ -367,7 +363,7 @@ async fn helm_install_and_upgrade_rotate_under_the_charts_rbac_and_uninstall_kee
         "the upgraded Deployment",
     );
     assert_eq!(deployed, "3");
-    let mut op = operator_as_the_chart(&client, &release, &sets_ns, "upgrade").await;
+    let mut op = operator_as_the_chart(&client, &release, &sets_ns, "upgrade", &[]).await;
     let s = second.clone();
     common::wait_object(
         &secrets,
@@ -432,36 +428,13 @@ async fn a_namespace_only_release_rotates_in_its_namespace_and_reads_nothing_els
     common::ensure_crd(&client).await;
     let release = common::fresh_namespace(&client, "chart-nso").await;
     let elsewhere = common::fresh_namespace(&client, "chart-other").await;
-    let c = chart();
-    ok(
-        helm(&[
-            "install",
-            "keyturn",
-            &c,
-            "-n",
-            &release,
-            "--set",
-            "namespaceOnly=true,crds.install=false,aggregatedRoles=false",
-        ]),
-        "helm install (namespace-only)",
-    );
-    let kc = std::env::temp_dir().join(format!("{release}-nso.kubeconfig"));
-    common::token_kubeconfig(&client, &release, "keyturn", &kc).await;
-    let mut op = common::Operator::start_as(
-        "nso",
+    install(
         &release,
-        kc.clone(),
-        &[
-            "--namespace-only",
-            "--leader-elect",
-            "--lease-namespace",
-            &release,
-            "--lease-seconds",
-            "10",
-            "--instance",
-            "nso",
-        ],
+        "namespaceOnly=true,crds.install=false,aggregatedRoles=false",
     );
+    let mut op =
+        operator_as_the_chart(&client, &release, &release, "nso", &["--namespace-only"]).await;
+    let kc = std::env::temp_dir().join(format!("{release}-nso.kubeconfig"));
     common::create_set(
         &client,
         &release,
