@@ -215,3 +215,59 @@ async fn status_rotate_revoke_and_verify_through_kubectl() {
     assert!(out.contains("unknown kid"), "{out}");
     op.assert_running();
 }
+
+/// `verify --copy NAMESPACE` checks against the fan-out copy a verifier there mounts; a
+/// namespace without a copy is an error, not a verdict.
+#[tokio::test]
+async fn verify_checks_a_fan_out_copy() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let src = common::fresh_namespace(&client, "plugin-src").await;
+    let dst = common::fresh_namespace(&client, "plugin-dst").await;
+    let none = common::fresh_namespace(&client, "plugin-none").await;
+    let mut op = common::Operator::start(&src);
+    common::grant(&client, &dst, &src, Some("auth")).await;
+    common::create_set(
+        &client,
+        &src,
+        "auth",
+        json!({"jwks": {"namespaces": [dst]}}),
+    )
+    .await;
+    let copy: Api<ConfigMap> = Api::namespaced(client.clone(), &dst);
+    common::wait_object(
+        &copy,
+        "auth-jwks",
+        "the copy in the consenting namespace",
+        Duration::from_secs(60),
+        |o: Option<&ConfigMap>| o.is_some(),
+    )
+    .await
+    .unwrap();
+    // The signing Secret follows the copies (a key signs only once every copy holds it).
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
+    let signing = common::wait_object(
+        &secrets,
+        "auth-signing-key",
+        "the signing Secret",
+        Duration::from_secs(60),
+        |o: Option<&Secret>| o.is_some(),
+    )
+    .await
+    .unwrap();
+    let (token, kid) = sign_with_secret(&signing);
+    let admin = common::kubeconfig_path();
+    let o = plugin(
+        &admin,
+        &["verify", "auth", &token, "-n", &src, "--copy", &dst],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains(&format!("key {kid}")), "{}", text(&o));
+    let o = plugin(
+        &admin,
+        &["verify", "auth", &token, "-n", &src, "--copy", &none],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not published there"), "{}", text(&o));
+    op.assert_running();
+}
