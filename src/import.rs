@@ -572,14 +572,14 @@ mod tests {
     fn pkcs1_rsa_and_sec1_ec_pems_import() {
         let rsa = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap();
         let pem = rsa.to_pkcs1_pem(LF).unwrap();
-        assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+        assert_eq!(pem_blocks(&pem)[0].label, "RSA PRIVATE KEY");
         let kp = private_key(Algorithm::PS384, pem.as_bytes(), None).unwrap();
         assert_eq!(kp.alg(), Algorithm::PS384);
         assert_eq!(kp.rsa_bits(), Some(2048));
 
         let ec = p256::SecretKey::try_generate_from_rng(&mut getrandom::SysRng).unwrap();
         let pem = ec.to_sec1_pem(LF).unwrap();
-        assert!(pem.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        assert_eq!(pem_blocks(&pem)[0].label, "EC PRIVATE KEY");
         let kp = private_key(Algorithm::ES256, pem.as_bytes(), None).unwrap();
         assert_eq!(kp.alg(), Algorithm::ES256);
         assert_eq!(
@@ -648,7 +648,8 @@ mod tests {
             (encrypted, ImportError::Encrypted),
             (two, ImportError::Several),
             (
-                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+                // A block of another label (made here, not a stored key).
+                pem.replace("PRIVATE KEY", "CERTIFICATE"),
                 ImportError::Label("CERTIFICATE".into()),
             ),
         ] {
