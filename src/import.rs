@@ -7,11 +7,8 @@
 //! as for keyturn's own keys. Nothing here quotes key bytes: errors name the form, the family
 //! and the rule, never the content.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::pkcs8::DecodePublicKey as _;
 use rsa::pkcs1::{DecodeRsaPrivateKey as _, DecodeRsaPublicKey as _};
-use rsa::traits::PublicKeyParts as _;
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
@@ -228,31 +225,23 @@ fn private_pem(alg: Algorithm, block: &Block<'_>) -> Result<KeyPair, ImportError
     finish(alg, inner)
 }
 
-/// Checks an RSA key's size and consistency, then makes the pair.
+/// Checks an RSA key's size and consistency (one rule with keyturn's own keys), then makes
+/// the pair.
 fn finish(alg: Algorithm, inner: Inner) -> Result<KeyPair, ImportError> {
-    if let Inner::Rsa(k) = &inner {
-        let bits = k.size() * 8;
-        if bits < crate::jwks::MIN_RSA_BITS as usize {
-            return Err(ImportError::Invalid(
-                crate::keys::KeyError::RsaTooSmall(bits).to_string(),
-            ));
+    let inner = match inner {
+        Inner::Rsa(k) => {
+            crate::keys::checked_rsa(*k).map_err(|e| ImportError::Invalid(e.to_string()))?
         }
-        k.validate()
-            .map_err(|_| ImportError::Invalid("is not a consistent RSA key".into()))?;
-    }
+        other => other,
+    };
     Ok(KeyPair::from_inner(alg, inner))
 }
 
-/// base64url member `name` of a JWK, decoded; wiped on drop.
+/// base64url member `name` of a private JWK, decoded; wiped on drop.
 fn member(m: &Map<String, Value>, name: &str) -> Result<Zeroizing<Vec<u8>>, ImportError> {
-    let s = m
-        .get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ImportError::Invalid(format!("its JWK has no string member {name:?}")))?;
-    URL_SAFE_NO_PAD
-        .decode(s)
+    crate::jwks::b64_member(m, name)
         .map(Zeroizing::new)
-        .map_err(|_| ImportError::Invalid(format!("its JWK member {name:?} is not base64url")))
+        .map_err(|why| ImportError::Invalid(format!("its JWK: {why}")))
 }
 
 fn uint(m: &Map<String, Value>, name: &str) -> Result<rsa::BoxedUint, ImportError> {
@@ -427,15 +416,7 @@ fn public_jwk(v: &Value, hint: Option<Algorithm>) -> Result<VerificationKey, Str
     {
         return Err("its \"use\" is not \"sig\"".into());
     }
-    let member = |name: &str| -> Result<Vec<u8>, String> {
-        let s = m
-            .get(name)
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("has no string member {name:?}"))?;
-        URL_SAFE_NO_PAD
-            .decode(s)
-            .map_err(|_| format!("its member {name:?} is not base64url without padding"))
-    };
+    let member = |name: &str| crate::jwks::b64_member(m, name);
     let kty = m.get("kty").and_then(Value::as_str).unwrap_or_default();
     let crv = m.get("crv").and_then(Value::as_str).unwrap_or_default();
     let point = |x: Vec<u8>, y: Vec<u8>| [&[4u8][..], &x, &y].concat();

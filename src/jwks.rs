@@ -58,7 +58,8 @@ pub fn kids(bytes: &[u8]) -> Result<Vec<String>, JwksError> {
         .collect())
 }
 
-fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
+/// A base64url (unpadded) member of a JWK, decoded; the error names the member, never its value.
+pub(crate) fn b64_member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
     let s = jwk
         .get(name)
         .and_then(Value::as_str)

@@ -35,6 +35,9 @@ pub enum KeyError {
     /// The RSA key is smaller than the JWKS rules allow.
     #[error("stored RSA key has {0} bits; at least {min} are required", min = crate::jwks::MIN_RSA_BITS)]
     RsaTooSmall(usize),
+    /// The RSA key's parts do not agree (a corrupt or forged key).
+    #[error("the RSA key is not internally consistent")]
+    RsaInconsistent,
     /// The crypto library failed to generate a key.
     #[error("key generation failed for {0}")]
     Generate(Algorithm),
@@ -180,12 +183,10 @@ impl KeyPair {
         let inner = match alg {
             a if a.is_rsa() => {
                 let key = rsa::PrivateKey::from_pkcs8_pem(pem).map_err(|_| bad())?;
-                let bits = key.size() * 8;
-                if bits < crate::jwks::MIN_RSA_BITS as usize {
-                    return Err(KeyError::RsaTooSmall(bits));
-                }
-                key.validate().map_err(|_| bad())?;
-                Inner::Rsa(Box::new(key))
+                checked_rsa(key).map_err(|e| match e {
+                    KeyError::RsaInconsistent => bad(),
+                    other => other,
+                })?
             }
             Algorithm::ES256 => {
                 Inner::P256(p256::SecretKey::from_pkcs8_pem(pem).map_err(|_| bad())?)
@@ -285,6 +286,17 @@ impl KeyPair {
         }
         Zeroizing::new(serde_json::to_string(&Value::Object(m)).expect("JSON of strings"))
     }
+}
+
+/// An RSA private key keyturn accepts, however it was read: at least
+/// [`crate::jwks::MIN_RSA_BITS`] and internally consistent.
+pub(crate) fn checked_rsa(key: rsa::PrivateKey) -> Result<Inner, KeyError> {
+    let bits = key.size() * 8;
+    if bits < crate::jwks::MIN_RSA_BITS as usize {
+        return Err(KeyError::RsaTooSmall(bits));
+    }
+    key.validate().map_err(|_| KeyError::RsaInconsistent)?;
+    Ok(Inner::Rsa(Box::new(key)))
 }
 
 /// A public key of one of keyturn's key families.

@@ -443,10 +443,7 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
         // looked at again after the refusal's retry or at the next transition, if sooner.
         let retry = refusal.reason.retry().unwrap_or(StdDuration::from_secs(30));
         report::refuse(sks, ctx, refusal, Some((state, &checked.settings))).await?;
-        let now = (ctx.clock)();
-        let wake = applied.wake_at.map(|w| {
-            (w - now).to_std().unwrap_or(StdDuration::ZERO) + StdDuration::from_millis(20)
-        });
+        let wake = applied.wake_at.map(|w| until(w, (ctx.clock)()));
         return Ok(Action::requeue(wake.map_or(retry, |w| w.min(retry))));
     }
     let now = (ctx.clock)();
@@ -471,14 +468,16 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
         applied.wake_at.map(|w| w - now),
     );
     Ok(match applied.wake_at {
-        Some(w) => {
-            let wait = (w - now).to_std().unwrap_or(StdDuration::ZERO);
-            // Wake just after the instant so the plan sees it as due.
-            Action::requeue(wait + StdDuration::from_millis(20))
-        }
+        Some(w) => Action::requeue(until(w, now)),
         None if !applied.settled => Action::requeue(StdDuration::from_secs(1)),
         None => Action::await_change(),
     })
+}
+
+/// How long to wait for the planner's next instant `wake`: just after it, so the plan sees it
+/// as due.
+fn until(wake: DateTime<Utc>, now: DateTime<Utc>) -> StdDuration {
+    (wake - now).to_std().unwrap_or(StdDuration::ZERO) + StdDuration::from_millis(20)
 }
 
 /// Retry policy: back off on errors, report them in the log and metrics.
