@@ -416,47 +416,7 @@ fn public_jwk(v: &Value, hint: Option<Algorithm>) -> Result<VerificationKey, Str
     {
         return Err("its \"use\" is not \"sig\"".into());
     }
-    let member = |name: &str| crate::jwks::b64_member(m, name);
-    let kty = m.get("kty").and_then(Value::as_str).unwrap_or_default();
-    let crv = m.get("crv").and_then(Value::as_str).unwrap_or_default();
-    let point = |x: Vec<u8>, y: Vec<u8>| [&[4u8][..], &x, &y].concat();
-    let key = match (kty, crv) {
-        ("RSA", _) => {
-            let n = member("n")?;
-            if n.first() == Some(&0) {
-                return Err("its \"n\" has a leading zero octet".into());
-            }
-            let k = rsa::PublicKey::new(
-                rsa::BoxedUint::from_be_slice_vartime(&n),
-                rsa::BoxedUint::from_be_slice_vartime(&member("e")?),
-            )
-            .map_err(|_| "is not a valid RSA public key (2048-4096 bits)".to_string())?;
-            Public::Rsa(Box::new(k))
-        }
-        ("EC", "P-256") => Public::P256(
-            p256::PublicKey::from_sec1_bytes(&point(member("x")?, member("y")?))
-                .map_err(|_| "is not a point on P-256".to_string())?,
-        ),
-        ("EC", "P-384") => Public::P384(
-            p384::PublicKey::from_sec1_bytes(&point(member("x")?, member("y")?))
-                .map_err(|_| "is not a point on P-384".to_string())?,
-        ),
-        ("OKP", "Ed25519") => {
-            let x: [u8; 32] = member("x")?
-                .as_slice()
-                .try_into()
-                .map_err(|_| "its \"x\" is not 32 bytes".to_string())?;
-            Public::Ed25519(
-                ed25519_dalek::VerifyingKey::from_bytes(&x)
-                    .map_err(|_| "is not an Ed25519 public key".to_string())?,
-            )
-        }
-        (k, c) => {
-            return Err(format!(
-                "kty {k:?} crv {c:?} is not a key keyturn publishes (RSA, EC P-256, EC P-384, OKP Ed25519)"
-            ));
-        }
-    };
+    let key = crate::keys::public_from_jwk(m)?;
     let given: Map<String, Value> = public_members(&key);
     for (name, value) in &given {
         if m.get(name) != Some(value) {

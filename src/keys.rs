@@ -41,6 +41,13 @@ pub enum KeyError {
     /// The crypto library failed to generate a key.
     #[error("key generation failed for {0}")]
     Generate(Algorithm),
+    /// keyturn does not sign with this algorithm (`keyturn signer` signs what the Kubernetes
+    /// API server accepts from an external signer).
+    #[error("keyturn signs with RS256, ES256 and ES384 only, not {0}")]
+    CannotSign(Algorithm),
+    /// The crypto library failed to sign.
+    #[error("signing with {0} failed")]
+    Sign(Algorithm),
 }
 
 /// Text from outside keyturn (an API server's or an admission policy's message) made safe for
@@ -235,6 +242,35 @@ impl KeyPair {
         pem.expect("encoding an in-memory private key as PKCS#8 cannot fail")
     }
 
+    /// The JWS signature (RFC 7515 §5.1, RFC 7518 §3) of `signing_input` (the ASCII
+    /// `BASE64URL(header) || '.' || BASE64URL(payload)`): RSASSA-PKCS1-v1_5 with SHA-256 for
+    /// RS256 (blinded, from the OS RNG), the fixed-width `R || S` for ES256 and ES384
+    /// (deterministic, RFC 6979). Other algorithms are refused: `keyturn signer` signs only
+    /// what the Kubernetes API server accepts from an external signer.
+    pub fn sign_jws(&self, signing_input: &[u8]) -> Result<Vec<u8>, KeyError> {
+        use p256::ecdsa::signature::Signer as _;
+        match (&self.inner, self.alg) {
+            (Inner::Rsa(k), Algorithm::RS256) => k
+                .sign_with_rng(
+                    &mut getrandom::SysRng,
+                    rsa::pkcs1v15::Pkcs1v15Sign::new::<Sha256>(),
+                    &Sha256::digest(signing_input),
+                )
+                .map_err(|_| KeyError::Sign(self.alg)),
+            (Inner::P256(k), Algorithm::ES256) => {
+                let sig: p256::ecdsa::Signature =
+                    p256::ecdsa::SigningKey::from(k).sign(signing_input);
+                Ok(sig.to_bytes().to_vec())
+            }
+            (Inner::P384(k), Algorithm::ES384) => {
+                let sig: p384::ecdsa::Signature =
+                    p384::ecdsa::SigningKey::from(k).sign(signing_input);
+                Ok(sig.to_bytes().to_vec())
+            }
+            (_, alg) => Err(KeyError::CannotSign(alg)),
+        }
+    }
+
     /// The public JWK: `kty`, key members, `kid`, `alg`, `use: "sig"`. No private members.
     pub fn public_jwk(&self) -> Value {
         let mut m = public_members(&public_of(&self.inner));
@@ -327,6 +363,66 @@ impl Public {
             Public::Ed25519(_) => "Ed25519",
         }
     }
+}
+
+/// The key members of a public JWK loaded through its crypto library: RSA (`n` without a
+/// leading zero octet, `e`), EC P-256/P-384 (a point on the curve), OKP Ed25519.
+pub(crate) fn public_from_jwk(m: &Map<String, Value>) -> Result<Public, String> {
+    let member = |name: &str| crate::jwks::b64_member(m, name);
+    let kty = m.get("kty").and_then(Value::as_str).unwrap_or_default();
+    let crv = m.get("crv").and_then(Value::as_str).unwrap_or_default();
+    let point = |x: Vec<u8>, y: Vec<u8>| [&[4u8][..], &x, &y].concat();
+    Ok(match (kty, crv) {
+        ("RSA", _) => {
+            let n = member("n")?;
+            if n.first() == Some(&0) {
+                return Err("its \"n\" has a leading zero octet".into());
+            }
+            let k = rsa::PublicKey::new(
+                rsa::BoxedUint::from_be_slice_vartime(&n),
+                rsa::BoxedUint::from_be_slice_vartime(&member("e")?),
+            )
+            .map_err(|_| "is not a valid RSA public key (2048-4096 bits)".to_string())?;
+            Public::Rsa(Box::new(k))
+        }
+        ("EC", "P-256") => Public::P256(
+            p256::PublicKey::from_sec1_bytes(&point(member("x")?, member("y")?))
+                .map_err(|_| "is not a point on P-256".to_string())?,
+        ),
+        ("EC", "P-384") => Public::P384(
+            p384::PublicKey::from_sec1_bytes(&point(member("x")?, member("y")?))
+                .map_err(|_| "is not a point on P-384".to_string())?,
+        ),
+        ("OKP", "Ed25519") => {
+            let x: [u8; 32] = member("x")?
+                .as_slice()
+                .try_into()
+                .map_err(|_| "its \"x\" is not 32 bytes".to_string())?;
+            Public::Ed25519(
+                ed25519_dalek::VerifyingKey::from_bytes(&x)
+                    .map_err(|_| "is not an Ed25519 public key".to_string())?,
+            )
+        }
+        (k, c) => {
+            return Err(format!(
+                "kty {k:?} crv {c:?} is not a key keyturn publishes (RSA, EC P-256, EC P-384, OKP Ed25519)"
+            ));
+        }
+    })
+}
+
+/// The DER `SubjectPublicKeyInfo` (RFC 5280) of a public key: the form the Kubernetes API
+/// server's external-signer client parses (`x509.ParsePKIXPublicKey`).
+pub(crate) fn spki_der(key: &Public) -> Vec<u8> {
+    use pkcs8::EncodePublicKey as _;
+    let der = match key {
+        Public::Rsa(k) => k.as_ref().to_public_key_der(),
+        Public::P256(k) => k.to_public_key_der(),
+        Public::P384(k) => k.to_public_key_der(),
+        Public::Ed25519(k) => k.to_public_key_der(),
+    };
+    der.expect("encoding an in-memory public key cannot fail")
+        .into_vec()
 }
 
 /// The public half of a private key.

@@ -20,6 +20,7 @@ pub mod plan;
 pub mod plugin;
 pub mod publish;
 pub mod reconcile;
+pub mod signer;
 pub mod state;
 pub mod view;
 

@@ -1,4 +1,5 @@
-//! The `keyturn` binary: `keyturn run`, `keyturn crd`, `keyturn --version`.
+//! The `keyturn` binary: `keyturn run`, `keyturn signer`, `keyturn crd`, `keyturn status`,
+//! `keyturn --version`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,6 +35,9 @@ enum Command {
         #[arg(long)]
         out_dir: Option<std::path::PathBuf>,
     },
+    /// Serve a SigningKeySet's keys to kube-apiserver as its external ServiceAccount token
+    /// signer (`--service-account-signing-endpoint`): docs/cluster-signer.md.
+    Signer(SignerArgs),
     /// Show one SigningKeySet: each key's state and its timeline relative to now.
     Status {
         /// The set, as NAMESPACE/NAME.
@@ -42,6 +46,40 @@ enum Command {
         #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
         output: String,
     },
+}
+
+#[derive(clap::Args)]
+struct SignerArgs {
+    /// The SigningKeySet whose keys sign ServiceAccount tokens, as NAMESPACE/NAME. Its
+    /// algorithm must be RS256, ES256 or ES384 and it must set spec.maxTokenLifetime (>= 10m).
+    #[arg(long, env = "KEYTURN_SIGNER_SET")]
+    set: String,
+    /// The Unix socket to serve on; give the same path to kube-apiserver's
+    /// --service-account-signing-endpoint. Created with mode 0600.
+    #[arg(long, env = "KEYTURN_SIGNER_SOCKET")]
+    socket: std::path::PathBuf,
+    /// The local copy of the set's state (private keys: mode 0600). Served from at start, so
+    /// the signer works while the API server is down; kept current from the API server.
+    #[arg(long, env = "KEYTURN_SIGNER_STATE_FILE")]
+    state_file: std::path::PathBuf,
+    /// kubeconfig to read the set and its internal Secret with (default: KUBECONFIG or the
+    /// in-cluster config).
+    #[arg(long, env = "KEYTURN_SIGNER_KUBECONFIG")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// How soon kube-apiserver fetches the keys again (FetchKeys refresh_hint_seconds). The
+    /// set's rotation.prePublish must be longer (docs/cluster-signer.md).
+    #[arg(long, env = "KEYTURN_SIGNER_REFRESH_HINT", default_value = "10s", value_parser = parse_duration)]
+    refresh_hint: std::time::Duration,
+    /// Address of /metrics and /healthz (loopback by default).
+    #[arg(
+        long,
+        env = "KEYTURN_SIGNER_METRICS_ADDR",
+        default_value = "127.0.0.1:9871"
+    )]
+    metrics_addr: std::net::SocketAddr,
+    /// Log format.
+    #[arg(long, env = "KEYTURN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(clap::Args)]
@@ -184,6 +222,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::fs::write(&path, yaml)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
+            Ok(())
+        }
+        Command::Signer(a) => {
+            init_logging(&a.log_format);
+            let (namespace, name) = a
+                .set
+                .split_once('/')
+                .filter(|(n, m)| !n.is_empty() && !m.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--set: expected NAMESPACE/NAME, got {:?}", a.set)
+                })?;
+            // Building the client reads the kubeconfig only: the API server may be down.
+            let config = match &a.kubeconfig {
+                Some(path) => {
+                    let kc = kube::config::Kubeconfig::read_from(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+                }
+                None => kube::Config::infer().await?,
+            };
+            let client = kube::Client::try_from(config).context("building the API client")?;
+            let metrics = tokio::net::TcpListener::bind(a.metrics_addr)
+                .await
+                .with_context(|| format!("binding /metrics to {}", a.metrics_addr))?;
+            let opts = keyturn::signer::Options {
+                namespace: namespace.into(),
+                name: name.into(),
+                socket: a.socket,
+                state_file: a.state_file,
+                refresh_hint: a.refresh_hint,
+            };
+            keyturn::signer::run(
+                client,
+                opts,
+                Some(metrics),
+                keyturn::leader::Shutdown::on_signals(),
+            )
+            .await?;
+            tracing::info!("keyturn signer stopped");
             Ok(())
         }
         Command::Status { target, output } => {
