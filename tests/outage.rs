@@ -4,66 +4,15 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::wait::conditions;
-use kube::{Client, Config};
+use kube::api::{Api, PostParams};
+use kube::Client;
 use serde_json::json;
 
 use common::invariants::*;
 use keyturn::crd::SigningKeySet;
-
-/// A control plane of this test's own, stopped on drop.
-struct Plane {
-    dir: PathBuf,
-}
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("hack/control-plane")
-}
-
-impl Plane {
-    fn start() -> Plane {
-        let dir = std::env::temp_dir().join(format!("keyturn-outage-{}", std::process::id()));
-        let out = Command::new(script())
-            .arg("start")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "starting a second plane: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Plane { dir }
-    }
-    fn component(&self, verb: &str, name: &str) {
-        let out = Command::new(script())
-            .args([verb, self.dir.to_str().unwrap(), name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{verb} {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.join("kubeconfig")
-    }
-}
-
-impl Drop for Plane {
-    fn drop(&mut self) {
-        let _ = Command::new(script()).arg("stop").arg(&self.dir).output();
-    }
-}
 
 async fn wait_api(client: &Client) {
     common::wait_for(
@@ -76,41 +25,10 @@ async fn wait_api(client: &Client) {
 
 #[tokio::test]
 async fn the_operator_rides_out_api_server_and_etcd_outages() {
-    let plane = Plane::start();
-    let kc = Kubeconfig::read_from(plane.kubeconfig()).unwrap();
-    let client = Client::try_from(
-        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let plane = common::plane::Plane::start("outage");
+    let client = plane.client().await;
     // The CRDs and a namespace on this plane.
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for file in ["signingkeyset.yaml", "signingkeysetgrant.yaml"] {
-        let text = std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("crds")
-                .join(file),
-        )
-        .unwrap();
-        let crd: CustomResourceDefinition = serde_norway::from_str(&text).unwrap();
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(
-            &name,
-            &PatchParams::apply("keyturn-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap();
-        common::wait_object(
-            &crds,
-            &name,
-            "CRD",
-            Duration::from_secs(30),
-            conditions::is_crd_established(),
-        )
-        .await;
-    }
+    plane.install_crds(&client).await;
     let ns = "outage";
     let nsobj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
     Api::<Namespace>::all(client.clone())
