@@ -42,8 +42,11 @@ cargo test --lib --bins
 step "control plane"
 PLANE="$ROOT/.control-plane-test"
 E2E_PID=""
+SIGNER_PID=""
 cleanup() {
   local rc=$?
+  # tests/signer.rs runs in a process group of its own (setsid): its plane's processes go too.
+  if [ -n "$SIGNER_PID" ]; then kill -- -"$SIGNER_PID" 2>/dev/null || true; wait "$SIGNER_PID" 2>/dev/null || true; fi
   # hack/e2e-node stops its node on SIGTERM.
   if [ -n "$E2E_PID" ]; then kill "$E2E_PID" 2>/dev/null || true; wait "$E2E_PID" 2>/dev/null || true; fi
   "$ROOT/hack/control-plane" stop "$PLANE" || true
@@ -67,13 +70,18 @@ step "alerts: promtool check rules and promtool test rules (tests/monitoring/ale
 "$KEYTURN_TEST_VERIFIERS/bin/promtool" check rules charts/keyturn/files/alerts.yaml
 "$KEYTURN_TEST_VERIFIERS/bin/promtool" test rules tests/monitoring/alerts-test.yaml
 
-step "integration tests (real kube-apiserver + etcd + kube-controller-manager)"
-# Every tests/*.rs but node.rs, which needs the node's plane (the last step runs it).
+step "integration tests (real kube-apiserver + etcd + kube-controller-manager); beside them and the next two steps, tests/signer.rs on a plane of its own"
+# Every tests/*.rs but node.rs, which needs the node's plane (the last step runs it), and
+# signer.rs: kube-apiserver signing through `keyturn signer` for ~12 minutes (a 10-minute
+# token is watched until it expires), mostly waiting, so it runs beside the others.
 targets=()
 for t in tests/*.rs; do
   t="$(basename "$t" .rs)"
-  [ "$t" = node ] || targets+=(--test "$t")
+  case "$t" in node|signer) ;; *) targets+=(--test "$t") ;; esac
 done
+cargo test --no-run "${targets[@]}" --test signer
+setsid cargo test --test signer -- --nocapture >"$PLANE/signer-test.log" 2>&1 &
+SIGNER_PID=$!
 cargo test "${targets[@]}" -- --test-threads 4
 
 step "krew packaging of kubectl keyturn (hack/krew-manifest, with the debug build the tests ran)"
@@ -91,6 +99,11 @@ echo "krew: archive and manifest agree (sha256 $sha)"
 
 step "docs: every command, manifest and code block of README.md and docs/ (hack/check-docs)"
 KUBECONFIG="$PLANE/kubeconfig" "$ROOT/hack/check-docs"
+
+step "tests/signer.rs (started with the integration tests): the cluster's ServiceAccount tokens signed by keyturn signer through rotations, restarts and outages"
+if ! wait "$SIGNER_PID"; then SIGNER_PID=""; tail -n 100 "$PLANE/signer-test.log"; exit 1; fi
+SIGNER_PID=""
+grep -a -E "^\[ *[0-9.]+s\]|tokens issued|^test result" "$PLANE/signer-test.log"
 
 # The README's command with its default schedule (a rotation every 2 minutes, about 5 minutes
 # for two); KEYTURN_DEMO_ROTATIONS only makes it stop by itself instead of at Ctrl-C.

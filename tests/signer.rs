@@ -39,7 +39,7 @@ struct Signer {
 }
 
 impl Signer {
-    fn start(plane: &Plane) -> Signer {
+    fn start(plane: &Plane, kubeconfig: PathBuf) -> Signer {
         let dir = std::env::var("KEYTURN_TEST_LOG_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| std::env::temp_dir());
@@ -66,7 +66,7 @@ impl Signer {
                 "--log-format".into(),
                 "json".into(),
             ],
-            kubeconfig: plane.kubeconfig(),
+            kubeconfig,
             log: dir.join("signer.log"),
             socket,
         };
@@ -148,6 +148,10 @@ struct Shared {
     /// Token requests that failed during outages, with the error.
     outage_errors: Vec<String>,
     polls: usize,
+    /// Bumped when an outage starts: a gap between polls across one is not the checker's.
+    outage_epoch: usize,
+    /// The longest time between two polls with no outage between them.
+    max_gap: Duration,
     reviews: usize,
 }
 
@@ -271,6 +275,7 @@ async fn checker(
     stop: Arc<tokio::sync::Notify>,
 ) {
     let started = Instant::now();
+    let mut last: Option<(Instant, usize)> = None;
     loop {
         tokio::select! {
             _ = stop.notified() => return,
@@ -286,6 +291,14 @@ async fn checker(
             let mut s = shared.lock().unwrap();
             s.jwks = jwks.clone();
             s.polls += 1;
+            let now = (Instant::now(), s.outage_epoch);
+            if let Some((t, epoch)) = last
+                && epoch == now.1
+                && !s.outage
+            {
+                s.max_gap = s.max_gap.max(now.0 - t);
+            }
+            last = Some(now);
             s.tokens
                 .iter()
                 .filter(|t| t.exp > now_secs() + 5)
@@ -352,7 +365,7 @@ async fn issuer(
         }
         n += 1;
         let jwks_before = shared.lock().unwrap().jwks.clone();
-        let (how, got) = if n % 5 == 0 {
+        let (how, got) = if n.is_multiple_of(5) {
             let kc = kubeconfig.clone();
             let r = tokio::task::spawn_blocking(move || kubectl_token(&kc, "workload", "app"))
                 .await
@@ -425,7 +438,122 @@ async fn wait_pending(sets: &Api<SigningKeySet>) {
 }
 
 fn set_outage(shared: &Mutex<Shared>, on: bool) {
-    shared.lock().unwrap().outage = on;
+    let mut s = shared.lock().unwrap();
+    s.outage = on;
+    s.outage_epoch += 1;
+}
+
+/// The signer's own identity: a client certificate (never a ServiceAccount token: those are
+/// what it signs) for the user `keyturn-signer`, bound to a Role that reads the one set and its
+/// internal Secret, as docs/cluster-signer.md sets it up. Returns its kubeconfig.
+async fn signer_identity(plane: &Plane, client: &Client) -> PathBuf {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "keyturn-signer"},
+        "rules": [
+            {"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "resourceNames": [SET], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [keyturn::crd::internal_secret_name(SET)], "verbs": ["get", "list", "watch"]}
+        ]
+    }))
+    .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "keyturn-signer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "keyturn-signer"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "keyturn-signer"}]
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    plane.run("client-cert", &["keyturn-signer"]);
+    plane.dir.join("keyturn-signer.kubeconfig")
+}
+
+/// As a ServiceAccount with every right in namespace "workload" (and none elsewhere), creates
+/// a SigningKeySet named like the cluster's and its internal Secret with a forged state whose
+/// Active key is the tenant's. Returns that key's kid.
+async fn tenant_forges(plane: &Plane, admin: &Client) -> String {
+    use keyturn::keys::KeyPair;
+    use keyturn::state::{KeyRecord, Sensitive, SetState};
+    let path = plane.dir.join("tenant.kubeconfig");
+    common::token_kubeconfig_for(admin, &plane.kubeconfig(), "workload", "tenant", &path).await;
+    common::bind(
+        admin,
+        "workload",
+        "tenant-admin",
+        "ClusterRole",
+        "admin",
+        "workload",
+        "tenant",
+    )
+    .await;
+    common::allow(
+        admin,
+        "workload",
+        "tenant-sets",
+        "workload",
+        "tenant",
+        json!([
+            {"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]}
+        ]),
+    )
+    .await;
+    let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let tenant = Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let kp = KeyPair::generate(keyturn::crd::Algorithm::RS256, None).unwrap();
+    let now = chrono::Utc::now();
+    let state = SetState {
+        keys: vec![KeyRecord {
+            kid: kp.kid().into(),
+            alg: kp.alg(),
+            public_jwk: kp.public_jwk(),
+            private_pem: Some(Sensitive::new(kp.to_pkcs8_pem())),
+            created_at: now,
+            published_at: Some(now),
+            activated_at: Some(now),
+            retired_at: None,
+            manual: false,
+            verify_until: None,
+        }],
+        ..SetState::new()
+    };
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": keyturn::crd::internal_secret_name(SET)},
+        "stringData": {"state.json": String::from_utf8(state.to_bytes()).unwrap()}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(tenant.clone(), "workload")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    common::try_create_set(
+        &tenant,
+        "workload",
+        SET,
+        json!({
+            "algorithm": "RS256", "maxTokenLifetime": "10m",
+            "rotation": {"interval": "1h", "prePublish": "5m", "overlap": "15m"}, "jwks": {}
+        }),
+    )
+    .await
+    .unwrap();
+    // The tenant may not touch kube-system.
+    let theirs: Api<SigningKeySet> = Api::namespaced(tenant, NS);
+    match theirs.get(SET).await {
+        Err(kube::Error::Api(e)) if e.code == 403 => {}
+        other => panic!("the tenant reads kube-system's set: {other:?}"),
+    }
+    kp.kid().to_string()
 }
 
 /// Waits until a token can be issued again.
@@ -500,9 +628,19 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     .await;
     let mut operator = common::Operator::start_as("signer", NS, plane.kubeconfig(), &[]);
     common::wait_condition(&sets, SET, "Ready", "True", "KeysPublished").await;
+    // The internal Secret's first state, base64: an old version someone could restore later.
+    let first_state = {
+        use base64::Engine as _;
+        let s = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+            .get(&keyturn::crd::internal_secret_name(SET))
+            .await
+            .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(&s.data.unwrap()["state.json"].0)
+    };
 
     // keyturn signer first (it serves once it has the set's state), then the API server.
-    let mut signer = Signer::start(&plane);
+    let signer_kubeconfig = signer_identity(&plane, &client).await;
+    let mut signer = Signer::start(&plane, signer_kubeconfig.clone());
     let sock = signer.socket.clone();
     common::wait_for("the signer's socket", Duration::from_secs(60), || {
         let sock = sock.clone();
@@ -607,6 +745,10 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     )
     .await
     .unwrap();
+    // A tenant who owns namespace "workload" forges the signer's objects there: a set of the
+    // same name and an internal Secret holding its own Active key. The signer reads kube-system
+    // only; after the manual rotation below it must serve neither the key nor its kid.
+    let forged_kid = tenant_forges(&plane, &client).await;
     let before_manual = signing_kids(&shared).len();
     common::rotate(&sets, SET, "manual-1").await;
     wait_kids(
@@ -616,6 +758,11 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
         Duration::from_secs(120),
     )
     .await;
+    let discovery_now = String::from_utf8(oidc_jwks(&client).await.unwrap()).unwrap();
+    assert!(
+        !discovery_now.contains(&forged_kid),
+        "the tenant's forged key reached the cluster's discovery"
+    );
     eprintln!(
         "[{:>5.1}s] manual rotation: kids {:?}",
         started.elapsed().as_secs_f64(),
@@ -676,53 +823,58 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     check.await.unwrap();
     issue.await.unwrap();
 
-    let s = shared.lock().unwrap();
-    let kids = {
-        let mut k: Vec<String> = Vec::new();
-        for t in &s.tokens {
-            if k.last() != Some(&t.kid) {
-                k.push(t.kid.clone());
+    {
+        let s = shared.lock().unwrap();
+        let kids = {
+            let mut k: Vec<String> = Vec::new();
+            for t in &s.tokens {
+                if k.last() != Some(&t.kid) {
+                    k.push(t.kid.clone());
+                }
             }
-        }
-        k
-    };
-    eprintln!(
-        "{} tokens issued ({} by kubectl), {} JWKS polls, {} TokenReviews accepted, {} kids {:?}; {} requests failed during the outages",
-        s.tokens.len(),
-        s.tokens
-            .iter()
-            .filter(|t| t.how == "kubectl create token")
-            .count(),
-        s.polls,
-        s.reviews,
-        kids.len(),
-        kids,
-        s.outage_errors.len()
-    );
-    assert!(
-        s.failures.is_empty(),
-        "{} failures:\n{}",
-        s.failures.len(),
-        s.failures.join("\n")
-    );
-    assert!(
-        kids.len() >= 5,
-        "3 scheduled rotations and a manual one: {kids:?}"
-    );
-    assert!(
-        !kids.contains(&legacy_kid),
-        "no token after the switch is signed by the key file"
-    );
-    assert!(s.tokens.iter().any(|t| t.how == "kubectl create token"));
-    assert!(
-        s.polls > 1000 && s.reviews > 1000,
-        "the checker ran: {} polls, {} reviews",
-        s.polls,
-        s.reviews
-    );
-    // The canary's key was retired (not signing) and still served when the token expired.
-    assert!(kids.iter().position(|k| *k == canary.kid) < Some(kids.len() - 1));
-    drop(s);
+            k
+        };
+        eprintln!(
+            "{} tokens issued ({} by kubectl), {} JWKS polls (longest gap {:?}), {} TokenReviews accepted, {} kids {:?}; {} requests failed during the outages",
+            s.tokens.len(),
+            s.tokens
+                .iter()
+                .filter(|t| t.how == "kubectl create token")
+                .count(),
+            s.polls,
+            s.max_gap,
+            s.reviews,
+            kids.len(),
+            kids,
+            s.outage_errors.len()
+        );
+        assert!(
+            s.failures.is_empty(),
+            "{} failures:\n{}",
+            s.failures.len(),
+            s.failures.join("\n")
+        );
+        assert!(
+            kids.len() >= 5,
+            "3 scheduled rotations and a manual one: {kids:?}"
+        );
+        assert!(
+            !kids.contains(&legacy_kid),
+            "no token after the switch is signed by the key file"
+        );
+        assert!(s.tokens.iter().any(|t| t.how == "kubectl create token"));
+        // Every instant: no two polls more than 10 s apart outside the outages (prePublish is 15 s,
+        // so each step of every rotation was seen), each with at least one TokenReview.
+        assert!(
+            s.max_gap < Duration::from_secs(10) && s.polls > 300 && s.reviews > s.polls,
+            "the checker ran: {} polls, longest gap {:?}, {} reviews",
+            s.polls,
+            s.max_gap,
+            s.reviews
+        );
+        // The canary's key was retired (not signing) and still served when the token expired.
+        assert!(kids.iter().position(|k| *k == canary.kid) < Some(kids.len() - 1));
+    }
 
     // The signer's metrics counted the calls; its log and metrics hold no private key.
     let metrics = signer.metrics();
@@ -743,4 +895,97 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
         );
     }
     operator.assert_running();
+
+    // The signer's credential, if stolen, reads the one set and its Secret and nothing else.
+    let kc = kube::config::Kubeconfig::read_from(&signer_kubeconfig).unwrap();
+    let as_signer = Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let forbidden = |r: Result<(), kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(e)) if e.code == 403 => {}
+        other => panic!("the signer's identity {what}: {other:?}"),
+    };
+    let their_secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(as_signer.clone(), NS);
+    forbidden(
+        their_secrets.list(&Default::default()).await.map(|_| ()),
+        "lists kube-system's Secrets",
+    );
+    forbidden(
+        their_secrets.get(SET).await.map(|_| ()),
+        "reads another Secret",
+    );
+    forbidden(
+        Api::<ConfigMap>::namespaced(as_signer.clone(), NS)
+            .get("legacy-sa-keys")
+            .await
+            .map(|_| ()),
+        "reads a ConfigMap",
+    );
+    forbidden(
+        their_secrets
+            .patch(
+                &keyturn::crd::internal_secret_name(SET),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+            )
+            .await
+            .map(|_| ()),
+        "writes the internal Secret",
+    );
+    forbidden(
+        Api::<SigningKeySet>::namespaced(as_signer, "workload")
+            .get(SET)
+            .await
+            .map(|_| ()),
+        "reads a set elsewhere",
+    );
+
+    // Someone who may write kube-system's Secrets puts an older state back (a restored backup):
+    // the signer refuses it and keeps signing with the newer key.
+    operator.kill();
+    let internal: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+    let newest = kid_of(
+        &token_request(&client, "workload", "app", 600)
+            .await
+            .unwrap(),
+    );
+    let refused_before = metric(&signer.metrics(), "keyturn_signer_refused_states_total");
+    let old_state = first_state.clone();
+    internal
+        .patch(
+            &keyturn::crd::internal_secret_name(SET),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"state.json": old_state}})),
+        )
+        .await
+        .unwrap();
+    let sg = &signer;
+    common::wait_for(
+        "the signer to refuse the older state",
+        Duration::from_secs(30),
+        || async move {
+            (metric(&sg.metrics(), "keyturn_signer_refused_states_total") > refused_before)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        kid_of(
+            &token_request(&client, "workload", "app", 600)
+                .await
+                .unwrap()
+        ),
+        newest
+    );
+}
+
+/// The value of one unlabelled metric.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
 }

@@ -347,6 +347,17 @@ impl Drop for Operator {
 /// Creates ServiceAccount `sa` in `ns` (unless it exists) and writes a kubeconfig that authenticates with a
 /// token of it (TokenRequest, one hour).
 pub async fn token_kubeconfig(client: &Client, ns: &str, sa: &str, path: &std::path::Path) {
+    token_kubeconfig_for(client, &kubeconfig_path(), ns, sa, path).await
+}
+
+/// [`token_kubeconfig`] on the plane whose admin kubeconfig is `admin` (its server and CA).
+pub async fn token_kubeconfig_for(
+    client: &Client,
+    admin: &Path,
+    ns: &str,
+    sa: &str,
+    path: &std::path::Path,
+) {
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     // Created here, or (a chart's, an install's) there already.
     match sas
@@ -371,7 +382,7 @@ pub async fn token_kubeconfig(client: &Client, ns: &str, sa: &str, path: &std::p
         .as_str()
         .expect("a token")
         .to_string();
-    let admin = std::fs::read_to_string(kubeconfig_path()).unwrap();
+    let admin = std::fs::read_to_string(admin).unwrap();
     let server = admin
         .lines()
         .find_map(|l| l.trim().strip_prefix("server: "))
