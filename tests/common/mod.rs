@@ -131,34 +131,36 @@ fn root() -> PathBuf {
 
 static CRD: OnceCell<()> = OnceCell::const_new();
 
-/// Installs the CRDs from `crds/` (server-side apply) and waits until they are established.
+/// Installs the CRDs from `crds/` (server-side apply) and waits until they are established,
+/// once per test binary.
 pub async fn ensure_crd(client: &Client) {
-    CRD.get_or_init(|| async {
-        for file in ["signingkeyset.yaml", "signingkeysetgrant.yaml"] {
-            let text = std::fs::read_to_string(root().join("crds").join(file))
-                .unwrap_or_else(|e| panic!("crds/{file}: {e}"));
-            let crd: CustomResourceDefinition =
-                serde_norway::from_str(&text).expect("CRD YAML parses");
-            let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-            let name = crd.metadata.name.clone().unwrap();
-            api.patch(
-                &name,
-                &PatchParams::apply("keyturn-tests").force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .expect("apply CRD");
-            wait_object(
-                &api,
-                &name,
-                "CRD established",
-                Duration::from_secs(30),
-                conditions::is_crd_established(),
-            )
-            .await;
-        }
-    })
-    .await;
+    CRD.get_or_init(|| apply_crds(client)).await;
+}
+
+/// Applies the CRDs from `crds/` (server-side apply) and waits until they are established.
+pub async fn apply_crds(client: &Client) {
+    for file in ["signingkeyset.yaml", "signingkeysetgrant.yaml"] {
+        let text = std::fs::read_to_string(root().join("crds").join(file))
+            .unwrap_or_else(|e| panic!("crds/{file}: {e}"));
+        let crd: CustomResourceDefinition = serde_norway::from_str(&text).expect("CRD YAML parses");
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("keyturn-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
+        wait_object(
+            &api,
+            &name,
+            "CRD established",
+            Duration::from_secs(30),
+            conditions::is_crd_established(),
+        )
+        .await;
+    }
 }
 
 /// Consent: a SigningKeySetGrant in `in_ns` accepting JWKS copies from the set

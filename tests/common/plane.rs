@@ -4,10 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::wait::conditions;
 use kube::{Client, Config};
 
 /// A plane in a directory of its own.
@@ -75,32 +72,7 @@ impl Plane {
 
     /// Installs keyturn's CRDs from crds/ and waits until they are established.
     pub async fn install_crds(&self, client: &Client) {
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for file in ["signingkeyset.yaml", "signingkeysetgrant.yaml"] {
-            let text = std::fs::read_to_string(
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("crds")
-                    .join(file),
-            )
-            .unwrap();
-            let crd: CustomResourceDefinition = serde_norway::from_str(&text).unwrap();
-            let name = crd.metadata.name.clone().unwrap();
-            crds.patch(
-                &name,
-                &PatchParams::apply("keyturn-tests").force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .unwrap();
-            super::wait_object(
-                &crds,
-                &name,
-                "CRD",
-                std::time::Duration::from_secs(30),
-                conditions::is_crd_established(),
-            )
-            .await;
-        }
+        super::apply_crds(client).await;
     }
 }
 
