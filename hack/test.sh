@@ -4,7 +4,8 @@
 #   1. cargo fmt --check, cargo clippy --all-targets -D warnings, cargo deny check bans licenses
 #   2. unit tests (no cluster)
 #   3. builds (first run) or reuses (later runs) the control plane, starts it, runs the
-#      integration tests against it, and stops it on exit, failure or Ctrl-C.
+#      integration tests against it, and stops it on exit, failure or Ctrl-C; beside them,
+#      tests/signer.rs on a plane of its own (kube-apiserver signing through `keyturn signer`).
 #   4. test dependencies that are not Rust crates are installed by this script.
 #   5. runs every block of README.md and docs/ (hack/check-docs), then the demo (hack/demo.sh).
 #   6. builds and starts a real node (kubelet, containerd, runc, CNI, kube-proxy) and runs the

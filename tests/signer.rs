@@ -272,13 +272,13 @@ async fn checker(
     client: Client,
     shared: Arc<Mutex<Shared>>,
     legacy: String,
-    stop: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let started = Instant::now();
     let mut last: Option<(Instant, usize)> = None;
     loop {
         tokio::select! {
-            _ = stop.notified() => return,
+            _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
         let at = started.elapsed().as_secs_f64();
@@ -355,12 +355,12 @@ async fn issuer(
     kubeconfig: PathBuf,
     client: Client,
     shared: Arc<Mutex<Shared>>,
-    stop: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut n = 0usize;
     loop {
         tokio::select! {
-            _ = stop.notified() => break,
+            _ = stop.wait_for(|s| *s) => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         n += 1;
@@ -681,7 +681,8 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
         jwks: Arc::new(oidc_jwks(&client).await.unwrap()),
         ..Shared::default()
     }));
-    let stop = Arc::new(tokio::sync::Notify::new());
+    // A watch, not a Notify: a task busy with a request when the test ends still sees it.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let check = tokio::spawn(checker(
         client.clone(),
         shared.clone(),
@@ -757,8 +758,9 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     common::wait_object(
         &sets,
         SET,
+        // The operator's watches may still be in their backoff from the API server's restart.
         "the 24h interval observed",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         move |o: Option<&SigningKeySet>| {
             o.and_then(|s| s.status.as_ref())
                 .is_some_and(|st| st.observed_generation == generation)
@@ -862,7 +864,7 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
         },
     )
     .await;
-    stop.notify_waiters();
+    stop_tx.send_replace(true);
     check.await.unwrap();
     issue.await.unwrap();
 
