@@ -122,6 +122,24 @@ where
     }
 }
 
+/// The controller's backoff over all its watches together: none, because each watch backs
+/// off on its own (`default_backoff`, client-go's 0.8 s to 30 s). kube-runtime's default
+/// here paused *every* watch whenever any one of them failed, and after an API server
+/// restart each watch's 410 (its resourceVersion expired) surfaced in turn, doubling the
+/// pause: a spec change went unseen for 126 s (tests/outage.rs now asserts it is seen).
+struct EachWatchBacksOff;
+
+impl Iterator for EachWatchBacksOff {
+    type Item = std::time::Duration;
+    fn next(&mut self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for EachWatchBacksOff {
+    fn reset(&mut self) {}
+}
+
 /// Sets reconciled at once. Unbounded, 1,000 new sets meant 1,000 reconciles holding their
 /// reads and writes in memory together and queueing at the API server (124 MiB, 43 s); 16
 /// gave 54 MiB, 34 s; 48 about 48 MiB, 20-22 s (docs/benchmarks.md).
@@ -226,9 +244,11 @@ pub async fn run(
     )
     .default_backoff()
     .try_filter_map(move |ev| futures::future::ready(Ok(applied(ev, &ctx_for_sets))));
-    let controller = Controller::for_stream(set_events, store.clone()).with_config(
-        kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
-    );
+    let controller = Controller::for_stream(set_events, store.clone())
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        )
+        .trigger_backoff(EachWatchBacksOff);
     let scope = opts.namespace.clone();
     // keyturn's own objects, metadata only (the reconcile reads what it needs), minus echoes.
     let mut controller =

@@ -3,8 +3,10 @@
 //!
 //! One step at a time is what makes crashes harmless (I6): every step is one write, and
 //! every state between two steps is a state the planner can continue from. The order of
-//! steps keeps the invariants: store a private key → publish → sign → record activation
-//! and retirement → drop removed keys.
+//! steps keeps the invariants: store a private key → publish → record publication → sign →
+//! record activation and retirement → drop removed keys. A key that signs at once (a set's
+//! first key, a revocation's replacement) signs before its publication is recorded, and one
+//! write records both.
 
 use std::collections::BTreeSet;
 
@@ -392,21 +394,26 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
         return Plan::Do(Step::Publish(desired));
     }
 
-    // 3. Record publication time of keys the JWKS now holds.
-    if state
-        .keys
-        .iter()
-        .any(|r| r.published_at.is_none() && desired.contains(&r.kid))
-    {
+    // 3. Record publication time of keys the JWKS now holds. A candidate with no signer
+    //    before it (a set's first key, a revocation's replacement) activates the moment it
+    //    is published (I1 exempts it): the signing Secret takes it first, then one write
+    //    records its publication and its activation, each after the write it follows (I6).
+    let unrecorded = |r: &KeyRecord| r.published_at.is_none() && desired.contains(&r.kid);
+    if state.keys.iter().any(unrecorded) {
+        let at_once = cand_i.filter(|&ci| active_i.is_none() && unrecorded(&state.keys[ci]));
+        if let Some(ci) = at_once
+            && observed.signing.as_deref() != Some(state.keys[ci].kid.as_str())
+        {
+            return Plan::Do(Step::Sign(state.keys[ci].kid.clone()));
+        }
         let mut next = state.clone();
         let mut events = vec![];
-        for r in next
-            .keys
-            .iter_mut()
-            .filter(|r| r.published_at.is_none() && desired.contains(&r.kid))
-        {
+        for r in next.keys.iter_mut().filter(|r| unrecorded(r)) {
             r.published_at = Some(now);
             events.push(Transition::Published(r.kid.clone()));
+        }
+        if let Some(ci) = at_once {
+            activate(&mut next, ci, s, now, &mut events);
         }
         return Plan::Do(Step::Store(next, events));
     }
@@ -424,19 +431,7 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
         }
         let mut next = state.clone();
         let mut events = vec![];
-        for r in next.keys.iter_mut() {
-            if r.state() == KeyState::Active {
-                if s.revoked.contains(&r.kid) {
-                    continue; // dropped below
-                }
-                r.retired_at = Some(now);
-                r.private_pem = None; // a retired key never signs again
-                events.push(Transition::Retired(r.kid.clone()));
-            }
-        }
-        next.keys[ci].activated_at = Some(now);
-        events.push(Transition::Activated(kid));
-        drop_revoked(&mut next, s, &mut events, true);
+        activate(&mut next, ci, s, now, &mut events);
         return Plan::Do(Step::Store(next, events));
     }
 
@@ -498,6 +493,30 @@ pub fn next_transition(
     wake.extend(activate_at(state, s));
     wake.extend(state.keys.iter().filter_map(|r| remove_at(r, s)));
     wake.into_iter().filter(|t| *t > now).min()
+}
+
+/// Records the activation of `state.keys[ci]` (the signing Secret already holds it): the
+/// Active key retires and loses its private key, a revoked Active record is dropped.
+fn activate(
+    state: &mut SetState,
+    ci: usize,
+    s: &Settings,
+    now: DateTime<Utc>,
+    events: &mut Vec<Transition>,
+) {
+    for r in state.keys.iter_mut() {
+        if r.state() == KeyState::Active {
+            if s.revoked.contains(&r.kid) {
+                continue; // dropped below
+            }
+            r.retired_at = Some(now);
+            r.private_pem = None; // a retired key never signs again
+            events.push(Transition::Retired(r.kid.clone()));
+        }
+    }
+    state.keys[ci].activated_at = Some(now);
+    events.push(Transition::Activated(state.keys[ci].kid.clone()));
+    drop_revoked(state, s, events, true);
 }
 
 /// Drops revoked records; a revoked Active record only when `with_active` (its
@@ -856,10 +875,16 @@ mod tests {
             t0() + Duration::hours(719),
             "next key generated at activation + interval − prePublish"
         );
-        assert!(w.events.contains(&Transition::Activated(kid)));
         assert_eq!(
-            w.steps, 5,
-            "generate, publish, record publication, sign, record activation"
+            w.events,
+            [
+                Transition::Published(kid.clone()),
+                Transition::Activated(kid)
+            ]
+        );
+        assert_eq!(
+            w.steps, 4,
+            "generate, publish, sign, record publication and activation in one write"
         );
     }
 

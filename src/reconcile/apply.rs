@@ -129,9 +129,7 @@ impl<'a> Applier<'a> {
                 Step::Store(next, transitions) => {
                     self.store(&next).await?;
                     obs.state = Some(next);
-                    for t in transitions {
-                        report::announce(self.sks, self.ctx, &t).await;
-                    }
+                    report::announce(self.sks, self.ctx, &transitions).await;
                     None
                 }
             };

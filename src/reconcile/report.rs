@@ -115,9 +115,31 @@ pub async fn fan_out_changed(
     }
 }
 
-/// An Event (and a log line) for a key's transition.
-pub async fn announce(sks: &SigningKeySet, ctx: &Context, t: &Transition) {
-    let (type_, reason, note) = match t {
+/// The log lines, metrics and Events of the transitions one state write recorded. A key
+/// published and activated in the same write (a set's first key, a revocation's
+/// replacement) gets one Event, `KeyActivated`, saying both; the log and the
+/// `keyturn_transitions_total` counter still have each transition.
+pub async fn announce(sks: &SigningKeySet, ctx: &Context, transitions: &[Transition]) {
+    for t in transitions {
+        let (type_, reason, mut note) = describe(t);
+        info!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason, "{note}");
+        ctx.metrics.transition(reason);
+        match t {
+            Transition::Published(k) if transitions.contains(&Transition::Activated(k.clone())) => {
+                continue;
+            }
+            Transition::Activated(k) if transitions.contains(&Transition::Published(k.clone())) => {
+                note = format!("key {k} published in the JWKS and is now the signing key");
+            }
+            _ => {}
+        }
+        publish_event(sks, ctx, type_, reason, "Rotate", &note).await;
+    }
+}
+
+/// The Event type, reason and note of one transition.
+fn describe(t: &Transition) -> (EventType, &'static str, String) {
+    match t {
         Transition::Published(k) => (
             EventType::Normal,
             "KeyPublished",
@@ -158,10 +180,7 @@ pub async fn announce(sks: &SigningKeySet, ctx: &Context, t: &Transition) {
             "KeyRevoked",
             format!("key {kid} was revoked and left the JWKS"),
         ),
-    };
-    info!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason, "{note}");
-    ctx.metrics.transition(reason);
-    publish_event(sks, ctx, type_, reason, "Rotate", &note).await;
+    }
 }
 
 /// An Event's note holds at most 1024 characters (the API server refuses the Event
