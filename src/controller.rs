@@ -254,25 +254,24 @@ pub async fn run(
     let mut controller =
         controller.owns_stream(owned_events(secrets, owned.clone(), ctx.echoes.clone()));
     if opts.namespace_only {
-        // Everything keyturn writes lives in the watched namespace.
-        controller = controller.owns_stream(owned_events(
-            scoped::<PartialObjectMeta<ConfigMap>>(&client_for_watch, scope.as_deref()),
-            owned.clone(),
-            ctx.echoes.clone(),
-        ));
+        // Everything keyturn writes lives in the watched namespace. Mapped by label, not by
+        // ownerReference: a ConfigMap in the way of a set's JWKS (refused as foreign, it has
+        // no ownerReference to the set) triggers the set when it is deleted or changed.
+        controller = controller.watches_stream(
+            owned_events(
+                scoped::<PartialObjectMeta<ConfigMap>>(&client_for_watch, scope.as_deref()),
+                owned.clone(),
+                ctx.echoes.clone(),
+            ),
+            move |cm| set_of_configmap(&cm, scope.as_deref()),
+        );
     } else if let (Some(namespace_events), Some(grant_events), Some(copy_events)) =
         (namespace_events, grant_events, copy_events)
     {
         let (store_ns, store_grants) = (store.clone(), store.clone());
         controller = controller
             .watches_stream(copy_events, move |cm| {
-                let labels = cm.labels();
-                match (labels.get(SET_LABEL), labels.get(SOURCE_NAMESPACE_LABEL)) {
-                    // Sets outside this controller's scope are another operator's business.
-                    (Some(_), Some(ns)) if scope.as_ref().is_some_and(|s| s != ns) => None,
-                    (Some(set), Some(ns)) => Some(ObjectRef::new(set).within(ns)),
-                    _ => None,
-                }
+                set_of_configmap(&cm, scope.as_deref())
             })
             // A namespace created, labelled or deleted may change where a set's JWKS belongs.
             .watches_stream(namespace_events, move |ns| {
@@ -390,6 +389,21 @@ fn applied(ev: watcher::Event<SigningKeySet>, ctx: &Context) -> Option<SigningKe
     }
 }
 
+/// The set a keyturn-labelled ConfigMap (a JWKS, its copy elsewhere, or something in the way
+/// of one) belongs to, by its labels; none for a set outside this controller's `scope`
+/// (another operator's business).
+fn set_of_configmap(
+    cm: &impl kube::Resource,
+    scope: Option<&str>,
+) -> Option<ObjectRef<SigningKeySet>> {
+    let labels = cm.meta().labels.as_ref()?;
+    match (labels.get(SET_LABEL), labels.get(SOURCE_NAMESPACE_LABEL)) {
+        (Some(_), Some(ns)) if scope.is_some_and(|s| s != ns) => None,
+        (Some(set), Some(ns)) => Some(ObjectRef::new(set).within(ns)),
+        _ => None,
+    }
+}
+
 /// Events of keyturn's own objects (by label), metadata only, minus the echoes of its writes.
 fn owned_events<K>(
     api: Api<PartialObjectMeta<K>>,
@@ -464,5 +478,35 @@ async fn forget_deleted_sets(
             Ok(Event::Apply(_)) => {}
             Err(e) => debug!(error = %e, "watching SigningKeySet deletions for metrics"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cm(labels: &[(&str, &str)]) -> ConfigMap {
+        let mut c = ConfigMap::default();
+        c.metadata.name = Some("auth-jwks".into());
+        c.metadata.namespace = Some("identity".into());
+        c.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        c
+    }
+
+    #[test]
+    fn a_configmap_maps_to_its_set_by_label_within_scope() {
+        let labelled = cm(&[(SET_LABEL, "auth"), (SOURCE_NAMESPACE_LABEL, "identity")]);
+        let want = ObjectRef::<SigningKeySet>::new("auth").within("identity");
+        // No ownerReference needed: a foreign ConfigMap in the way triggers its set too.
+        assert_eq!(set_of_configmap(&labelled, None), Some(want.clone()));
+        assert_eq!(set_of_configmap(&labelled, Some("identity")), Some(want));
+        assert_eq!(set_of_configmap(&labelled, Some("other")), None);
+        assert_eq!(set_of_configmap(&cm(&[(SET_LABEL, "auth")]), None), None);
+        assert_eq!(set_of_configmap(&ConfigMap::default(), None), None);
     }
 }

@@ -421,9 +421,21 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
         assert!(v["error"].is_string());
     }
 
-    // The attacker gives up the name; keyturn publishes its own.
+    // The attacker gives up the name; keyturn publishes its own, woken by the deletion (well
+    // before the refusal's 60 s retry).
     cms.delete("auth-jwks", &Default::default()).await.unwrap();
-    common::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    common::wait_object(
+        &sets,
+        "auth",
+        "Ready=True within 20 s of the foreign ConfigMap's deletion",
+        Duration::from_secs(20),
+        |o: Option<&SigningKeySet>| {
+            o.and_then(|s| common::condition(s, "Ready"))
+                .is_some_and(|(st, r, _)| st == "True" && r == "KeysPublished")
+        },
+    )
+    .await
+    .unwrap();
     let own: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let genuine = common::wait_for(
         "the genuine JWKS served",
