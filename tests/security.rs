@@ -424,18 +424,15 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
     // The attacker gives up the name; keyturn publishes its own, woken by the deletion (well
     // before the refusal's 60 s retry).
     cms.delete("auth-jwks", &Default::default()).await.unwrap();
-    common::wait_object(
+    common::wait_condition_within(
         &sets,
         "auth",
-        "Ready=True within 20 s of the foreign ConfigMap's deletion",
+        "Ready",
+        "True",
+        "KeysPublished",
         Duration::from_secs(20),
-        |o: Option<&SigningKeySet>| {
-            o.and_then(|s| common::condition(s, "Ready"))
-                .is_some_and(|(st, r, _)| st == "True" && r == "KeysPublished")
-        },
     )
-    .await
-    .unwrap();
+    .await;
     let own: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let genuine = common::wait_for(
         "the genuine JWKS served",

@@ -487,11 +487,24 @@ pub async fn wait_condition(
     status: &'static str,
     reason: &'static str,
 ) -> String {
+    wait_condition_within(sets, name, type_, status, reason, Duration::from_secs(60)).await
+}
+
+/// [`wait_condition`] with a timeout of the caller's: for a test that proves a change was
+/// acted on before a retry would have acted anyway.
+pub async fn wait_condition_within(
+    sets: &Api<keyturn::crd::SigningKeySet>,
+    name: &str,
+    type_: &'static str,
+    status: &'static str,
+    reason: &'static str,
+    timeout: Duration,
+) -> String {
     let s = wait_object(
         sets,
         name,
-        &format!("{name}: {type_}={status} ({reason})"),
-        Duration::from_secs(60),
+        &format!("{name}: {type_}={status} ({reason}) within {timeout:?}"),
+        timeout,
         move |o: Option<&keyturn::crd::SigningKeySet>| {
             o.and_then(|s| condition(s, type_))
                 .is_some_and(|(st, r, _)| st == status && r == reason)
