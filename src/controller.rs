@@ -254,9 +254,11 @@ pub async fn run(
     let mut controller =
         controller.owns_stream(owned_events(secrets, owned.clone(), ctx.echoes.clone()));
     if opts.namespace_only {
-        // Everything keyturn writes lives in the watched namespace. Mapped by label, not by
-        // ownerReference: a ConfigMap in the way of a set's JWKS (refused as foreign, it has
-        // no ownerReference to the set) triggers the set when it is deleted or changed.
+        // Everything keyturn writes lives in the watched namespace. Mapped by label, as in
+        // cluster-wide mode, not by ownerReference: a ConfigMap with keyturn's labels that is
+        // in the way of a set's JWKS (refused as foreign: no ownerReference to the set)
+        // triggers the set when it is deleted or changed. One without them is not watched;
+        // the refusal's retry finds it gone.
         controller = controller.watches_stream(
             owned_events(
                 scoped::<PartialObjectMeta<ConfigMap>>(&client_for_watch, scope.as_deref()),
