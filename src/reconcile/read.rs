@@ -35,20 +35,30 @@ pub struct Objects {
     pub verification_sources: Option<Vec<Result<String, String>>>,
 }
 
-/// Reads the set's objects: its own three with a GET each; namespaces, grants and its copies
-/// in other namespaces from the controller's watch caches (complete before anything is
-/// decided from them: an empty cache would read as "no target" and remove copies), only when
-/// the set asks for fan-out (or, for copies, still has some to remove). A cache may lag the
-/// API server; every write is guarded by the resourceVersion it was decided from, so a stale
-/// read fails its write and the reconcile runs again ([`Error::Stale`]).
+/// Reads the set's objects: its own three with a GET each, sent together; namespaces, grants
+/// and its copies in other namespaces from the controller's watch caches (complete before
+/// anything is decided from them: an empty cache would read as "no target" and remove
+/// copies), only when the set asks for fan-out (or, for copies, still has some to remove). A
+/// cache may lag the API server; every write is guarded by the resourceVersion it was decided
+/// from, so a stale read fails its write and the reconcile runs again ([`Error::Stale`]).
 pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> {
     let ns = sks.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let names = (
+        sks.internal_secret_name(),
+        sks.secret_name(),
+        sks.config_map_name(),
+    );
+    let (internal, signing, jwks) = tokio::try_join!(
+        secrets.get_opt(&names.0),
+        secrets.get_opt(&names.1),
+        cms.get_opt(&names.2),
+    )?;
     let mut o = Objects {
-        internal: secrets.get_opt(&sks.internal_secret_name()).await?,
-        signing: secrets.get_opt(&sks.secret_name()).await?,
-        jwks: cms.get_opt(&sks.config_map_name()).await?,
+        internal,
+        signing,
+        jwks,
         ..Default::default()
     };
     let fan_out = consent::requested(sks);
