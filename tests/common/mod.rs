@@ -467,6 +467,73 @@ pub async fn bind(
         .create(&PostParams::default(), &rb)
         .await
         .expect("create RoleBinding");
+    granted(client, in_ns, kind, role, sa_ns, sa).await;
+}
+
+/// Returns once the API server's authorizer grants `sa_ns/sa` the first rule of role
+/// `kind/role` in `in_ns`. The RBAC authorizer reads roles and bindings from its own watch
+/// caches, so a request made right after the binding is created can still be refused; a
+/// SubjectAccessReview goes through that same authorizer.
+async fn granted(client: &Client, in_ns: &str, kind: &str, role: &str, sa_ns: &str, sa: &str) {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
+    let rules: Vec<PolicyRule> = if kind == "ClusterRole" {
+        Api::<ClusterRole>::all(client.clone())
+            .get(role)
+            .await
+            .expect("the ClusterRole")
+            .rules
+    } else {
+        Api::<Role>::namespaced(client.clone(), in_ns)
+            .get(role)
+            .await
+            .expect("the Role")
+            .rules
+    }
+    .unwrap_or_default();
+    let Some(rule) = rules
+        .iter()
+        .find(|r| r.resources.as_ref().is_some_and(|v| !v.is_empty()))
+    else {
+        return;
+    };
+    let first = |v: &Option<Vec<String>>| v.as_ref().and_then(|v| v.first()).cloned();
+    let verb = rule
+        .verbs
+        .first()
+        .filter(|v| *v != "*")
+        .cloned()
+        .unwrap_or_else(|| "get".into());
+    let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({
+        "spec": {
+            "user": format!("system:serviceaccount:{sa_ns}:{sa}"),
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{sa_ns}"), "system:authenticated"],
+            "resourceAttributes": {
+                "namespace": in_ns,
+                "group": first(&rule.api_groups).filter(|g| g != "*").unwrap_or_default(),
+                "resource": first(&rule.resources).filter(|r| r != "*").unwrap_or_else(|| "configmaps".into()),
+                "name": first(&rule.resource_names),
+                "verb": verb,
+            }
+        }
+    }))
+    .unwrap();
+    let reviews = Api::<SubjectAccessReview>::all(client.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .expect("SubjectAccessReview");
+        if answer.status.is_some_and(|s| s.allowed) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sa_ns}/{sa} not granted {kind}/{role} in {in_ns} after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The condition `type_` of a set: (status, reason, message).
