@@ -44,6 +44,23 @@ pub enum WriteError {
     },
 }
 
+impl WriteError {
+    /// The write was refused because the object is not as keyturn read it: changed since
+    /// (409 Conflict on the resourceVersion), already created (409 AlreadyExists, keyturn's
+    /// own: someone else's is [`WriteError::Foreign`]) or gone (404). keyturn reads from
+    /// caches, so this means "read again", not a failure. Names the object (`Secret x`).
+    pub fn lagged(&self) -> Option<String> {
+        match self {
+            WriteError::Api {
+                kind,
+                name,
+                source: kube::Error::Api(s),
+            } if s.code == 409 || s.code == 404 => Some(format!("{kind} {name}")),
+            _ => None,
+        }
+    }
+}
+
 /// The API server's own words for a failed request (its message, code and reason, without
 /// the client's debug dump), redacted when it could quote key material.
 pub fn api_message(e: &kube::Error) -> String {

@@ -59,6 +59,9 @@ pub struct Applier<'a> {
     targets: &'a BTreeSet<String>,
     secrets: Api<Secret>,
     import: Option<KeyPair>,
+    /// The internal Secret in `objects` is known current: this reconcile wrote it or
+    /// checked its resourceVersion against the API server.
+    internal_current: bool,
 }
 
 impl<'a> Applier<'a> {
@@ -77,6 +80,7 @@ impl<'a> Applier<'a> {
             targets,
             secrets,
             import: None,
+            internal_current: false,
         }
     }
 
@@ -191,6 +195,7 @@ impl<'a> Applier<'a> {
         let bytes = publish::jwks_bytes(state, kids).ok_or(Error::Invariant(
             "the plan publishes a key that is not stored".into(),
         ))?;
+        self.confirm_internal().await?;
         if bytes.len() > MAX_OBJECT_BYTES {
             return Ok(Err(Refusal::new(
                 Reason::JwksTooLarge,
@@ -227,6 +232,7 @@ impl<'a> Applier<'a> {
         let desired = publish::signing_secret(self.sks, rec).ok_or(Error::Invariant(format!(
             "key {kid} has no usable private key for the signing Secret"
         )))?;
+        self.confirm_internal().await?;
         self.write_secret(Slot::Signing, desired).await?;
         info!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), kid = %kid, "signing Secret holds key");
         Ok(())
@@ -238,25 +244,59 @@ impl<'a> Applier<'a> {
             .await
     }
 
+    /// The signing Secret and the JWKS follow the internal Secret, which `read` took from the
+    /// API server's watch cache: before either is written, that copy must be the current
+    /// one, or a lagging cache could put an older key back into the signing Secret. Free when
+    /// this reconcile wrote the internal Secret (its precondition held); otherwise one GET of
+    /// its metadata from etcd, and [`Error::Stale`] when the resourceVersion moved on.
+    async fn confirm_internal(&mut self) -> Result<(), Error> {
+        if self.internal_current {
+            return Ok(());
+        }
+        let name = self.sks.internal_secret_name();
+        let now = self.secrets.get_metadata_opt(&name).await?;
+        let read = self.objects.internal.as_ref();
+        if now
+            .as_ref()
+            .and_then(|o| o.metadata.resource_version.as_ref())
+            != read.and_then(|s| s.metadata.resource_version.as_ref())
+        {
+            return Err(Error::Stale(format!("the Secret {name}")));
+        }
+        self.internal_current = true;
+        Ok(())
+    }
+
     /// Writes one of the set's Secrets (guarded by [`publish::write`]) and keeps what the
-    /// API server answered as the current object.
+    /// API server answered as the current object. A write refused because the object is not
+    /// as it was read (the watch cache lagged) is [`Error::Stale`].
     async fn write_secret(&mut self, slot: Slot, desired: Secret) -> Result<(), Error> {
         let (current, object) = match slot {
             Slot::Internal => (&mut self.objects.internal, "internal_secret"),
             Slot::Signing => (&mut self.objects.signing, "signing_secret"),
         };
-        if let Some(o) = publish::write(
+        let written = match publish::write(
             &self.secrets,
             current.as_ref(),
             desired,
             |m| publish::is_owned(m, self.sks),
             publish::same_secret,
         )
-        .await?
+        .await
         {
+            Err(e) => match e.lagged() {
+                Some(what) => return Err(Error::Stale(format!("the {what}"))),
+                None => return Err(e.into()),
+            },
+            Ok(w) => w,
+        };
+        if let Some(o) = written {
             self.ctx.echoes.wrote(&o);
             *current = Some(o);
             self.ctx.metrics.write(object);
+            if let Slot::Internal = slot {
+                self.internal_current = true;
+            }
         }
         Ok(())
     }

@@ -72,7 +72,7 @@ pub async fn publish(
                 copies.insert(t, o);
             }
             Ok(None) => {}
-            Err(e) if lagged(&e) => stale.push(t),
+            Err(e) if e.lagged().is_some() => stale.push(t),
             Err(e) => failures.push(format!("{t}: {e}")),
         }
     }
@@ -89,13 +89,6 @@ pub async fn publish(
         )));
     }
     Ok(failures)
-}
-
-/// A copy's write refused because the copy is not as the cache showed it: changed since
-/// (409 Conflict on the resourceVersion), already created (409 AlreadyExists, keyturn's own:
-/// someone else's is [`WriteError::Foreign`]) or gone (404).
-fn lagged(e: &WriteError) -> bool {
-    matches!(e, WriteError::Api { source: kube::Error::Api(s), .. } if s.code == 409 || s.code == 404)
 }
 
 /// Before any copy is written elsewhere, the set carries the finalizer that removes them.

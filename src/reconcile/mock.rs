@@ -63,6 +63,9 @@ struct Fake {
     rv: u64,
     calls: Vec<Call>,
     refuse_creates_under: Option<String>,
+    /// What the API server's watch cache shows for a path, where it lags the objects
+    /// (`None`: not there yet); a GET with `resourceVersion=0` is answered from it.
+    lagging: BTreeMap<String, Option<Value>>,
 }
 
 fn status(code: u16, reason: &str) -> Value {
@@ -106,6 +109,15 @@ impl Fake {
                 let list = json!({"kind": kind, "apiVersion": "v1",
                     "metadata": {"resourceVersion": self.rv.to_string()}, "items": items});
                 (200, list)
+            }
+            ("GET", _)
+                if query.split('&').any(|q| q == "resourceVersion=0")
+                    && self.lagging.contains_key(path) =>
+            {
+                match &self.lagging[path] {
+                    Some(o) => (200, o.clone()),
+                    None => (404, status(404, "NotFound")),
+                }
             }
             ("GET", _) => match self.objects.get(path) {
                 Some(o) => (200, o.clone()),
@@ -345,6 +357,18 @@ async fn a_new_set_reads_three_objects_then_writes_each_step_once_in_crash_safe_
             format!("GET {SECRETS}/auth-signing-key"),
             format!("GET {CONFIGMAPS}/auth-jwks"),
         ]
+    );
+    assert!(
+        calls[..3]
+            .iter()
+            .all(|c| c.query.split('&').any(|q| q == "resourceVersion=0")),
+        "the three reads come from the API server's watch cache: {:#?}",
+        &calls[..3]
+    );
+    assert_eq!(
+        calls.iter().filter(|c| c.method == "GET").count(),
+        3,
+        "no other read: the internal Secret this reconcile created is known current"
     );
     // The key is stored before it is published, published before it signs, and the
     // signing Secret holds it before one write records its publication and activation (I6:
@@ -639,4 +663,73 @@ async fn a_copy_changed_behind_the_cache_fails_the_precondition_and_is_repaired_
     let f = fake.lock().unwrap();
     let own = &f.objects[&format!("{CONFIGMAPS}/auth-jwks")];
     assert_eq!(f.objects[COPY]["data"], own["data"], "the copy is repaired");
+}
+
+/// Another replica (or a reconcile the cache has not caught up with) moved the set to a newer
+/// key; the API server's watch cache still shows the older internal Secret, but the signing
+/// Secret and the JWKS as they are now. The reconcile decided from that read would put the
+/// older key back into the signing Secret: it checks the internal Secret's resourceVersion
+/// first, ends as `Stale` without writing anything or sending an Event, and the next
+/// reconcile, from a current cache, finds nothing to do.
+#[tokio::test]
+async fn an_internal_secret_behind_the_cache_never_puts_an_older_key_back() {
+    use super::fixtures::{active_state, written};
+    let fake = with_set(json!({"algorithm": "EdDSA"}));
+    let sks = stored_set(&fake);
+    let as_stored = |o: Value, kind: &str, rv: &str| {
+        let mut v = o;
+        v["apiVersion"] = json!("v1");
+        v["kind"] = json!(kind);
+        v["metadata"]["resourceVersion"] = json!(rv);
+        v
+    };
+    let (older, newer) = (active_state(), active_state());
+    let (old_objs, new_objs) = (written(&sks, &older), written(&sks, &newer));
+    {
+        let mut f = fake.lock().unwrap();
+        let internal = format!("{SECRETS}/auth-keyturn-keys");
+        f.objects.insert(
+            internal.clone(),
+            as_stored(json!(new_objs.internal), "Secret", "20"),
+        );
+        f.objects.insert(
+            format!("{SECRETS}/auth-signing-key"),
+            as_stored(json!(new_objs.signing), "Secret", "21"),
+        );
+        f.objects.insert(
+            format!("{CONFIGMAPS}/auth-jwks"),
+            as_stored(json!(new_objs.jwks), "ConfigMap", "22"),
+        );
+        f.lagging.insert(
+            internal,
+            Some(as_stored(json!(old_objs.internal), "Secret", "10")),
+        );
+        f.rv = 30;
+    }
+    let err = reconcile(Arc::new(sks.clone()), context(fake.clone()))
+        .await
+        .expect_err("a reconcile from the older internal Secret must not go on");
+    assert!(matches!(err, super::Error::Stale(_)), "{err}");
+    let c = calls(&fake);
+    assert!(writes(&c).is_empty(), "nothing written: {:#?}", writes(&c));
+    assert!(event_reasons(&c).is_empty(), "no Event for a lagging cache");
+    assert_eq!(
+        c.last().map(Call::line),
+        Some(format!("GET {SECRETS}/auth-keyturn-keys")),
+        "the check is a read of the internal Secret from etcd"
+    );
+    assert_eq!(c.last().unwrap().query, "", "not from the cache");
+
+    fake.lock().unwrap().lagging.clear();
+    reconcile(Arc::new(stored_set(&fake)), context(fake.clone()))
+        .await
+        .unwrap();
+    let c = calls(&fake);
+    assert_eq!(
+        writes(&c),
+        [format!("PATCH {SET_PATH}/status")],
+        "only the status: the newer key stays"
+    );
+    let signing = &fake.lock().unwrap().objects[&format!("{SECRETS}/auth-signing-key")];
+    assert_eq!(signing, &as_stored(json!(new_objs.signing), "Secret", "21"));
 }

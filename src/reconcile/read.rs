@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, GetParams};
 
 use super::{Context, Error, fanout};
 use crate::consent;
@@ -35,12 +35,15 @@ pub struct Objects {
     pub verification_sources: Option<Vec<Result<String, String>>>,
 }
 
-/// Reads the set's objects: its own three with a GET each, sent together; namespaces, grants
+/// Reads the set's objects: its own three with a GET each, sent together and answered from
+/// the API server's watch cache (`resourceVersion=0`: no etcd read); namespaces, grants
 /// and its copies in other namespaces from the controller's watch caches (complete before
 /// anything is decided from them: an empty cache would read as "no target" and remove
 /// copies), only when the set asks for fan-out (or, for copies, still has some to remove). A
 /// cache may lag the API server; every write is guarded by the resourceVersion it was decided
-/// from, so a stale read fails its write and the reconcile runs again ([`Error::Stale`]).
+/// from, so a stale read fails its write and the reconcile runs again ([`Error::Stale`]); the
+/// signing Secret and the JWKS, which follow the internal Secret, are written only once the
+/// internal Secret is known current ([`super::apply`]).
 pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> {
     let ns = sks.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -51,9 +54,9 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
         sks.config_map_name(),
     );
     let (internal, signing, jwks) = tokio::try_join!(
-        secrets.get_opt(&names.0),
-        secrets.get_opt(&names.1),
-        cms.get_opt(&names.2),
+        cached(&secrets, &names.0),
+        cached(&secrets, &names.1),
+        cached(&cms, &names.2),
     )?;
     let mut o = Objects {
         internal,
@@ -156,4 +159,17 @@ async fn source_text(
         },
         (None, None) => Err("neither configMapName nor secretName is set".into()),
     })
+}
+
+/// `name` as the API server's watch cache holds it (`resourceVersion=0`), `None` when absent.
+/// The cache may lag etcd by a moment; see [`read`] for why that is safe.
+pub async fn cached<K>(api: &Api<K>, name: &str) -> Result<Option<K>, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_with(name, &GetParams::any()).await {
+        Ok(o) => Ok(Some(o)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
 }
