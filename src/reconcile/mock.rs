@@ -733,3 +733,37 @@ async fn an_internal_secret_behind_the_cache_never_puts_an_older_key_back() {
     let signing = &fake.lock().unwrap().objects[&format!("{SECRETS}/auth-signing-key")];
     assert_eq!(signing, &as_stored(json!(new_objs.signing), "Secret", "21"));
 }
+
+/// The API server's watch cache still shows a ConfigMap in the way of the set's JWKS that its
+/// owner has just deleted: the refusal decided from it is not reported (no condition, no
+/// Event, no one-minute wait) once a read from etcd shows the object gone; the reconcile ends
+/// as `Stale`, and the next one publishes.
+#[tokio::test]
+async fn a_refusal_decided_from_a_lagging_cache_is_not_reported() {
+    let fake = with_set(json!({}));
+    fake.lock().unwrap().lagging.insert(
+        format!("{CONFIGMAPS}/auth-jwks"),
+        Some(json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "auth-jwks", "namespace": "identity", "resourceVersion": "1"},
+               "data": {"jwks.json": "theirs"}})),
+    );
+    let err = reconcile(Arc::new(stored_set(&fake)), context(fake.clone()))
+        .await
+        .expect_err("the refusal is not reported");
+    assert!(
+        matches!(err, super::Error::Stale(ref m) if m == "auth-jwks"),
+        "{err}"
+    );
+    let c = calls(&fake);
+    assert!(writes(&c).is_empty(), "{:#?}", writes(&c));
+    assert!(event_reasons(&c).is_empty(), "no Event for a lagging cache");
+
+    fake.lock().unwrap().lagging.clear();
+    reconcile(Arc::new(stored_set(&fake)), context(fake.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        ready(&stored_set(&fake)),
+        ("True".into(), "KeysPublished".into())
+    );
+}

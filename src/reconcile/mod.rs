@@ -408,7 +408,10 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
     let token = sks.annotations().get(ROTATE_ANNOTATION).cloned();
     let checked = match check::check(sks, &objects, token, ctx.namespace_only) {
         Ok(c) => c,
-        Err(refusal) => return report::refuse(sks, ctx, refusal, None).await,
+        Err(refusal) => {
+            read::still_current(sks, ctx, &objects).await?;
+            return report::refuse(sks, ctx, refusal, None).await;
+        }
     };
     fanout::hold_copies(sks, ctx).await?;
 
@@ -419,6 +422,7 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
     {
         apply::Outcome::Idle(a) => a,
         apply::Outcome::Refused(refusal, state) => {
+            read::still_current(sks, ctx, &objects).await?;
             let at = state.as_ref().map(|st| (st, &checked.settings));
             return report::refuse(sks, ctx, refusal, at).await;
         }

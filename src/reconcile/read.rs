@@ -173,3 +173,46 @@ where
         Err(e) => Err(e),
     }
 }
+
+/// A refusal is decided from the same cached copies, and no precondition guards it as one
+/// guards a write: before it is reported, the set's three objects' metadata is read again
+/// from etcd, and any that changed, appeared or went since `o` was read (or written) make the
+/// reconcile [`Error::Stale`] instead (a ConfigMap in the way that its owner just deleted is
+/// not reported as in the way for another minute).
+pub async fn still_current(sks: &SigningKeySet, ctx: &Context, o: &Objects) -> Result<(), Error> {
+    let ns = sks.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let names = (
+        sks.internal_secret_name(),
+        sks.secret_name(),
+        sks.config_map_name(),
+    );
+    let now = tokio::try_join!(
+        secrets.get_metadata_opt(&names.0),
+        secrets.get_metadata_opt(&names.1),
+        cms.get_metadata_opt(&names.2),
+    )?;
+    let rv = |m: Option<&kube::api::ObjectMeta>| m.and_then(|m| m.resource_version.clone());
+    let read = [
+        rv(o.internal.as_ref().map(|s| &s.metadata)),
+        rv(o.signing.as_ref().map(|s| &s.metadata)),
+        rv(o.copies.get(&ns).map(|c| &c.metadata)),
+    ];
+    let current = [
+        rv(now.0.as_ref().map(|m| &m.metadata)),
+        rv(now.1.as_ref().map(|m| &m.metadata)),
+        rv(now.2.as_ref().map(|m| &m.metadata)),
+    ];
+    let changed: Vec<&str> = [&names.0, &names.1, &names.2]
+        .into_iter()
+        .zip(read.iter().zip(&current))
+        .filter(|(_, (r, c))| r != c)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if changed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Stale(changed.join(", ")))
+    }
+}
