@@ -230,20 +230,19 @@ pub async fn run(
     });
     info!(namespace = ?opts.namespace, "keyturn controller starting");
     let ctx_for_gone = ctx.clone();
-    let forget = tokio::spawn(forget_deleted_sets(
-        scoped(&client_for_watch, opts.namespace.as_deref()),
-        ctx.clone(),
-    ));
     // The sets' cache is filled from every event; only events that are not the echo of
     // keyturn's own status patch trigger a reconcile.
     let (store, writer) = kube::runtime::reflector::store();
-    let ctx_for_sets = ctx.clone();
+    let mut set_events_seen = SetEvents {
+        ctx: ctx.clone(),
+        listed: None,
+    };
     let set_events = kube::runtime::reflector(
         writer,
         watcher(sets, watcher::Config::default()).modify(slim),
     )
     .default_backoff()
-    .try_filter_map(move |ev| futures::future::ready(Ok(applied(ev, &ctx_for_sets))));
+    .try_filter_map(move |ev| futures::future::ready(Ok(set_events_seen.applied(ev))));
     let controller = Controller::for_stream(set_events, store.clone())
         .with_config(
             kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
@@ -330,7 +329,6 @@ pub async fn run(
             }
         })
         .await;
-    forget.abort();
     info!("keyturn controller stopped");
 }
 
@@ -373,21 +371,53 @@ pub fn slim(sks: &mut SigningKeySet) {
     }
 }
 
-/// The object of a created or changed set, unless that change is keyturn's own status patch
-/// coming back (the cache has it; a reconcile would find nothing to do). The reflector has
-/// stored the event before it gets here, so the status keyturn wrote is no longer needed in
-/// place of the cache's.
-fn applied(ev: watcher::Event<SigningKeySet>, ctx: &Context) -> Option<SigningKeySet> {
-    if let watcher::Event::Apply(s) | watcher::Event::InitApply(s) = &ev {
-        ctx.written
-            .forget(&s.namespace().unwrap_or_default(), &s.name_any());
-    }
-    match ev {
-        watcher::Event::Delete(s) => {
-            ctx.echoes.forget(&s);
-            None
+/// What the controller does with each event of its one watch of the sets, beyond the
+/// reflector storing it.
+struct SetEvents {
+    ctx: Arc<Context>,
+    /// The sets of a relist in progress.
+    listed: Option<std::collections::BTreeSet<(String, String)>>,
+}
+
+impl SetEvents {
+    /// The object of a created or changed set, unless that change is keyturn's own status
+    /// patch coming back (the cache has it; a reconcile would find nothing to do). The
+    /// reflector has stored the event before it gets here, so the status keyturn wrote is no
+    /// longer needed in place of the cache's. A deleted set's per-set state and metric series
+    /// are dropped, and after each relist those of every set that no longer exists (a
+    /// deletion the watch missed).
+    fn applied(&mut self, ev: watcher::Event<SigningKeySet>) -> Option<SigningKeySet> {
+        let ctx = &self.ctx;
+        let key = |s: &SigningKeySet| (s.namespace().unwrap_or_default(), s.name_any());
+        match &ev {
+            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                ctx.written
+                    .forget(&s.namespace().unwrap_or_default(), &s.name_any());
+                if let (watcher::Event::InitApply(s), Some(l)) = (&ev, self.listed.as_mut()) {
+                    l.insert(key(s));
+                }
+            }
+            watcher::Event::Init => self.listed = Some(Default::default()),
+            watcher::Event::InitDone => {
+                if let Some(l) = self.listed.take() {
+                    for (ns, name) in ctx.metrics.sets().into_iter().filter(|s| !l.contains(s)) {
+                        forget_set(ctx, &ns, &name);
+                    }
+                }
+            }
+            watcher::Event::Delete(s) => {
+                let (ns, name) = key(s);
+                debug!(set = %name, namespace = %ns, "set deleted; dropping its metric series");
+                forget_set(ctx, &ns, &name);
+            }
         }
-        ev => touched(ev, &ctx.echoes),
+        match ev {
+            watcher::Event::Delete(s) => {
+                ctx.echoes.forget(&s);
+                None
+            }
+            ev => touched(ev, &ctx.echoes),
+        }
     }
 }
 
@@ -441,46 +471,6 @@ fn forget_set(ctx: &Context, namespace: &str, name: &str) {
     ctx.metrics.forget_set(namespace, name);
     ctx.backoff.forget(namespace, name);
     ctx.written.forget(namespace, name);
-}
-
-/// Drops the per-set metric series of every SigningKeySet that is deleted (and, after each
-/// relist, of every set that no longer exists). Metadata only: no spec or status is held.
-async fn forget_deleted_sets(
-    api: Api<kube::core::PartialObjectMeta<SigningKeySet>>,
-    ctx: Arc<Context>,
-) {
-    use kube::runtime::watcher::Event;
-    let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut listed: Option<std::collections::BTreeSet<(String, String)>> = None;
-    let key = |m: &kube::core::PartialObjectMeta<SigningKeySet>| {
-        (m.namespace().unwrap_or_default(), m.name_any())
-    };
-    while let Some(ev) = events.next().await {
-        match ev {
-            Ok(Event::Delete(m)) => {
-                let (ns, name) = key(&m);
-                debug!(set = %name, namespace = %ns, "set deleted; dropping its metric series");
-                forget_set(&ctx, &ns, &name);
-            }
-            Ok(Event::Init) => listed = Some(Default::default()),
-            Ok(Event::InitApply(m)) => {
-                if let Some(l) = listed.as_mut() {
-                    l.insert(key(&m));
-                }
-            }
-            Ok(Event::InitDone) => {
-                if let Some(l) = listed.take() {
-                    for (ns, name) in ctx.metrics.sets().into_iter().filter(|s| !l.contains(s)) {
-                        forget_set(&ctx, &ns, &name);
-                    }
-                }
-            }
-            Ok(Event::Apply(_)) => {}
-            Err(e) => debug!(error = %e, "watching SigningKeySet deletions for metrics"),
-        }
-    }
 }
 
 #[cfg(test)]
