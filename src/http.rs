@@ -32,7 +32,6 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -117,12 +116,37 @@ struct Published {
     state: Result<SetState, String>,
 }
 
-type States = Arc<RwLock<HashMap<(String, String), Arc<Published>>>>;
+/// What the routes need of a set, kept instead of the whole object: its uid, its spec as
+/// the planner reads it (or the fact that it is invalid) and its issuer. At 10,000 sets a
+/// cache of whole SigningKeySets (metadata, spec) held several KiB per set in every replica.
+struct SetView {
+    /// The set's uid: its internal Secret counts only if owned by it.
+    uid: String,
+    /// The validated spec; `None` when the spec is invalid (the routes answer 503).
+    settings: Option<plan::Settings>,
+    /// `spec.issuer`, for discovery.
+    issuer: Option<String>,
+}
+
+impl SetView {
+    fn of(sks: &SigningKeySet) -> Self {
+        SetView {
+            uid: sks.meta().uid.clone().unwrap_or_default(),
+            settings: plan::validate(&sks.spec, None).ok(),
+            issuer: sks.spec.issuer.clone(),
+        }
+    }
+}
+
+/// A watch cache of one view per object, by (namespace, name).
+type Views<V> = Arc<RwLock<HashMap<(String, String), Arc<V>>>>;
+type States = Views<Published>;
+type Sets = Views<SetView>;
 
 /// What the handlers read.
 #[derive(Clone)]
 struct AppState {
-    sets: Store<SigningKeySet>,
+    sets: Sets,
     states: States,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -151,26 +175,33 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let sets_api: Api<SigningKeySet> = crate::controller::scoped(&client, cfg.namespace.as_deref());
     let secrets_api: Api<Secret> = crate::controller::scoped(&client, cfg.namespace.as_deref());
-    let (sets, sets_writer) = reflector::store();
-    tokio::spawn(
-        reflector::reflector(
-            sets_writer,
-            // The routes read a set's spec and uid only.
-            watcher(sets_api, watcher::Config::default()).modify(|s| {
-                crate::controller::slim(s);
-                s.status = None;
-            }),
-        )
-        .default_backoff()
-        .for_each(|_| async {}),
-    );
+    let sets: Sets = Arc::default();
+    let (sets_synced, mut sets_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(follow(
+        watcher(sets_api, watcher::Config::default()),
+        sets.clone(),
+        sets_synced,
+        |s: &SigningKeySet| Some((s.namespace().unwrap_or_default(), s.name_any())),
+        |s| Some(SetView::of(s)),
+        "SigningKeySets",
+    ));
     let states: States = Arc::default();
-    let (states_synced, mut synced_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(follow_states(secrets_api, states.clone(), states_synced));
+    let (states_synced, mut states_rx) = tokio::sync::watch::channel(false);
+    // Only keyturn's Secrets; the signing Secrets among them are dropped as they arrive.
+    let owned =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    tokio::spawn(follow(
+        watcher(secrets_api, owned),
+        states.clone(),
+        states_synced,
+        state_key,
+        published,
+        "keyturn's Secrets",
+    ));
     {
-        let (sets, health) = (sets.clone(), health.clone());
+        let health = health.clone();
         tokio::spawn(async move {
-            if sets.wait_until_ready().await.is_ok() && synced_rx.wait_for(|s| *s).await.is_ok() {
+            if sets_rx.wait_for(|s| *s).await.is_ok() && states_rx.wait_for(|s| *s).await.is_ok() {
                 health.synced.store(true, Ordering::SeqCst);
             }
         });
@@ -203,21 +234,27 @@ pub async fn serve(
     p.and(a)
 }
 
-/// Keeps `states` equal to the public part of every internal Secret in `api`'s scope.
-/// Other Secrets (the signing Secrets) are dropped as they arrive.
-async fn follow_states(api: Api<Secret>, states: States, synced: tokio::sync::watch::Sender<bool>) {
-    let owned =
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    let mut events = watcher(api, owned).default_backoff().boxed();
-    let mut relist: Option<HashMap<(String, String), Arc<Published>>> = None;
-    let put = |map: &mut HashMap<_, _>, s: &Secret| match published(s) {
-        Some((k, v)) => {
-            map.insert(k, Arc::new(v));
-        }
-        None => {
-            if let Some(k) = state_key(s) {
-                map.remove(&k);
-            }
+/// Keeps `views` equal to `view` of every object `events` reports that `key` names (an
+/// object without a key, or whose view is `None`, is not kept); `synced` turns true after the
+/// first full list. Only the views are held, never the objects.
+async fn follow<K, V>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    views: Views<V>,
+    synced: tokio::sync::watch::Sender<bool>,
+    key: impl Fn(&K) -> Option<(String, String)>,
+    view: impl Fn(&K) -> Option<V>,
+    what: &'static str,
+) where
+    K: Clone + std::fmt::Debug + Send + 'static,
+{
+    let mut events = std::pin::pin!(events.default_backoff());
+    let mut relist: Option<HashMap<(String, String), Arc<V>>> = None;
+    let put = |map: &mut HashMap<_, _>, o: &K| {
+        if let Some(k) = key(o) {
+            match view(o) {
+                Some(v) => map.insert(k, Arc::new(v)),
+                None => map.remove(&k),
+            };
         }
     };
     while let Some(ev) = events.next().await {
@@ -230,20 +267,20 @@ async fn follow_states(api: Api<Secret>, states: States, synced: tokio::sync::wa
             }
             Ok(watcher::Event::InitDone) => {
                 if let Some(m) = relist.take() {
-                    *states.write().unwrap_or_else(|e| e.into_inner()) = m;
+                    *views.write().unwrap_or_else(|e| e.into_inner()) = m;
                 }
                 let _ = synced.send(true);
             }
-            Ok(watcher::Event::Apply(s)) => {
-                put(&mut states.write().unwrap_or_else(|e| e.into_inner()), &s)
+            Ok(watcher::Event::Apply(o)) => {
+                put(&mut views.write().unwrap_or_else(|e| e.into_inner()), &o)
             }
-            Ok(watcher::Event::Delete(s)) => {
-                if let Some(k) = state_key(&s) {
-                    states.write().unwrap_or_else(|e| e.into_inner()).remove(&k);
+            Ok(watcher::Event::Delete(o)) => {
+                if let Some(k) = key(&o) {
+                    views.write().unwrap_or_else(|e| e.into_inner()).remove(&k);
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "watching keyturn's Secrets for the HTTP endpoint")
+                tracing::warn!(error = %e, what, "watching for the HTTP endpoint")
             }
         }
     }
@@ -259,8 +296,9 @@ fn state_key(s: &Secret) -> Option<(String, String)> {
     .then(|| (s.namespace().unwrap_or_default(), set.clone()))
 }
 
-fn published(s: &Secret) -> Option<((String, String), Published)> {
-    let key = state_key(s)?;
+/// The public part of an internal Secret; `None` for any other Secret.
+fn published(s: &Secret) -> Option<Published> {
+    state_key(s)?;
     let owners = s.owner_references().iter().map(|o| o.uid.clone()).collect();
     let state = s
         .data
@@ -268,7 +306,7 @@ fn published(s: &Secret) -> Option<((String, String), Published)> {
         .and_then(|d| d.get(STATE_KEY))
         .ok_or_else(|| "no state".to_string())
         .and_then(|b| SetState::public_from_bytes(&b.0).map_err(|e| e.to_string()));
-    Some((key, Published { owners, state }))
+    Some(Published { owners, state })
 }
 
 fn public_router(state: AppState) -> Router {
@@ -380,7 +418,7 @@ type Refusal = (StatusCode, &'static str);
 
 /// What the endpoint serves for one set at `now`.
 struct Served {
-    set: Arc<SigningKeySet>,
+    set: Arc<SetView>,
     bytes: Vec<u8>,
     max_age: i64,
 }
@@ -392,19 +430,22 @@ fn lookup(state: &AppState, ns: &str, name: &str, now: DateTime<Utc>) -> Result<
             "namespace and name must be DNS-1123 names",
         ));
     }
+    let key = (ns.to_string(), name.to_string());
     let set = state
         .sets
-        .get(&ObjectRef::new(name).within(ns))
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned()
         .ok_or((StatusCode::NOT_FOUND, "no such SigningKeySet"))?;
     let published = state
         .states
         .read()
         .unwrap_or_else(|e| e.into_inner())
-        .get(&(ns.to_string(), name.to_string()))
+        .get(&key)
         .cloned()
         .ok_or((StatusCode::NOT_FOUND, "JWKS not published yet"))?;
-    let uid = set.meta().uid.clone().unwrap_or_default();
-    if !published.owners.contains(&uid) {
+    if !published.owners.contains(&set.uid) {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "this SigningKeySet's key state is not owned by it; nothing is served",
@@ -416,13 +457,11 @@ fn lookup(state: &AppState, ns: &str, name: &str, now: DateTime<Utc>) -> Result<
             "keyturn cannot read this SigningKeySet's key state; see its Ready condition",
         )
     })?;
-    let settings = plan::validate(&set.spec, None).map_err(|_| {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this SigningKeySet's spec is invalid; see its Ready condition",
-        )
-    })?;
-    let bytes = jwks_document(keys, &settings, now)
+    let settings = set.settings.as_ref().ok_or((
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this SigningKeySet's spec is invalid; see its Ready condition",
+    ))?;
+    let bytes = jwks_document(keys, settings, now)
         .ok_or((StatusCode::NOT_FOUND, "JWKS not published yet"))?;
     if let Err(e) = crate::jwks::validate(&bytes) {
         // Cannot happen for a state keyturn wrote; never serve what breaks the rules.
@@ -433,7 +472,7 @@ fn lookup(state: &AppState, ns: &str, name: &str, now: DateTime<Utc>) -> Result<
         ));
     }
     let max_age = spread_max_age(
-        max_age(keys, &settings, now),
+        max_age(keys, settings, now),
         // The OS RNG; should it fail, no spread (the full bound is still correct).
         getrandom::u32().unwrap_or(0),
     );
@@ -527,7 +566,7 @@ async fn discovery(
         Ok(x) => x,
         Err((code, msg)) => return error(code, msg),
     };
-    let Some(issuer) = served.set.spec.issuer.clone() else {
+    let Some(issuer) = served.set.issuer.clone() else {
         return error(
             StatusCode::NOT_FOUND,
             "this SigningKeySet has no spec.issuer",
