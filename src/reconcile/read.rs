@@ -46,13 +46,7 @@ pub struct Objects {
 /// internal Secret is known current ([`super::apply`]).
 pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> {
     let ns = sks.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    let names = (
-        sks.internal_secret_name(),
-        sks.secret_name(),
-        sks.config_map_name(),
-    );
+    let (secrets, cms, names) = own(sks, ctx, &ns);
     let (internal, signing, jwks) = tokio::try_join!(
         cached(&secrets, &names.0),
         cached(&secrets, &names.1),
@@ -174,6 +168,24 @@ where
     }
 }
 
+/// Where the set's own objects live and their names: (internal Secret, signing Secret, JWKS
+/// ConfigMap).
+fn own(
+    sks: &SigningKeySet,
+    ctx: &Context,
+    ns: &str,
+) -> (Api<Secret>, Api<ConfigMap>, (String, String, String)) {
+    (
+        Api::namespaced(ctx.client.clone(), ns),
+        Api::namespaced(ctx.client.clone(), ns),
+        (
+            sks.internal_secret_name(),
+            sks.secret_name(),
+            sks.config_map_name(),
+        ),
+    )
+}
+
 /// A refusal is decided from the same cached copies, and no precondition guards it as one
 /// guards a write: before it is reported, the set's three objects' metadata is read again
 /// from etcd, and any that changed, appeared or went since `o` was read (or written) make the
@@ -181,13 +193,7 @@ where
 /// not reported as in the way for another minute).
 pub async fn still_current(sks: &SigningKeySet, ctx: &Context, o: &Objects) -> Result<(), Error> {
     let ns = sks.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    let names = (
-        sks.internal_secret_name(),
-        sks.secret_name(),
-        sks.config_map_name(),
-    );
+    let (secrets, cms, names) = own(sks, ctx, &ns);
     let now = tokio::try_join!(
         secrets.get_metadata_opt(&names.0),
         secrets.get_metadata_opt(&names.1),
