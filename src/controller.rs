@@ -391,10 +391,12 @@ impl SetEvents {
         let key = |s: &SigningKeySet| (s.namespace().unwrap_or_default(), s.name_any());
         match &ev {
             watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                ctx.written
-                    .forget(&s.namespace().unwrap_or_default(), &s.name_any());
-                if let (watcher::Event::InitApply(s), Some(l)) = (&ev, self.listed.as_mut()) {
-                    l.insert(key(s));
+                let k = key(s);
+                ctx.written.forget(&k.0, &k.1);
+                if matches!(ev, watcher::Event::InitApply(_))
+                    && let Some(l) = self.listed.as_mut()
+                {
+                    l.insert(k);
                 }
             }
             watcher::Event::Init => self.listed = Some(Default::default()),

@@ -195,7 +195,6 @@ impl<'a> Applier<'a> {
         let bytes = publish::jwks_bytes(state, kids).ok_or(Error::Invariant(
             "the plan publishes a key that is not stored".into(),
         ))?;
-        self.confirm_internal().await?;
         if bytes.len() > MAX_OBJECT_BYTES {
             return Ok(Err(Refusal::new(
                 Reason::JwksTooLarge,
@@ -205,6 +204,7 @@ impl<'a> Applier<'a> {
                 ),
             )));
         }
+        self.confirm_internal().await?;
         let failures = fanout::publish(
             self.sks,
             self.ctx,
@@ -254,13 +254,7 @@ impl<'a> Applier<'a> {
             return Ok(());
         }
         let name = self.sks.internal_secret_name();
-        let now = self.secrets.get_metadata_opt(&name).await?;
-        let read = self.objects.internal.as_ref();
-        if now
-            .as_ref()
-            .and_then(|o| o.metadata.resource_version.as_ref())
-            != read.and_then(|s| s.metadata.resource_version.as_ref())
-        {
+        if super::read::changed_since(&self.secrets, &name, self.objects.internal.as_ref()).await? {
             return Err(Error::Stale(format!("the Secret {name}")));
         }
         self.internal_current = true;

@@ -194,31 +194,40 @@ fn own(
 pub async fn still_current(sks: &SigningKeySet, ctx: &Context, o: &Objects) -> Result<(), Error> {
     let ns = sks.namespace().unwrap_or_default();
     let (secrets, cms, names) = own(sks, ctx, &ns);
-    let now = tokio::try_join!(
-        secrets.get_metadata_opt(&names.0),
-        secrets.get_metadata_opt(&names.1),
-        cms.get_metadata_opt(&names.2),
+    let changed = tokio::try_join!(
+        changed_since(&secrets, &names.0, o.internal.as_ref()),
+        changed_since(&secrets, &names.1, o.signing.as_ref()),
+        changed_since(&cms, &names.2, o.copies.get(&ns)),
     )?;
-    let rv = |m: Option<&kube::api::ObjectMeta>| m.and_then(|m| m.resource_version.clone());
-    let read = [
-        rv(o.internal.as_ref().map(|s| &s.metadata)),
-        rv(o.signing.as_ref().map(|s| &s.metadata)),
-        rv(o.copies.get(&ns).map(|c| &c.metadata)),
-    ];
-    let current = [
-        rv(now.0.as_ref().map(|m| &m.metadata)),
-        rv(now.1.as_ref().map(|m| &m.metadata)),
-        rv(now.2.as_ref().map(|m| &m.metadata)),
-    ];
-    let changed: Vec<&str> = [&names.0, &names.1, &names.2]
-        .into_iter()
-        .zip(read.iter().zip(&current))
-        .filter(|(_, (r, c))| r != c)
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let changed: Vec<&str> = [
+        (changed.0, &names.0),
+        (changed.1, &names.1),
+        (changed.2, &names.2),
+    ]
+    .into_iter()
+    .filter(|(c, _)| *c)
+    .map(|(_, n)| n.as_str())
+    .collect();
     if changed.is_empty() {
         Ok(())
     } else {
         Err(Error::Stale(changed.join(", ")))
     }
+}
+
+/// True when object `name`, as etcd holds it now (its metadata, one GET), is not `read`: it
+/// changed since, appeared or went.
+pub async fn changed_since<K>(
+    api: &Api<K>,
+    name: &str,
+    read: Option<&K>,
+) -> Result<bool, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let now = api.get_metadata_opt(name).await?;
+    Ok(now
+        .as_ref()
+        .and_then(|m| m.metadata.resource_version.as_ref())
+        != read.and_then(|o| o.meta().resource_version.as_ref()))
 }

@@ -497,28 +497,25 @@ async fn granted(client: &Client, in_ns: &str, kind: &str, role: &str, sa_ns: &s
     else {
         return;
     };
+    // A rule's first group, resource, name and verb, verbatim: a `*` in the rule matches a
+    // `*` in the review.
     let first = |v: &Option<Vec<String>>| v.as_ref().and_then(|v| v.first()).cloned();
-    let verb = rule
-        .verbs
-        .first()
-        .filter(|v| *v != "*")
-        .cloned()
-        .unwrap_or_else(|| "get".into());
     let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({
         "spec": {
             "user": format!("system:serviceaccount:{sa_ns}:{sa}"),
             "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{sa_ns}"), "system:authenticated"],
             "resourceAttributes": {
                 "namespace": in_ns,
-                "group": first(&rule.api_groups).filter(|g| g != "*").unwrap_or_default(),
-                "resource": first(&rule.resources).filter(|r| r != "*").unwrap_or_else(|| "configmaps".into()),
+                "group": first(&rule.api_groups).unwrap_or_default(),
+                "resource": first(&rule.resources),
                 "name": first(&rule.resource_names),
-                "verb": verb,
+                "verb": rule.verbs.first(),
             }
         }
     }))
     .unwrap();
     let reviews = Api::<SubjectAccessReview>::all(client.clone());
+    // Polled: the authorizer's caches report no event a client could wait for.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let answer = reviews
