@@ -41,7 +41,7 @@ use tokio::net::TcpListener;
 use crate::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
 use crate::metrics::Metrics;
 use crate::plan;
-use crate::state::{STATE_KEY, SetState};
+use crate::state::{PublicState, STATE_KEY, SetState};
 
 /// Media type of a JWK Set (RFC 7517 §8.5).
 pub const JWKS_CONTENT_TYPE: &str = "application/jwk-set+json";
@@ -113,7 +113,7 @@ struct Published {
     /// uids in the Secret's ownerReferences: the state counts only for the set it names.
     owners: Vec<String>,
     /// The public state, or why it could not be read.
-    state: Result<SetState, String>,
+    state: Result<PublicState, String>,
 }
 
 /// What the routes need of a set, kept instead of the whole object: its uid, its spec as
@@ -305,7 +305,7 @@ fn published(s: &Secret) -> Option<Published> {
         .as_ref()
         .and_then(|d| d.get(STATE_KEY))
         .ok_or_else(|| "no state".to_string())
-        .and_then(|b| SetState::public_from_bytes(&b.0).map_err(|e| e.to_string()));
+        .and_then(|b| PublicState::from_bytes(&b.0).map_err(|e| e.to_string()));
     Some(Published { owners, state })
 }
 
@@ -472,7 +472,7 @@ fn lookup(state: &AppState, ns: &str, name: &str, now: DateTime<Utc>) -> Result<
         ));
     }
     let max_age = spread_max_age(
-        max_age(keys, settings, now),
+        max_age(&keys.state, settings, now),
         // The OS RNG; should it fail, no spread (the full bound is still correct).
         getrandom::u32().unwrap_or(0),
     );
@@ -485,13 +485,13 @@ fn lookup(state: &AppState, ns: &str, name: &str, now: DateTime<Utc>) -> Result<
 
 /// The JWKS of a set as every copy holds it: the planner's published order, limited to keys
 /// whose publication every copy confirmed. `None` before the first key is published.
-fn jwks_document(state: &SetState, s: &plan::Settings, now: DateTime<Utc>) -> Option<Vec<u8>> {
-    let keys: Vec<serde_json::Value> = plan::published_order(state, s, now)
+fn jwks_document(public: &PublicState, s: &plan::Settings, now: DateTime<Utc>) -> Option<Vec<u8>> {
+    let keys: Vec<&str> = plan::published_order(&public.state, s, now)
         .into_iter()
         .filter(|r| r.published_at.is_some())
-        .map(|r| r.public_jwk.clone())
+        .filter_map(|r| public.jwk(r))
         .collect();
-    (!keys.is_empty()).then(|| crate::jwks::to_bytes(&keys))
+    (!keys.is_empty()).then(|| crate::jwks::assemble(keys))
 }
 
 /// `max-age` in seconds: at most `prePublish`, and never past the planner's next transition
@@ -708,22 +708,65 @@ mod tests {
         assert_eq!(max_age(&state, &s, t), 90);
     }
 
+    fn public(state: &SetState) -> PublicState {
+        PublicState::from_bytes(&state.to_bytes()).unwrap()
+    }
+
     #[test]
     fn only_keys_every_copy_confirmed_are_served() {
         let s = settings("1h");
         let mut state = SetState::new();
-        assert_eq!(jwks_document(&state, &s, Utc::now()), None, "nothing yet");
+        assert_eq!(
+            jwks_document(&public(&state), &s, Utc::now()),
+            None,
+            "nothing yet"
+        );
         let pending = record("2026-01-01T00:00:00Z", false);
         state.keys.push(pending.clone());
         assert_eq!(
-            jwks_document(&state, &s, Utc::now()),
+            jwks_document(&public(&state), &s, Utc::now()),
             None,
             "stored but not yet published everywhere"
         );
         state.keys[0].published_at = Some(pending.created_at);
-        let doc = jwks_document(&state, &s, Utc::now()).unwrap();
+        let doc = jwks_document(&public(&state), &s, Utc::now()).unwrap();
         assert_eq!(crate::jwks::kids(&doc).unwrap(), vec![pending.kid.clone()]);
         crate::jwks::validate(&doc).unwrap();
+    }
+
+    #[test]
+    fn the_endpoint_serves_the_bytes_of_the_config_maps() {
+        // The endpoint keeps JWKs serialized; its document must be byte for byte the one the
+        // ConfigMaps hold for the same keys, in the planner's order (Active, Pending, Retired).
+        let s = settings("1h");
+        let mut state = SetState::new();
+        let mut retired = record("2026-01-01T00:00:00Z", true);
+        retired.activated_at = retired.published_at;
+        retired.retired_at = Some("2026-01-10T00:00:00Z".parse().unwrap());
+        let mut active = record("2026-01-09T00:00:00Z", true);
+        active.activated_at = Some("2026-01-10T00:00:00Z".parse().unwrap());
+        let pending = record("2026-01-10T12:00:00Z", true);
+        state.keys = vec![retired.clone(), active.clone(), pending.clone()];
+        let now: DateTime<Utc> = "2026-01-10T13:00:00Z".parse().unwrap();
+        let kids = [active.kid, pending.kid, retired.kid];
+        let doc = jwks_document(&public(&state), &s, now).unwrap();
+        assert_eq!(crate::jwks::kids(&doc).unwrap(), kids);
+        assert_eq!(Some(doc), crate::publish::jwks_bytes(&state, &kids));
+        // Nothing private is kept: the records lost their private keys and parsed trees.
+        let mut signing = state.clone();
+        signing.keys[1].private_pem = Some(crate::state::Sensitive::new(
+            KeyPair::generate(Algorithm::ES256, None)
+                .unwrap()
+                .to_pkcs8_pem(),
+        ));
+        let kept = public(&signing);
+        assert!(
+            kept.state
+                .keys
+                .iter()
+                .all(|r| r.private_pem.is_none() && r.public_jwk.is_null())
+        );
+        assert!(!format!("{kept:?}").contains("PRIVATE"));
     }
 
     #[test]

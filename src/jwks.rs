@@ -9,10 +9,10 @@ use serde_json::{Map, Value};
 
 use crate::keys::thumbprint;
 
-/// Members that would reveal private key material (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037 §2).
 /// The smallest RSA modulus a published key may have (RFC 7518 §3.3: 2048 bits).
 pub const MIN_RSA_BITS: u32 = 2048;
 
+/// Members that would reveal private key material (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037 §2).
 pub const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
 /// Why a JWKS or one of its keys breaks the rules.
@@ -34,10 +34,26 @@ pub enum JwksError {
 /// Serializes public JWKs, in the given order, as compact `{"keys":[...]}` with sorted members.
 /// The same keys in the same order always give the same bytes.
 pub fn to_bytes(keys: &[Value]) -> Vec<u8> {
-    let mut doc = Map::new();
-    doc.insert("keys".into(), Value::Array(keys.to_vec()));
-    let mut out = serde_json::to_vec(&Value::Object(doc)).expect("JSON values always serialize");
-    out.push(b'\n');
+    let serialized: Vec<String> = keys.iter().map(serialize_key).collect();
+    assemble(serialized.iter().map(String::as_str))
+}
+
+/// One public JWK as [`to_bytes`] writes it inside a document: compact, members sorted.
+pub fn serialize_key(key: &Value) -> String {
+    serde_json::to_string(key).expect("JSON values always serialize")
+}
+
+/// The document of keys already serialized by [`serialize_key`], in the given order: the
+/// same bytes [`to_bytes`] writes for those keys.
+pub fn assemble<'a>(keys: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let mut out = b"{\"keys\":[".to_vec();
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(k.as_bytes());
+    }
+    out.extend_from_slice(b"]}\n");
     out
 }
 
@@ -374,5 +390,23 @@ mod tests {
         .map(|m| s.find(m).unwrap())
         .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "members sorted: {s}");
+    }
+
+    #[test]
+    fn assembled_documents_are_the_bytes_of_the_whole_value() {
+        // Keys serialized one by one and joined (how the HTTP endpoint keeps them) must give
+        // exactly the bytes serde_json writes for the whole document as one value.
+        let keys: Vec<Value> = [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256]
+            .into_iter()
+            .map(|a| KeyPair::generate(a, None).unwrap().public_jwk())
+            .collect();
+        for n in 0..=keys.len() {
+            let whole = serde_json::to_vec(&serde_json::json!({"keys": &keys[..n]})).unwrap();
+            let mut expected = whole;
+            expected.push(b'\n');
+            assert_eq!(to_bytes(&keys[..n]), expected, "{n} keys");
+            let one_by_one: Vec<String> = keys[..n].iter().map(serialize_key).collect();
+            assert_eq!(assemble(one_by_one.iter().map(String::as_str)), expected);
+        }
     }
 }

@@ -246,15 +246,28 @@ impl SetState {
     }
 }
 
-impl SetState {
-    /// The public part of a stored state: every record without its private key (dropped and
-    /// wiped here), each public JWK checked. For readers that serve keys, never sign.
-    pub fn public_from_bytes(bytes: &[u8]) -> Result<SetState, StateError> {
+/// The public part of a stored state, kept compact by readers that serve keys and never sign
+/// (the HTTP endpoint holds one per set): the records without private keys, and each public
+/// JWK as the bytes it is published as rather than a parsed tree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublicState {
+    /// Every record, its private key dropped and its `public_jwk` left `null`: the JWK is in
+    /// `jwks`, at the same index.
+    pub state: SetState,
+    /// Each record's public JWK, serialized by [`crate::jwks::serialize_key`].
+    pub jwks: Vec<Box<str>>,
+}
+
+impl PublicState {
+    /// Parses a stored state's public part: every record without its private key (dropped
+    /// and wiped here), each public JWK checked and then kept serialized.
+    pub fn from_bytes(bytes: &[u8]) -> Result<PublicState, StateError> {
         let mut state: SetState = serde_json::from_slice(bytes)
             .map_err(|e| StateError::Parse(format!("{} at line {}", classify(&e), e.line())))?;
         if state.version != STATE_VERSION {
             return Err(StateError::Version(state.version));
         }
+        let mut jwks = Vec::with_capacity(state.keys.len());
         for r in &mut state.keys {
             r.private_pem = None;
             let rules = match r.state() {
@@ -271,8 +284,21 @@ impl SetState {
                     why: "public JWK kid differs from record kid".into(),
                 });
             }
+            jwks.push(crate::jwks::serialize_key(&r.public_jwk.take()).into_boxed_str());
         }
-        Ok(state)
+        // Held for as long as the set lives, once per set: no spare capacity.
+        state.keys.shrink_to_fit();
+        Ok(PublicState { state, jwks })
+    }
+
+    /// The serialized public JWK of `record`, a record of this state; `None` for any other.
+    pub fn jwk(&self, record: &KeyRecord) -> Option<&str> {
+        let i = self
+            .state
+            .keys
+            .iter()
+            .position(|k| std::ptr::eq(k, record))?;
+        self.jwks.get(i).map(|j| &**j)
     }
 }
 
