@@ -249,7 +249,7 @@ pub fn jwks_config_map(sks: &SigningKeySet, namespace: &str, bytes: &[u8]) -> Co
 ///
 /// - absent: created with a POST, so that a concurrent creator makes it fail instead of
 ///   being taken over;
-/// - present and owned: server-side apply with field manager `keyturn` and the observed
+/// - present and owned: one JSON merge patch with field manager `keyturn` and the observed
 ///   `resourceVersion` as a precondition;
 /// - present and not owned (per `owned`): [`WriteError::Foreign`], nothing written.
 ///
