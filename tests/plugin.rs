@@ -193,6 +193,14 @@ async fn status_rotate_revoke_and_verify_through_kubectl() {
     let o = plugin(&admin, &["revoke", "auth", "not-a-kid", "-n", &ns]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("is not a key of"), "{}", text(&o));
+    // A kid may start with `-` (base64url): it is taken as a kid, not as a flag.
+    let o = plugin(&admin, &["revoke", "auth", "-1-not-a-kid", "-n", &ns]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("-1-not-a-kid is not a key of"),
+        "{}",
+        text(&o)
+    );
     let o = plugin(&admin, &["revoke", "auth", &first_kid, "-n", &ns]);
     assert!(o.status.success(), "{}", text(&o));
     let set = sets.get("auth").await.unwrap();

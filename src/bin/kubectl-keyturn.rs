@@ -53,7 +53,8 @@ enum Command {
     Revoke {
         /// The SigningKeySet.
         name: String,
-        /// The key id to revoke.
+        /// The key id to revoke. A kid is base64url and may start with `-`: taken as is.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         /// Revoke even when the set's status does not list the kid.
         #[arg(long)]
@@ -206,4 +207,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kid_that_starts_with_a_hyphen_is_a_kid_not_a_flag() {
+        // One kid in 64 starts with `-` (RFC 7638 thumbprints are base64url).
+        for args in [
+            &["kubectl-keyturn", "revoke", "auth", "-1Xa_b", "-n", "ns"][..],
+            &[
+                "kubectl-keyturn",
+                "-n",
+                "ns",
+                "revoke",
+                "auth",
+                "-1Xa_b",
+                "--force",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.namespace.as_deref(), Some("ns"));
+            match cli.command {
+                Command::Revoke { name, kid, .. } => {
+                    assert_eq!((name, kid), ("auth".into(), "-1Xa_b".into()))
+                }
+                _ => panic!("not revoke"),
+            }
+        }
+    }
 }
