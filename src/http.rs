@@ -451,7 +451,7 @@ fn lookup(state: &AppState, ns: &str, name: &str, now: DateTime<Utc>) -> Result<
             "this SigningKeySet's key state is not owned by it; nothing is served",
         ));
     }
-    let keys = published.state.as_ref().map_err(|_| {
+    let public = published.state.as_ref().map_err(|_| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "keyturn cannot read this SigningKeySet's key state; see its Ready condition",
@@ -461,7 +461,7 @@ fn lookup(state: &AppState, ns: &str, name: &str, now: DateTime<Utc>) -> Result<
         StatusCode::SERVICE_UNAVAILABLE,
         "this SigningKeySet's spec is invalid; see its Ready condition",
     ))?;
-    let bytes = jwks_document(keys, settings, now)
+    let bytes = jwks_document(public, settings, now)
         .ok_or((StatusCode::NOT_FOUND, "JWKS not published yet"))?;
     if let Err(e) = crate::jwks::validate(&bytes) {
         // Cannot happen for a state keyturn wrote; never serve what breaks the rules.
@@ -472,7 +472,7 @@ fn lookup(state: &AppState, ns: &str, name: &str, now: DateTime<Utc>) -> Result<
         ));
     }
     let max_age = spread_max_age(
-        max_age(&keys.state, settings, now),
+        max_age(&public.state, settings, now),
         // The OS RNG; should it fail, no spread (the full bound is still correct).
         getrandom::u32().unwrap_or(0),
     );
@@ -766,7 +766,9 @@ mod tests {
                 .iter()
                 .all(|r| r.private_pem.is_none() && r.public_jwk.is_null())
         );
-        assert!(!format!("{kept:?}").contains("PRIVATE"));
+        // A private key kept would show in the Debug output as `<redacted>`.
+        assert!(!format!("{kept:?}").contains("<redacted>"));
+        assert!(format!("{signing:?}").contains("<redacted>"));
     }
 
     #[test]
