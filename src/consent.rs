@@ -18,8 +18,13 @@ use crate::crd::{SigningKeySet, SigningKeySetGrant};
 pub struct FanOut {
     /// Namespaces that get a copy: the set's own, and every requested one that consented.
     pub targets: BTreeSet<String>,
-    /// Namespaces the spec asks for that did not consent (sorted): nothing is written there.
+    /// Namespaces `spec.jwks.namespaces` names that did not consent (sorted): nothing is
+    /// written there.
     pub denied: Vec<String>,
+    /// How many namespaces only `spec.jwks.namespaceSelector` matched did not consent: a
+    /// count, never their names (a selector must not tell a tenant which namespaces exist
+    /// and how they are labelled).
+    pub denied_selected: usize,
     /// Why `denied` is denied: [`Denial::NoGrant`] or, in namespace-only mode, [`Denial::Disabled`].
     pub denial: Denial,
 }
@@ -83,8 +88,10 @@ pub fn fan_out(
         }
         if consenting.contains(&ns) {
             out.targets.insert(ns);
-        } else {
+        } else if jwks.namespaces.contains(&ns) {
             out.denied.push(ns);
+        } else {
+            out.denied_selected += 1;
         }
     }
     out.denied.sort();
@@ -158,6 +165,7 @@ pub fn own_only(sks: &SigningKeySet) -> FanOut {
     FanOut {
         targets: BTreeSet::from([own]),
         denied,
+        denied_selected: 0,
         denial: Denial::Disabled,
     }
 }
@@ -168,7 +176,7 @@ const NAMED: usize = 10;
 /// The `FanOut` condition of a set that asks for copies elsewhere: (status, reason, message).
 pub fn condition(sks: &SigningKeySet, f: &FanOut) -> (&'static str, &'static str, String) {
     let set = format!("{}/{}", sks.namespace().unwrap_or_default(), sks.name_any());
-    if f.denied.is_empty() {
+    if f.denied.is_empty() && f.denied_selected == 0 {
         return (
             "True",
             "Consented",
@@ -181,6 +189,15 @@ pub fn condition(sks: &SigningKeySet, f: &FanOut) -> (&'static str, &'static str
     let mut names = f.denied[..f.denied.len().min(NAMED)].join(", ");
     if f.denied.len() > NAMED {
         names.push_str(&format!(" and {} more", f.denied.len() - NAMED));
+    }
+    if f.denied_selected > 0 {
+        if !names.is_empty() {
+            names.push_str(", and ");
+        }
+        names.push_str(&format!(
+            "{} namespace(s) spec.jwks.namespaceSelector matches",
+            f.denied_selected
+        ));
     }
     match f.denial {
         Denial::NoGrant => (
@@ -299,8 +316,32 @@ mod tests {
         ];
         let f = fan_out(&s, &nss, &grants).unwrap();
         assert_eq!(f.targets, set_of(&["tenant-a", "payments"]));
-        assert_eq!(f.denied, vec!["kube-system"]);
-        assert_eq!(condition(&s, &f).1, "ConsentMissing");
+        // Only the selector chose kube-system: it is counted, never named.
+        assert_eq!(f.denied, Vec::<String>::new());
+        assert_eq!(f.denied_selected, 1);
+        let (_, reason, msg) = condition(&s, &f);
+        assert_eq!(reason, "ConsentMissing");
+        assert!(!msg.contains("kube-system"), "{msg}");
+        assert!(
+            msg.contains("1 namespace(s) spec.jwks.namespaceSelector matches"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_listed_namespace_is_named_and_a_selected_one_counted() {
+        let s = set(json!({"jwks": {"namespaces": ["payments"],
+            "namespaceSelector": {"matchLabels": {"jwks": "on"}}}}));
+        let mut nss = cluster();
+        nss.push(ns("hidden", json!({"jwks": "on"})));
+        let f = fan_out(&s, &nss, &[]).unwrap();
+        let msg = condition(&s, &f).2;
+        assert!(msg.contains("payments"), "{msg}");
+        assert!(
+            !msg.contains("hidden") && !msg.contains("kube-system"),
+            "{msg}"
+        );
+        assert!(msg.contains("2 namespace(s)"), "{msg}");
     }
 
     #[test]
@@ -370,10 +411,9 @@ mod tests {
 
     #[test]
     fn long_denials_are_cut_in_the_message() {
-        let s = set(json!({"jwks": {"namespaceSelector": {}}}));
-        let nss: Vec<Namespace> = (0..25)
-            .map(|i| ns(&format!("n{i:02}"), json!({})))
-            .collect();
+        let names: Vec<String> = (0..25).map(|i| format!("n{i:02}")).collect();
+        let s = set(json!({"jwks": {"namespaces": names}}));
+        let nss: Vec<Namespace> = names.iter().map(|n| ns(n, json!({}))).collect();
         let f = fan_out(&s, &nss, &[]).unwrap();
         assert_eq!(f.denied.len(), 25);
         assert!(condition(&s, &f).2.contains("and 15 more"));

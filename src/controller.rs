@@ -28,6 +28,8 @@ pub struct Options {
     pub instance: String,
     /// Namespace-only mode (needs `namespace`): no fan-out, no watch or read outside it.
     pub namespace_only: bool,
+    /// The cluster admin's floors under every schedule and quota of sets per namespace.
+    pub floors: crate::reconcile::Floors,
 }
 
 /// Why the controller could not start.
@@ -197,23 +199,37 @@ pub async fn run(
     };
     // keyturn's ConfigMaps in every namespace (cluster-wide mode): JWKS copies live in many
     // namespaces and cannot carry ownerReferences, so any change maps back to its set by
-    // label. The copies outside their set's namespace are kept (data included: the check
-    // compares what each holds) for fan-out to read instead of a LIST per reconcile; a set's
-    // own JWKS ConfigMap is read with a GET and not kept.
+    // label. Metadata only, and only what keyturn reads of it (an object that merely carries
+    // keyturn's labels costs a few hundred bytes, whatever it holds, I11); the copies outside
+    // their set's namespace are kept for fan-out to read instead of a LIST per reconcile, their
+    // data read only for a live set's own copies ([`crate::reconcile::CopyData`]); a set's own
+    // JWKS ConfigMap is read with a GET and not kept.
     let ctx_echoes: Arc<Echoes> = Default::default();
+    let copy_data: Arc<crate::reconcile::CopyData> = Default::default();
     let (copies, copy_events) = if opts.namespace_only {
         (None, None)
     } else {
         let (cache, events) = cached(
-            watcher(Api::<ConfigMap>::all(client.clone()), owned.clone())
-                .modify(|c| c.metadata.managed_fields = None),
-            |c: &ConfigMap| is_copy_elsewhere(&c.metadata),
+            watcher(
+                Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+                owned.clone(),
+            )
+            .modify(slim_copy),
+            |c: &PartialObjectMeta<ConfigMap>| is_copy_elsewhere(&c.metadata),
         );
         let echoes = ctx_echoes.clone();
-        let events =
-            events.try_filter_map(move |ev| futures::future::ready(Ok(touched(ev, &echoes))));
+        let data = copy_data.clone();
+        let events = events.try_filter_map(move |ev| {
+            if let watcher::Event::Delete(c) = &ev {
+                data.forget(&c.metadata);
+            }
+            futures::future::ready(Ok(touched(ev, &echoes)))
+        });
         (Some(cache), Some(events))
     };
+    // The sets' cache is filled from every event; only events that are not the echo of
+    // keyturn's own status patch trigger a reconcile.
+    let (store, writer) = kube::runtime::reflector::store();
     let ctx = Arc::new(Context {
         reporter,
         client,
@@ -224,15 +240,16 @@ pub async fn run(
         namespaces,
         grants,
         copies,
+        copy_data,
+        sets: Some(store.clone()),
+        floors: opts.floors.clone(),
+        keygen: Default::default(),
         backoff: Default::default(),
         written: Default::default(),
         echoes: ctx_echoes,
     });
     info!(namespace = ?opts.namespace, "keyturn controller starting");
     let ctx_for_gone = ctx.clone();
-    // The sets' cache is filled from every event; only events that are not the echo of
-    // keyturn's own status patch trigger a reconcile.
-    let (store, writer) = kube::runtime::reflector::store();
     let mut set_events_seen = SetEvents {
         ctx: ctx.clone(),
         listed: None,
@@ -360,6 +377,21 @@ where
         }
     });
     (Cache::new(store, ready_rx), stream)
+}
+
+/// What keyturn keeps of a labelled ConfigMap's metadata: its identity, version, keyturn's
+/// own labels and the owner-uid annotation; nothing else, whatever size it came with.
+pub fn slim_copy(c: &mut PartialObjectMeta<ConfigMap>) {
+    let m = &mut c.metadata;
+    m.managed_fields = None;
+    m.owner_references = None;
+    m.finalizers = None;
+    if let Some(l) = m.labels.as_mut() {
+        l.retain(|k, _| k == MANAGED_BY_LABEL || k == SET_LABEL || k == SOURCE_NAMESPACE_LABEL);
+    }
+    if let Some(a) = m.annotations.as_mut() {
+        a.retain(|k, _| k == crate::publish::OWNER_UID_ANNOTATION);
+    }
 }
 
 /// What a cached SigningKeySet does not need (no reconcile or route reads it): its

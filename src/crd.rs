@@ -31,6 +31,9 @@ pub const SET_LABEL: &str = "keyturn.dev/signing-key-set";
 /// Annotation on a user's Secret that lets the SigningKeySet it names import its key
 /// (`spec.import`): the consent of whoever may write that Secret.
 pub const IMPORT_ANNOTATION: &str = "keyturn.dev/import-into";
+/// Annotation on a ConfigMap or Secret that lets the SigningKeySets it names (comma-separated)
+/// read it as a `spec.verificationKeys` source: the consent of whoever may write it.
+pub const VERIFICATION_ANNOTATION: &str = "keyturn.dev/verification-for";
 /// What `spec.rotation.overlap` must exceed `spec.maxTokenLifetime` by: the kubelet's
 /// propagation of the signing Secret to the issuer (the old key may sign this long after it
 /// retires: measured up to 82 s at the kubelet's defaults, docs/benchmarks.md) plus clock skew.
@@ -117,7 +120,8 @@ pub struct SigningKeySetSpec {
     pub import: Option<ImportSpec>,
     /// Public keys of a previous issuer, published in the JWKS beside keyturn's own until a
     /// time, so its tokens keep verifying during a migration. keyturn reads the sources when
-    /// the spec changes (or a source was missing or refused), not when the sources change.
+    /// the spec changes (or a source was missing or refused), not when the sources change,
+    /// and only a source annotated `keyturn.dev/verification-for: <this set's name>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("maxItems" = 16))]
     pub verification_keys: Vec<VerificationKeySource>,

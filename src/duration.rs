@@ -13,6 +13,26 @@ pub struct DurationError {
     pub why: &'static str,
 }
 
+/// Writes a duration the way [`parse`] reads it, shortest first: `1h30m`, `90s` as `1m30s`,
+/// `250ms`, `0s`.
+pub fn format(d: Duration) -> String {
+    let ms = d.num_milliseconds().max(0);
+    if ms == 0 {
+        return "0s".into();
+    }
+    let (h, m, s, rest) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    if rest > 0 {
+        out.push_str(&format!("{rest}ms"));
+    }
+    out
+}
+
 /// Parses a Go duration string (`"1h30m"`, `"1.5s"`, `"250ms"`). Negative and sign-prefixed
 /// durations are rejected: keyturn has no use for them.
 pub fn parse(input: &str) -> Result<Duration, DurationError> {
@@ -81,6 +101,24 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_what_it_parses() {
+        for (text, d) in [
+            ("1h30m", Duration::minutes(90)),
+            ("1m30s", Duration::seconds(90)),
+            ("250ms", Duration::milliseconds(250)),
+            ("720h", Duration::hours(720)),
+            (
+                "2h45m30s500ms",
+                Duration::milliseconds((2 * 3600 + 45 * 60 + 30) * 1000 + 500),
+            ),
+            ("0s", Duration::zero()),
+        ] {
+            assert_eq!(format(d), text);
+            assert_eq!(parse(text).unwrap(), d);
+        }
+    }
 
     #[test]
     fn parses_go_forms() {

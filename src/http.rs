@@ -6,7 +6,8 @@
 //! `keyturn-jwks` Service.
 //!
 //! What the public port serves for a set is derived here from keyturn's own state (I9): the
-//! set's internal Secret (owned by the set's uid), reduced to public JWKs on arrival, ordered
+//! set's internal Secret (owned by the set's uid), whose public-state annotation is read
+//! through a metadata-only watch (no private key ever reaches the endpoint), ordered
 //! by the planner's [`plan::published_order`] and limited to keys every copy has confirmed.
 //! No ConfigMap is read: whoever can write ConfigMaps can tamper with mounted copies, never
 //! with this endpoint. Every document is checked against the JWKS rules on the way out.
@@ -32,6 +33,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -41,7 +43,8 @@ use tokio::net::TcpListener;
 use crate::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
 use crate::metrics::Metrics;
 use crate::plan;
-use crate::state::{PublicState, STATE_KEY, SetState};
+use crate::publish::PUBLIC_STATE_ANNOTATION;
+use crate::state::{PublicState, SetState};
 
 /// Media type of a JWK Set (RFC 7517 §8.5).
 pub const JWKS_CONTENT_TYPE: &str = "application/jwk-set+json";
@@ -174,30 +177,70 @@ pub async fn serve(
     health: Arc<Health>,
 ) -> std::io::Result<()> {
     let sets_api: Api<SigningKeySet> = crate::controller::scoped(&client, cfg.namespace.as_deref());
-    let secrets_api: Api<Secret> = crate::controller::scoped(&client, cfg.namespace.as_deref());
+    let secrets_api: Api<PartialObjectMeta<Secret>> =
+        crate::controller::scoped(&client, cfg.namespace.as_deref());
     let sets: Sets = Arc::default();
+    let states: States = Arc::default();
     let (sets_synced, mut sets_rx) = tokio::sync::watch::channel(false);
+    // A set created or recreated after its internal Secret was seen: that Secret was not kept
+    // (no live set owned it then) and is read again, metadata only.
+    let (missing_tx, missing_rx) = tokio::sync::mpsc::unbounded_channel();
+    let applied = {
+        let states = states.clone();
+        move |s: &SigningKeySet| {
+            let key = (s.namespace().unwrap_or_default(), s.name_any());
+            let uid = s.meta().uid.clone().unwrap_or_default();
+            let held = states
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .is_some_and(|p| p.owners.contains(&uid));
+            if !held {
+                let _ = missing_tx.send(key);
+            }
+        }
+    };
     tokio::spawn(follow(
         watcher(sets_api, watcher::Config::default()),
         sets.clone(),
         sets_synced,
         |s: &SigningKeySet| Some((s.namespace().unwrap_or_default(), s.name_any())),
         |s| Some(SetView::of(s)),
+        applied,
         "SigningKeySets",
     ));
-    let states: States = Arc::default();
+    tokio::spawn(read_missing(
+        client.clone(),
+        missing_rx,
+        sets.clone(),
+        states.clone(),
+    ));
     let (states_synced, mut states_rx) = tokio::sync::watch::channel(false);
-    // Only keyturn's Secrets; the signing Secrets among them are dropped as they arrive.
+    // Only keyturn's Secrets, metadata only: no private key (signing Secret or internal state)
+    // ever reaches the endpoint (I3); each internal Secret's public state is in an
+    // annotation. Started once the sets are listed: a Secret is kept only for a live set that
+    // owns it, so that objects merely carrying keyturn's labels cost nothing (I11).
     let owned =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    tokio::spawn(follow(
-        watcher(secrets_api, owned),
-        states.clone(),
-        states_synced,
-        state_key,
-        published,
-        "keyturn's Secrets",
-    ));
+    {
+        let (sets, states) = (sets.clone(), states.clone());
+        let mut sets_rx = sets_rx.clone();
+        tokio::spawn(async move {
+            if sets_rx.wait_for(|s| *s).await.is_err() {
+                return;
+            }
+            follow(
+                watcher(secrets_api, owned),
+                states,
+                states_synced,
+                state_key,
+                move |s| published(s, &sets),
+                |_| {},
+                "keyturn's Secrets",
+            )
+            .await
+        });
+    }
     {
         let health = health.clone();
         tokio::spawn(async move {
@@ -236,13 +279,15 @@ pub async fn serve(
 
 /// Keeps `views` equal to `view` of every object `events` reports that `key` names (an
 /// object without a key, or whose view is `None`, is not kept); `synced` turns true after the
-/// first full list. Only the views are held, never the objects.
+/// first full list; `applied` is told of each object changed after it (once its view is in).
+/// Only the views are held, never the objects.
 async fn follow<K, V>(
     events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
     views: Views<V>,
     synced: tokio::sync::watch::Sender<bool>,
     key: impl Fn(&K) -> Option<(String, String)>,
     view: impl Fn(&K) -> Option<V>,
+    applied: impl Fn(&K),
     what: &'static str,
 ) where
     K: Clone + std::fmt::Debug + Send + 'static,
@@ -272,7 +317,8 @@ async fn follow<K, V>(
                 let _ = synced.send(true);
             }
             Ok(watcher::Event::Apply(o)) => {
-                put(&mut views.write().unwrap_or_else(|e| e.into_inner()), &o)
+                put(&mut views.write().unwrap_or_else(|e| e.into_inner()), &o);
+                applied(&o);
             }
             Ok(watcher::Event::Delete(o)) => {
                 if let Some(k) = key(&o) {
@@ -286,9 +332,47 @@ async fn follow<K, V>(
     }
 }
 
+/// Reads again, metadata only, the internal Secret of each set `missing` names (created or
+/// recreated after its Secret's event went by) and keeps it when the set owns it, unless the
+/// watch has meanwhile brought one.
+async fn read_missing(
+    client: Client,
+    mut missing: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    sets: Sets,
+    states: States,
+) {
+    while let Some((ns, name)) = missing.recv().await {
+        let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let meta = match api
+            .get_metadata_opt(&crate::crd::internal_secret_name(&name))
+            .await
+        {
+            Ok(Some(m)) => m,
+            Ok(None) => continue, // not written yet: its watch event will come
+            Err(e) => {
+                tracing::warn!(error = %e, namespace = %ns, set = %name, "reading an internal Secret for the HTTP endpoint");
+                continue;
+            }
+        };
+        if state_key(&meta) != Some((ns.clone(), name.clone())) {
+            continue;
+        }
+        let Some(p) = published(&meta, &sets) else {
+            continue;
+        };
+        let mut m = states.write().unwrap_or_else(|e| e.into_inner());
+        let held = m
+            .get(&(ns.clone(), name.clone()))
+            .is_some_and(|old| old.owners.iter().any(|o| p.owners.contains(o)));
+        if !held {
+            m.insert((ns, name), Arc::new(p));
+        }
+    }
+}
+
 /// (namespace, set) when `s` is the internal Secret of a set: keyturn's label naming the
 /// set and the internal Secret's name for it.
-fn state_key(s: &Secret) -> Option<(String, String)> {
+fn state_key(s: &PartialObjectMeta<Secret>) -> Option<(String, String)> {
     let labels = s.labels();
     let set = labels.get(SET_LABEL)?;
     (labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
@@ -296,16 +380,25 @@ fn state_key(s: &Secret) -> Option<(String, String)> {
     .then(|| (s.namespace().unwrap_or_default(), set.clone()))
 }
 
-/// The public part of an internal Secret; `None` for any other Secret.
-fn published(s: &Secret) -> Option<Published> {
-    state_key(s)?;
-    let owners = s.owner_references().iter().map(|o| o.uid.clone()).collect();
+/// The public part of an internal Secret (its public-state annotation) when a live set it
+/// names owns it; `None` for any other Secret, and for one no live set owns (such an object
+/// costs nothing however large its annotations, I11).
+fn published(s: &PartialObjectMeta<Secret>, sets: &Sets) -> Option<Published> {
+    let key = state_key(s)?;
+    let owners: Vec<String> = s.owner_references().iter().map(|o| o.uid.clone()).collect();
+    let uid = sets
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .map(|v| v.uid.clone())?;
+    if !owners.contains(&uid) {
+        return None;
+    }
     let state = s
-        .data
-        .as_ref()
-        .and_then(|d| d.get(STATE_KEY))
-        .ok_or_else(|| "no state".to_string())
-        .and_then(|b| PublicState::from_bytes(&b.0).map_err(|e| e.to_string()));
+        .annotations()
+        .get(PUBLIC_STATE_ANNOTATION)
+        .ok_or_else(|| "no public state".to_string())
+        .and_then(|b| PublicState::from_bytes(b.as_bytes()).map_err(|e| e.to_string()));
     Some(Published { owners, state })
 }
 

@@ -28,11 +28,12 @@ pub enum ImportError {
         "is an encrypted private key; keyturn imports unencrypted keys only (decrypt it with `openssl pkey`)"
     )]
     Encrypted,
-    /// A PEM whose label is not a private key keyturn reads.
+    /// A PEM whose label is not a private key keyturn reads (the label is not quoted: a
+    /// refusal never repeats what the source holds).
     #[error(
-        "holds a PEM {0:?} block, not a private key keyturn reads (PRIVATE KEY, RSA PRIVATE KEY, EC PRIVATE KEY)"
+        "holds a PEM block that is not a private key keyturn reads (PRIVATE KEY, RSA PRIVATE KEY, EC PRIVATE KEY)"
     )]
-    Label(String),
+    Label,
     /// More than one key.
     #[error("holds more than one key; import one key per set")]
     Several,
@@ -46,11 +47,9 @@ pub enum ImportError {
         /// What the algorithm needs.
         need: &'static str,
     },
-    /// The JWK's `alg` differs from the set's.
-    #[error("its JWK alg {jwk:?} differs from spec.algorithm {alg}")]
+    /// The JWK's `alg` differs from the set's (not quoted).
+    #[error("its JWK alg differs from spec.algorithm {alg}")]
     AlgMismatch {
-        /// The JWK's `alg`.
-        jwk: String,
         /// The set's algorithm.
         alg: Algorithm,
     },
@@ -220,7 +219,7 @@ fn private_pem(alg: Algorithm, block: &Block<'_>) -> Result<KeyPair, ImportError
             }
             _ => return Err(wrong("an EC", alg)),
         },
-        other => return Err(ImportError::Label(other.to_string())),
+        _ => return Err(ImportError::Label),
     };
     finish(alg, inner)
 }
@@ -257,10 +256,7 @@ fn private_jwk(alg: Algorithm, m: &Map<String, Value>) -> Result<KeyPair, Import
     if let Some(a) = m.get("alg")
         && a.as_str() != Some(alg.as_str())
     {
-        return Err(ImportError::AlgMismatch {
-            jwk: a.as_str().unwrap_or("(not a string)").to_string(),
-            alg,
-        });
+        return Err(ImportError::AlgMismatch { alg });
     }
     let kty = m.get("kty").and_then(Value::as_str).unwrap_or_default();
     let crv = m.get("crv").and_then(Value::as_str).unwrap_or_default();
@@ -299,11 +295,19 @@ fn private_jwk(alg: Algorithm, m: &Map<String, Value>) -> Result<KeyPair, Import
                 })?);
             Inner::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
         }
-        ("EC" | "OKP", c) => return Err(wrong(&format!("a {kty} {c}"), alg)),
-        (k, _) => {
-            return Err(ImportError::Invalid(format!(
-                "its JWK kty {k:?} is not RSA, EC or OKP"
-            )));
+        // The curve is named only when it is one keyturn knows: a refusal never repeats
+        // what the source holds.
+        ("EC", c @ ("P-256" | "P-384")) => return Err(wrong(&format!("an EC {c}"), alg)),
+        ("OKP", "Ed25519") => return Err(wrong("an OKP Ed25519", alg)),
+        ("EC" | "OKP", _) => {
+            return Err(ImportError::Invalid(
+                "its JWK is on a curve keyturn does not use (P-256, P-384, Ed25519)".into(),
+            ));
+        }
+        _ => {
+            return Err(ImportError::Invalid(
+                "its JWK kty is not RSA, EC or OKP".into(),
+            ));
         }
     };
     // The public members given must be the private key's.
@@ -397,7 +401,7 @@ fn public_pem(block: &Block<'_>, hint: Option<Algorithm>) -> Result<Verification
         l if l.contains("PRIVATE KEY") => {
             return Err("is a private key; list public keys only".into());
         }
-        l => return Err(format!("is a PEM {l:?} block, not a public key")),
+        _ => return Err("is a PEM block that is not a public key".into()),
     };
     finish_public(key, None, None, hint)
 }
@@ -550,7 +554,6 @@ mod tests {
         assert_eq!(
             e,
             ImportError::AlgMismatch {
-                jwk: "RS256".into(),
                 alg: Algorithm::PS256
             }
         );
@@ -591,7 +594,7 @@ mod tests {
             (
                 // A block of another label (made here, not a stored key).
                 pem.replace("PRIVATE KEY", "CERTIFICATE"),
-                ImportError::Label("CERTIFICATE".into()),
+                ImportError::Label,
             ),
         ] {
             assert_eq!(
@@ -610,6 +613,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains(d["d"].as_str().unwrap()), "{e}");
+    }
+
+    /// Whoever wrote a source chooses its labels, `kty`, `crv` and `alg`; a refusal goes to a
+    /// set's author who may not read that source, so it never repeats any of them.
+    #[test]
+    fn refusals_never_repeat_a_string_the_source_chose() {
+        const MARK: &str = "SECRETMARK";
+        let kp = key(Algorithm::ES256);
+        let pem = kp.to_pkcs8_pem();
+        let mut jwk: Value = serde_json::from_str(&kp.private_jwk_json()).unwrap();
+        let public = kp.public_jwk();
+        let with = |v: &Value, k: &str| {
+            let mut v = v.clone();
+            v[k] = json!(MARK);
+            v.to_string()
+        };
+        let private_inputs = [
+            pem.replace("PRIVATE KEY", MARK),
+            with(&jwk, "kty"),
+            with(&jwk, "crv"),
+            with(&jwk, "alg"),
+        ];
+        for input in &private_inputs {
+            let e = private_key(Algorithm::ES256, input.as_bytes(), None)
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains(MARK), "{e}");
+        }
+        jwk["crv"] = json!("P-521");
+        let e = private_key(Algorithm::ES256, jwk.to_string().as_bytes(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("P-521"), "{e}");
+        let public_inputs = [
+            format!("-----BEGIN {MARK}-----\nAAAA\n-----END {MARK}-----\n"),
+            with(&public, "kty"),
+            with(&public, "crv"),
+            json!({"keys": [serde_json::from_str::<Value>(&with(&public, "crv")).unwrap()]})
+                .to_string(),
+        ];
+        for input in &public_inputs {
+            let e = public_keys(input.as_bytes(), None).unwrap_err();
+            assert!(!e.contains(MARK), "{e}");
+        }
     }
 
     #[test]
@@ -690,7 +737,10 @@ mod tests {
                 with("alg", json!("HS256")),
                 "key 1: its \"alg\" is not one keyturn publishes",
             ),
-            (with("kty", json!("oct")), "key 1: kty \"oct\""),
+            (
+                with("kty", json!("oct")),
+                "key 1: its kty and crv are not a key keyturn publishes",
+            ),
             (with("kid", json!("")), "key 1: its \"kid\" must be"),
             (private.to_string(), "key 0: has the private member \"d\""),
             (off_curve.to_string(), "key 0: is not a point on P-256"),

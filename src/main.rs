@@ -128,6 +128,33 @@ struct RunArgs {
     /// Seconds a Lease is valid without renewal; a dead leader is replaced within this time.
     #[arg(long, env = "KEYTURN_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     lease_seconds: u64,
+    /// Floor under every set's spec.rotation.interval (a set below it is refused,
+    /// InvalidSpec). Default: none.
+    #[arg(long, env = "KEYTURN_MIN_INTERVAL", value_parser = parse_duration)]
+    min_interval: Option<std::time::Duration>,
+    /// Floor under every set's spec.rotation.prePublish. Default: none.
+    #[arg(long, env = "KEYTURN_MIN_PRE_PUBLISH", value_parser = parse_duration)]
+    min_pre_publish: Option<std::time::Duration>,
+    /// Floor under every set's spec.rotation.overlap. Default: none.
+    #[arg(long, env = "KEYTURN_MIN_OVERLAP", value_parser = parse_duration)]
+    min_overlap: Option<std::time::Duration>,
+    /// Most SigningKeySets served per namespace: the oldest; the others are refused
+    /// (QuotaExceeded). Default: no quota.
+    #[arg(long, env = "KEYTURN_MAX_SETS_PER_NAMESPACE", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_sets_per_namespace: Option<u64>,
+}
+
+impl RunArgs {
+    /// The cluster admin's floors and quota, from the flags.
+    fn floors(&self) -> keyturn::reconcile::Floors {
+        let d = |d: Option<std::time::Duration>| d.and_then(|d| chrono::Duration::from_std(d).ok());
+        keyturn::reconcile::Floors {
+            min_interval: d(self.min_interval),
+            min_pre_publish: d(self.min_pre_publish),
+            min_overlap: d(self.min_overlap),
+            max_sets_per_namespace: self.max_sets_per_namespace.map(|n| n as usize),
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -301,6 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(a) => {
             init_logging(&a.log_format);
+            let floors = a.floors();
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API")?;
@@ -356,6 +384,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         namespace: ns.clone(),
                         instance: inst.clone(),
                         namespace_only,
+                        floors: floors.clone(),
                     };
                     let clock: keyturn::reconcile::Clock = Arc::new(chrono::Utc::now);
                     let (m, c) = (m.clone(), c.clone());

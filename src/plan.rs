@@ -136,6 +136,9 @@ pub struct Observed {
     /// Kid in the signing Secret, when its content is exactly what keyturn writes for that
     /// key; `None` when missing or different.
     pub signing: Option<String>,
+    /// Kid the signing Secret names (its `kid`), whatever else it holds: a revoked one is
+    /// taken out before anything else happens (I10).
+    pub signing_held: Option<String>,
     /// Pending keys recorded as published that some JWKS copy lacks (a namespace that joined
     /// or consented since, a copy deleted): their prePublish must start again.
     pub lagging: BTreeSet<String>,
@@ -204,6 +207,9 @@ pub enum Step {
     Publish(Vec<String>),
     /// Write the signing Secret with this key.
     Sign(String),
+    /// Write the signing Secret with no key at all: it holds a revoked one and no
+    /// replacement signs yet (issuers fail closed rather than sign with a revoked key).
+    Unsign,
     /// Write the internal Secret with this state.
     Store(SetState, Vec<Transition>),
 }
@@ -309,6 +315,23 @@ pub fn next_rotation(state: &SetState, s: &Settings) -> Option<DateTime<Utc>> {
 
 /// Plans the next step (pure).
 pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
+    // 0. Revocation first, before anything that could fail or wait (a generation, a copy
+    //    that cannot be written, a verification source): a signing Secret that holds a
+    //    revoked key is emptied, then the revoked records go (a revoked Active record keeps
+    //    its place until its replacement activates, which drops it: it says which key the
+    //    replacement replaces, and it signs nowhere meanwhile).
+    if observed
+        .signing_held
+        .as_ref()
+        .is_some_and(|k| s.revoked.contains(k))
+    {
+        return Plan::Do(Step::Unsign);
+    }
+    if let Some(state) = &observed.state
+        && let Some((next, events)) = without_revoked(state, s)
+    {
+        return Plan::Do(Step::Store(next, events));
+    }
     let Some(state) = &observed.state else {
         return Plan::Do(Step::Generate {
             alg: s.algorithm,
@@ -443,8 +466,8 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
         }
     }
 
-    // 6. Drop records of removed and revoked keys (the JWKS no longer holds them; a
-    //    revoked Active key is dropped only when its replacement activates, above).
+    // 6. Drop records of removed keys (the JWKS no longer holds them; revoked ones went at
+    //    step 0, a revoked Active one goes when its replacement activates, above).
     let expired: Vec<String> = state
         .keys
         .iter()
@@ -454,22 +477,14 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
         })
         .map(|r| r.kid.clone())
         .collect();
-    let revoked_droppable = state
-        .keys
-        .iter()
-        .any(|r| s.revoked.contains(&r.kid) && r.state() != KeyState::Active);
-    if !expired.is_empty() || revoked_droppable {
+    if !expired.is_empty() {
         let mut next = state.clone();
-        let mut events: Vec<Transition> = expired
+        let events: Vec<Transition> = expired
             .iter()
             .map(|k| Transition::Removed(k.clone()))
             .collect();
         next.keys.retain(|r| !expired.contains(&r.kid));
-        let before = next.keys.len();
-        drop_revoked(&mut next, s, &mut events, false);
-        if !expired.is_empty() || next.keys.len() != before {
-            return Plan::Do(Step::Store(next, events));
-        }
+        return Plan::Do(Step::Store(next, events));
     }
 
     // 7. Idle until the next transition.
@@ -517,6 +532,31 @@ fn activate(
     state.keys[ci].activated_at = Some(now);
     events.push(Transition::Activated(state.keys[ci].kid.clone()));
     drop_revoked(state, s, events, true);
+}
+
+/// The state without its revoked records but a revoked Active one (it stays until its
+/// replacement activates: the record says which key the replacement replaces), with the
+/// Events; `None` when there is nothing to drop. Dropping them first leaves room for the
+/// replacement in a full state.
+fn without_revoked(state: &SetState, s: &Settings) -> Option<(SetState, Vec<Transition>)> {
+    let droppable = |r: &KeyRecord| s.revoked.contains(&r.kid) && r.state() != KeyState::Active;
+    if !state.keys.iter().any(droppable) {
+        return None;
+    }
+    let mut next = state.clone();
+    let mut events = vec![];
+    drop_revoked(&mut next, s, &mut events, false);
+    Some((next, events))
+}
+
+/// True while a revoked Active key is being replaced: its replacement signs once every copy
+/// keyturn can write holds it (a copy that cannot be written holds back a scheduled
+/// activation, never a revocation's, I10).
+pub fn replacing_revoked(state: &SetState, s: &Settings) -> bool {
+    state
+        .keys
+        .iter()
+        .any(|r| r.state() == KeyState::Active && s.revoked.contains(&r.kid))
 }
 
 /// Drops revoked records; a revoked Active record only when `with_active` (its
@@ -690,6 +730,8 @@ mod tests {
         revoked_ever: BTreeSet<String>,
         /// Verification-only kids ever recorded (they leave at their own time, not by I2).
         verification_kids: BTreeSet<String>,
+        /// The signing Secret was emptied of a revoked key; the next key to sign replaces it.
+        unsigned_for_revocation: bool,
     }
 
     impl World {
@@ -705,6 +747,7 @@ mod tests {
                 exempt_prepublish: BTreeSet::new(),
                 revoked_ever: BTreeSet::new(),
                 verification_kids: BTreeSet::new(),
+                unsigned_for_revocation: false,
             }
         }
 
@@ -764,16 +807,29 @@ mod tests {
                     }
                     self.obs.published = Some(kids);
                 }
+                Step::Unsign => {
+                    let held = self.obs.signing_held.take();
+                    assert!(
+                        held.as_ref().is_some_and(|k| s.revoked.contains(k)),
+                        "only a revoked key is taken out of the signing Secret, not {held:?}"
+                    );
+                    if let Some(prev) = self.obs.signing.take() {
+                        self.stopped_signing.insert(prev, self.now);
+                    }
+                    self.unsigned_for_revocation = true;
+                }
                 Step::Sign(kid) => {
                     // DESIGN I1: after an emergency revocation the replacement signs at once.
                     let replacing_revoked = self
                         .obs
                         .signing
                         .as_ref()
-                        .is_some_and(|p| s.revoked.contains(p));
+                        .is_some_and(|p| s.revoked.contains(p))
+                        || std::mem::take(&mut self.unsigned_for_revocation);
                     if replacing_revoked {
                         self.exempt_prepublish.insert(kid.clone());
                     }
+                    self.obs.signing_held = Some(kid.clone());
                     if let Some(prev) = self.obs.signing.replace(kid.clone())
                         && prev != kid
                     {
@@ -1066,6 +1122,99 @@ mod tests {
             kid: old,
             was_active: true
         }));
+    }
+
+    /// I10: the first write after a revocation takes the revoked key out of the signing
+    /// Secret, before the replacement is generated, published or anything else is due (a
+    /// verification-key record and a scheduled generation are both due here).
+    #[test]
+    fn a_revoked_key_leaves_the_signing_secret_before_anything_else() {
+        let mut s = settings("10h", "1h", "1h");
+        let mut w = World::new();
+        w.settle(&s);
+        w.now = t0() + Duration::hours(9) + Duration::minutes(30); // a generation is due
+        let old = w.active_kid().unwrap();
+        s.revoked.insert(old.clone());
+        w.revoked_ever.insert(old.clone());
+        let v = verification(1, &[]);
+        w.obs.verification = Some(v);
+        assert_eq!(plan(&s, &w.obs, w.now), Plan::Do(Step::Unsign));
+        w.apply(Step::Unsign, &s);
+        assert_eq!(w.obs.signing_held, None);
+        // Then the replacement, which signs at once, and the revoked record goes.
+        w.settle(&s);
+        let new = w.active_kid().unwrap();
+        assert_ne!(new, old);
+        assert_eq!(w.obs.signing.as_deref(), Some(new.as_str()));
+        assert!(
+            w.obs
+                .state
+                .as_ref()
+                .unwrap()
+                .keys
+                .iter()
+                .all(|r| r.kid != old),
+            "the revoked record is gone"
+        );
+        // A signing Secret that names a key the set does not revoke is never emptied.
+        assert_ne!(plan(&s, &w.obs, w.now), Plan::Do(Step::Unsign));
+    }
+
+    /// Revocations before scheduled rotations: a revoked Retired key is dropped before the
+    /// generation that is due at the same instant, so a state that is full makes room first.
+    #[test]
+    fn revoked_records_go_before_a_scheduled_generation() {
+        let mut s = settings("10h", "1h", "12h");
+        let mut w = World::new();
+        w.settle(&s);
+        w.now = t0() + Duration::hours(9);
+        w.settle(&s);
+        w.now = t0() + Duration::hours(10);
+        w.settle(&s); // the first key is Retired now
+        let retired = w
+            .obs
+            .state
+            .as_ref()
+            .unwrap()
+            .keys
+            .iter()
+            .find(|r| r.state() == KeyState::Retired)
+            .unwrap()
+            .kid
+            .clone();
+        w.now = t0() + Duration::hours(19); // the next generation is due
+        s.revoked.insert(retired.clone());
+        w.revoked_ever.insert(retired.clone());
+        match plan(&s, &w.obs, w.now) {
+            Plan::Do(Step::Store(next, events)) => {
+                assert!(next.keys.iter().all(|r| r.kid != retired));
+                assert_eq!(
+                    events,
+                    vec![Transition::Revoked {
+                        kid: retired,
+                        was_active: false
+                    }]
+                );
+            }
+            other => panic!("expected the revoked record dropped first, got {other:?}"),
+        }
+    }
+
+    /// While a revoked Active key is being replaced the planner says so (the applier then
+    /// lets a blocked copy not hold the replacement back); never for a first key.
+    #[test]
+    fn replacing_a_revoked_key_is_told_apart_from_a_first_key() {
+        let mut s = settings("10h", "1h", "1h");
+        let mut w = World::new();
+        let Plan::Do(first) = plan(&s, &w.obs, w.now) else {
+            panic!("a new set generates")
+        };
+        w.apply(first, &s);
+        assert!(!replacing_revoked(w.obs.state.as_ref().unwrap(), &s));
+        w.settle(&s);
+        let active = w.active_kid().unwrap();
+        s.revoked.insert(active);
+        assert!(replacing_revoked(w.obs.state.as_ref().unwrap(), &s));
     }
 
     #[test]

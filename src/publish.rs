@@ -190,10 +190,36 @@ pub fn signing_secret(sks: &SigningKeySet, rec: &KeyRecord) -> Option<Secret> {
     })
 }
 
+/// The signing Secret with no key: what it holds once its key is revoked, until a
+/// replacement signs (issuers fail closed instead of signing with a revoked key).
+pub fn unsigned_secret(sks: &SigningKeySet) -> Secret {
+    Secret {
+        metadata: meta(sks, sks.secret_name()),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::new()),
+        ..Default::default()
+    }
+}
+
+/// The annotation of the internal Secret that carries its state without private keys
+/// ([`SetState::public_bytes`]): the HTTP endpoint reads it through a metadata-only watch and
+/// never receives a private key (I3).
+pub const PUBLIC_STATE_ANNOTATION: &str = "keyturn.dev/public-state";
+
+/// The largest public state kept in that annotation (the API server takes 256 KiB of
+/// annotations per object): a state whose public part would not fit is refused like one that
+/// would not fit the Secret.
+pub const MAX_PUBLIC_STATE_BYTES: usize = 192 * 1024;
+
 /// The internal Secret object holding `state`.
 pub fn internal_secret(sks: &SigningKeySet, state: &SetState) -> Secret {
+    let mut metadata = meta(sks, sks.internal_secret_name());
+    metadata.annotations = Some(BTreeMap::from([(
+        PUBLIC_STATE_ANNOTATION.to_string(),
+        String::from_utf8(state.public_bytes()).expect("JSON is UTF-8"),
+    )]));
     Secret {
-        metadata: meta(sks, sks.internal_secret_name()),
+        metadata,
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([(
             STATE_KEY.to_string(),
@@ -388,18 +414,25 @@ fn labels_and_owner_match(cur: &ObjectMeta, want: &ObjectMeta) -> bool {
         .iter()
         .flatten()
         .all(|(k, v)| cur.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
+    let annotations_ok = want
+        .annotations
+        .iter()
+        .flatten()
+        .all(|(k, v)| cur.annotations.as_ref().and_then(|a| a.get(k)) == Some(v));
     let owners_ok = want.owner_references.iter().flatten().all(|w| {
         cur.owner_references
             .iter()
             .flatten()
             .any(|c| c.uid == w.uid)
     });
-    labels_ok && owners_ok
+    labels_ok && annotations_ok && owners_ok
 }
 
-/// Secrets compare by type and data.
+/// Secrets compare by type and data (no data and empty data are the same: the API server
+/// stores an empty map as none).
 pub fn same_secret(a: &Secret, b: &Secret) -> bool {
-    a.data == b.data
+    let data = |s: &Secret| s.data.clone().filter(|d| !d.is_empty());
+    data(a) == data(b)
         && a.type_.as_deref().unwrap_or("Opaque") == b.type_.as_deref().unwrap_or("Opaque")
 }
 

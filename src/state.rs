@@ -192,6 +192,17 @@ impl SetState {
         serde_json::to_vec(self).expect("state serializes")
     }
 
+    /// The same document without any private key: what readers that never sign are given
+    /// (the internal Secret's public-state annotation, read by the HTTP endpoint through a
+    /// metadata-only watch); [`PublicState::from_bytes`] reads it.
+    pub fn public_bytes(&self) -> Vec<u8> {
+        let mut public = self.clone();
+        for r in &mut public.keys {
+            r.private_pem = None;
+        }
+        public.to_bytes()
+    }
+
     /// Parses and checks the internal Secret's document: every record's private key must
     /// parse, match its kid and algorithm, and agree with the public JWK.
     pub fn from_bytes(bytes: &[u8]) -> Result<SetState, StateError> {

@@ -65,9 +65,11 @@ async fn key_secret(
         .unwrap()
 }
 
+/// A JWKS ConfigMap `name` holding `keys`, consenting to be read by the set `auth`
+/// (`keyturn.dev/verification-for`).
 async fn jwks_config_map(client: &Client, ns: &str, name: &str, keys: &[serde_json::Value]) {
     let cm: ConfigMap = serde_json::from_value(json!({
-        "metadata": {"name": name},
+        "metadata": {"name": name, "annotations": {"keyturn.dev/verification-for": "auth"}},
         "data": {"jwks.json": json!({"keys": keys}).to_string()}
     }))
     .unwrap();
@@ -443,8 +445,10 @@ async fn bad_adoption_input_is_refused_naming_the_field() {
 }
 
 /// A tenant who may only write SigningKeySets names another team's private-key Secret as a
-/// verification source: nothing of it is published, the refusal quotes none of it, and the
-/// Secret is untouched.
+/// verification source: the Secret does not consent, so keyturn does not even read its data;
+/// nothing of it is published, the refusal quotes none of it (nor tells whether it exists),
+/// and the Secret is untouched. (A consenting source holding a private key is refused
+/// unquoted too: see the private JWK in `bad_adoption_input_is_refused_naming_the_field`.)
 #[tokio::test]
 async fn a_private_key_secret_named_as_a_verification_source_is_refused_unquoted() {
     let client = common::client().await;
@@ -470,13 +474,26 @@ async fn a_private_key_secret_named_as_a_verification_source_is_refused_unquoted
     .await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     let msg = wait_ready(&sets, "probe", "False", "VerificationKeysRefused").await;
-    assert!(
-        msg.contains("is a private key; list public keys only"),
-        "{msg}"
-    );
+    assert!(msg.contains("does not exist or does not consent"), "{msg}");
     assert!(
         !msg.contains("PRIVATE KEY-----") && !msg.contains(&theirs.public_jwk()["x"].to_string()),
         "{msg}"
+    );
+    // The same words for a Secret that does not exist at all.
+    common::create_set(
+        &tenant,
+        &ns,
+        "probe-missing",
+        json!({"rotation": {"interval": "1h", "prePublish": "3s", "overlap": "1h"},
+               "verificationKeys": [{"secretName": "no-such-key", "key": "private.pem", "until": "2030-01-01T00:00:00Z"}]}),
+    )
+    .await;
+    let missing = wait_ready(&sets, "probe-missing", "False", "VerificationKeysRefused").await;
+    assert_eq!(
+        missing
+            .replace("no-such-key", "payments-key")
+            .replace("probe-missing", "probe"),
+        msg
     );
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .get("probe-jwks")

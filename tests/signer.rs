@@ -617,7 +617,7 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     // its tokens carry, published verification-only until the last such token has expired.
     let until = chrono::DateTime::from_timestamp(exp_of(&legacy) + 120, 0).unwrap();
     let cm: ConfigMap = serde_json::from_value(json!({
-        "metadata": {"name": "legacy-sa-keys"},
+        "metadata": {"name": "legacy-sa-keys", "annotations": {"keyturn.dev/verification-for": SET}},
         "data": {"jwks.json": String::from_utf8(legacy_jwks.clone()).unwrap()}
     }))
     .unwrap();

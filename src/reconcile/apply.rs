@@ -113,21 +113,40 @@ impl<'a> Applier<'a> {
                     self.generate(&mut obs, alg, rsa_bits, reason, rotate_token, now)
                         .await?
                 }
-                Step::Publish(kids) => match self.publish(&obs, &kids).await? {
-                    Err(refusal) => Some(refusal),
-                    Ok(failures) if !failures.is_empty() => {
-                        applied.publish_failures = failures;
-                        applied.settled = true;
-                        break;
+                Step::Publish(kids) => {
+                    // A copy that cannot be written holds back a scheduled activation, never
+                    // a revocation's replacement: that one signs once every copy keyturn can
+                    // write holds it, and the others are named (I10).
+                    let revoking = obs
+                        .state
+                        .as_ref()
+                        .is_some_and(|st| plan::replacing_revoked(st, settings));
+                    match self.publish(&obs, &kids, revoking).await? {
+                        Err(refusal) => Some(refusal),
+                        Ok(failures) if !failures.is_empty() && !revoking => {
+                            applied.publish_failures = failures;
+                            applied.settled = true;
+                            break;
+                        }
+                        Ok(failures) => {
+                            if !failures.is_empty() {
+                                applied.publish_failures = failures;
+                            }
+                            obs.published = Some(kids);
+                            None
+                        }
                     }
-                    Ok(_) => {
-                        obs.published = Some(kids);
-                        None
-                    }
-                },
+                }
                 Step::Sign(kid) => {
                     self.sign(&obs, &kid).await?;
+                    obs.signing_held = Some(kid.clone());
                     obs.signing = Some(kid);
+                    None
+                }
+                Step::Unsign => {
+                    self.unsign().await?;
+                    obs.signing = None;
+                    obs.signing_held = None;
                     None
                 }
                 Step::Store(next, transitions) => {
@@ -143,6 +162,12 @@ impl<'a> Applier<'a> {
         }
         if !applied.settled {
             warn!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), "plan did not settle; will retry");
+        } else if let Some(st) = obs.state.as_ref()
+            && !self.public_state_current(st)
+        {
+            // The public-state annotation is derived like the JWKS (I7): written by an older
+            // keyturn without it, or edited, it is written again (the data unchanged).
+            self.store(st).await?;
         }
         applied.state = obs.state;
         applied.published = obs.published;
@@ -164,11 +189,27 @@ impl<'a> Applier<'a> {
             _ => None,
         };
         let was_imported = imported.is_some();
+        if imported.is_none()
+            && let Some(st) = obs.state.as_ref()
+            && room(st) < max_record_bytes(alg, rsa_bits)
+        {
+            // No room for such a key: refused before the generation (RSA-4096 takes a
+            // blocking thread for up to seconds) instead of after it.
+            return Ok(Some(too_many_keys(self.sks, st.keys.len() + 1)));
+        }
         let kp = match imported {
             Some(kp) => kp,
-            None => tokio::task::spawn_blocking(move || KeyPair::generate(alg, rsa_bits))
-                .await
-                .map_err(|e| Error::Invariant(format!("key generation task failed: {e}")))??,
+            None => {
+                // A first key and a revocation's replacement are urgent: no storm of
+                // scheduled rotations, in this namespace or any other, delays them.
+                let urgent = matches!(reason, GenerateReason::First | GenerateReason::Revocation);
+                let ns = self.sks.namespace().unwrap_or_default();
+                self.ctx
+                    .keygen
+                    .run(&ns, urgent, move || KeyPair::generate(alg, rsa_bits))
+                    .await
+                    .ok_or_else(|| Error::Invariant("key generation task failed".into()))??
+            }
         };
         let next = plan::with_new_key(obs.state.as_ref(), &kp, reason, rotate_token, now);
         if let Err(refusal) = state_fits(self.sks, &next) {
@@ -188,6 +229,7 @@ impl<'a> Applier<'a> {
         &mut self,
         obs: &Observed,
         kids: &[String],
+        revoking: bool,
     ) -> Result<Result<Vec<String>, Refusal>, Error> {
         let state = obs.state.as_ref().ok_or(Error::Invariant(
             "the plan publishes before any key is stored".into(),
@@ -211,6 +253,7 @@ impl<'a> Applier<'a> {
             self.targets,
             &mut self.objects.copies,
             &bytes,
+            revoking,
         )
         .await?;
         info!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), keys = kids.len(), copies = self.targets.len(), failed = failures.len(), "published JWKS");
@@ -235,6 +278,27 @@ impl<'a> Applier<'a> {
         self.confirm_internal().await?;
         self.write_secret(Slot::Signing, desired).await?;
         info!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), kid = %kid, "signing Secret holds key");
+        Ok(())
+    }
+
+    /// True when the internal Secret's public-state annotation is the one `state` gives.
+    fn public_state_current(&self, state: &SetState) -> bool {
+        let held = self
+            .objects
+            .internal
+            .as_ref()
+            .and_then(|s| s.annotations().get(publish::PUBLIC_STATE_ANNOTATION));
+        held.map(String::as_bytes) == Some(state.public_bytes().as_slice())
+    }
+
+    /// [`Step::Unsign`]: the signing Secret holds no key (it held a revoked one). Never
+    /// waits for the internal Secret to be confirmed current: it takes a key out, never puts
+    /// an older one back. Also called when the set is refused before any plan, so that no
+    /// refusal holds a revocation back.
+    pub async fn unsign(&mut self) -> Result<(), Error> {
+        self.write_secret(Slot::Signing, publish::unsigned_secret(self.sks))
+            .await?;
+        warn!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), "a revoked key was taken out of the signing Secret; nothing signs until its replacement does");
         Ok(())
     }
 
@@ -308,18 +372,42 @@ enum Slot {
 /// would fail at the API server and be retried forever without a condition saying why.
 fn state_fits(sks: &SigningKeySet, next: &SetState) -> Result<(), Refusal> {
     let size = next.to_bytes().len();
-    if size <= MAX_OBJECT_BYTES {
+    let public = next.public_bytes().len();
+    if size <= MAX_OBJECT_BYTES && public <= publish::MAX_PUBLIC_STATE_BYTES {
         return Ok(());
     }
-    Err(Refusal::new(
+    Err(too_many_keys(sks, next.keys.len()))
+}
+
+/// Bytes the internal Secret can still take: under both its data limit and its public-state
+/// annotation's.
+fn room(state: &SetState) -> usize {
+    let data = MAX_OBJECT_BYTES.saturating_sub(state.to_bytes().len());
+    let public = publish::MAX_PUBLIC_STATE_BYTES.saturating_sub(state.public_bytes().len());
+    data.min(public)
+}
+
+/// The most one more key record of `alg` adds to the stored state (its private PEM, public
+/// JWK and times; an RSA-4096 record is about 4.3 KiB, an EC or Ed25519 one under 1 KiB), for
+/// the check made before a key is generated.
+fn max_record_bytes(alg: Algorithm, rsa_bits: Option<u32>) -> usize {
+    if alg.is_rsa() {
+        rsa_bits.unwrap_or(2048) as usize + 1024
+    } else {
+        1024
+    }
+}
+
+fn too_many_keys(sks: &SigningKeySet, keys: usize) -> Refusal {
+    Refusal::new(
         Reason::TooManyKeys,
         format!(
-            "storing another key would make Secret {}/{} {size} bytes ({} keys); a Secret holds at most {MAX_OBJECT_BYTES}. The current key keeps signing. Shorten spec.rotation.overlap, rotate less often, or revoke old keys.",
+            "another key would not fit Secret {}/{} ({keys} keys; it holds at most {MAX_OBJECT_BYTES} bytes of keys and {} of public keys). The current key keeps signing (a revoked one does not). Shorten spec.rotation.overlap, rotate less often, or revoke old keys.",
             sks.namespace().unwrap_or_default(),
             sks.internal_secret_name(),
-            next.keys.len()
+            publish::MAX_PUBLIC_STATE_BYTES,
         ),
-    ))
+    )
 }
 
 #[cfg(test)]
@@ -349,6 +437,33 @@ mod tests {
         s
     }
 
+    /// The check made before generating never lets through a key whose record would not fit.
+    #[test]
+    fn the_room_asked_before_generating_covers_the_record_generated() {
+        let base = retired(3);
+        for (alg, bits) in [
+            (Algorithm::ES256, None),
+            (Algorithm::ES384, None),
+            (Algorithm::EdDSA, None),
+            (Algorithm::RS256, Some(2048)),
+        ] {
+            let kp = KeyPair::generate(alg, bits).unwrap();
+            let next = plan::with_new_key(
+                Some(&base),
+                &kp,
+                GenerateReason::Scheduled,
+                None,
+                chrono::Utc::now(),
+            );
+            let added = next.to_bytes().len() - base.to_bytes().len();
+            assert!(
+                added <= max_record_bytes(alg, bits),
+                "{alg}: a record adds {added} bytes, more than the {} asked for",
+                max_record_bytes(alg, bits)
+            );
+        }
+    }
+
     #[test]
     fn a_state_that_fits_a_secret_is_stored() {
         assert!(state_fits(&set(serde_json::json!({})), &retired(100)).is_ok());
@@ -357,8 +472,8 @@ mod tests {
     #[test]
     fn a_state_too_large_for_a_secret_is_refused_with_a_reason() {
         let sks = set(serde_json::json!({}));
-        let mut n = 1000;
-        while retired(n).to_bytes().len() <= MAX_OBJECT_BYTES {
+        let mut n = 100;
+        while retired(n).public_bytes().len() <= publish::MAX_PUBLIC_STATE_BYTES {
             n *= 2;
         }
         let r = state_fits(&sks, &retired(n)).unwrap_err();
@@ -368,10 +483,12 @@ mod tests {
             "{}",
             r.message
         );
-        assert!(r.message.contains(&format!("({n} keys)")), "{}", r.message);
-        // One key fewer than the limit allows still fits.
-        let per_key = retired(2).to_bytes().len() - retired(1).to_bytes().len();
-        let fits = (MAX_OBJECT_BYTES - retired(0).to_bytes().len()) / per_key;
+        assert!(r.message.contains(&format!("({n} keys;")), "{}", r.message);
+        // Exactly as many keys as the public-state annotation holds fit (a retired record is
+        // all public, so that limit binds before the Secret's), one more does not.
+        let per_key = retired(2).public_bytes().len() - retired(1).public_bytes().len();
+        let fits = (publish::MAX_PUBLIC_STATE_BYTES - retired(0).public_bytes().len()) / per_key;
+        assert!(retired(fits).to_bytes().len() <= MAX_OBJECT_BYTES);
         assert!(state_fits(&sks, &retired(fits)).is_ok());
         assert!(state_fits(&sks, &retired(fits + 1)).is_err());
     }

@@ -32,6 +32,93 @@ pub struct Checked {
     pub verification_refused: Option<Refusal>,
 }
 
+/// What the cluster admin allows every set (`keyturn run`'s flags): floors under the schedule
+/// and a quota of sets per namespace. The default allows everything; fairness of key
+/// generation does not depend on it ([`super::keygen`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Floors {
+    /// Shortest `spec.rotation.interval` (`--min-interval`).
+    pub min_interval: Option<chrono::Duration>,
+    /// Shortest `spec.rotation.prePublish` (`--min-pre-publish`).
+    pub min_pre_publish: Option<chrono::Duration>,
+    /// Shortest `spec.rotation.overlap` (`--min-overlap`).
+    pub min_overlap: Option<chrono::Duration>,
+    /// Most SigningKeySets served per namespace (`--max-sets-per-namespace`): the oldest.
+    pub max_sets_per_namespace: Option<usize>,
+}
+
+/// `InvalidSpec` naming the field when the schedule is below one of the cluster's floors.
+pub fn within_floors(settings: &Settings, floors: &Floors) -> Result<(), Refusal> {
+    for (field, flag, got, min) in [
+        (
+            "spec.rotation.interval",
+            "--min-interval",
+            settings.interval,
+            floors.min_interval,
+        ),
+        (
+            "spec.rotation.prePublish",
+            "--min-pre-publish",
+            settings.pre_publish,
+            floors.min_pre_publish,
+        ),
+        (
+            "spec.rotation.overlap",
+            "--min-overlap",
+            settings.overlap,
+            floors.min_overlap,
+        ),
+    ] {
+        if let Some(min) = min
+            && got < min
+        {
+            return Err(Refusal::new(
+                Reason::InvalidSpec,
+                format!(
+                    "{field}: {} is below this cluster's floor of {} (keyturn {flag}, set by the cluster admin); lengthen it",
+                    crate::duration::format(got),
+                    crate::duration::format(min)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `QuotaExceeded` when `sks` is not among the oldest `max` sets of its namespace (`sets`: every
+/// set the controller knows; those being deleted do not count).
+pub fn within_quota<'a>(
+    sks: &SigningKeySet,
+    sets: impl IntoIterator<Item = &'a SigningKeySet>,
+    max: Option<usize>,
+) -> Result<(), Refusal> {
+    let Some(max) = max else { return Ok(()) };
+    let ns = sks.namespace();
+    let order = |s: &SigningKeySet| (s.metadata.creation_timestamp.clone(), s.name_any());
+    let mine = order(sks);
+    let mut total = 0;
+    let mut before = 0;
+    for s in sets {
+        if s.namespace() != ns || s.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        total += 1;
+        if order(s) < mine {
+            before += 1;
+        }
+    }
+    if before < max {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        Reason::QuotaExceeded,
+        format!(
+            "namespace {} has {total} SigningKeySets and this cluster serves at most {max} per namespace (keyturn --max-sets-per-namespace, set by the cluster admin): the oldest {max} are served, this one is not. Delete one of them, or ask the cluster admin",
+            ns.unwrap_or_default()
+        ),
+    ))
+}
+
 /// Checks, in order: the spec, the names keyturn reserves, objects keyturn does not own,
 /// the fan-out selector, and the internal state (missing while derived objects exist, or
 /// corrupt). `token` is the manual-rotation annotation's value.
@@ -262,16 +349,36 @@ fn observe(
     objects: &Objects,
     targets: &BTreeSet<String>,
 ) -> Observed {
+    let signing_held = held_kid(objects.signing.as_ref());
     let Some(state) = state else {
-        return Observed::default();
+        return Observed {
+            signing_held,
+            ..Default::default()
+        };
     };
     Observed {
         published: published_everywhere(sks, &state, &objects.copies, targets),
         lagging: lagging_kids(sks, &state, &objects.copies, targets),
         signing: signing_kid(&state, objects.signing.as_ref()),
+        signing_held,
         state: Some(state),
         verification: None,
     }
+}
+
+/// The kid a signing Secret names (its `kid` data key), whatever else it holds.
+fn held_kid(signing: Option<&Secret>) -> Option<String> {
+    let kid = &signing?.data.as_ref()?.get("kid")?.0;
+    Some(String::from_utf8_lossy(kid).into_owned())
+}
+
+/// True when the set's own signing Secret names a kid of `spec.revokedKeyIds`: it is emptied
+/// whatever else stops the set (I10), even when the set is refused before any plan.
+pub fn holds_revoked(sks: &SigningKeySet, objects: &Objects) -> bool {
+    objects.signing.as_ref().is_some_and(|sec| {
+        publish::is_owned(&sec.metadata, sks)
+            && held_kid(Some(sec)).is_some_and(|k| sks.spec.revoked_key_ids.contains(&k))
+    })
 }
 
 /// The kids of the set's own JWKS when it is exactly what the state gives for them and every

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use serde_json::json;
 use tracing::info;
@@ -21,6 +22,59 @@ use crate::publish::{self, WriteError};
 /// The finalizer a set with copies in other namespaces carries.
 pub const FINALIZER: &str = "keyturn.dev/jwks-copies";
 
+/// The data of keyturn's own JWKS copies in other namespaces, by (namespace, name), with the
+/// resourceVersion it was seen at: the copies' watch holds metadata only (an object that
+/// merely carries keyturn's labels costs no more), and a copy's data is read (one GET) only
+/// when it is a live set's own copy whose version this map does not hold. keyturn's own
+/// writes keep it current, so a steady set reads nothing.
+#[derive(Default)]
+pub struct CopyData(std::sync::Mutex<std::collections::HashMap<(String, String), ConfigMap>>);
+
+impl CopyData {
+    /// The copy at `meta`'s version, when known.
+    pub fn get(&self, meta: &ObjectMeta) -> Option<ConfigMap> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let c = m.get(&CopyData::key(meta))?;
+        (c.metadata.resource_version == meta.resource_version && c.metadata.uid == meta.uid)
+            .then(|| c.clone())
+    }
+
+    /// Remembers `copy` as the API server returned it (without its managedFields).
+    pub fn put(&self, copy: &ConfigMap) {
+        let mut c = copy.clone();
+        c.metadata.managed_fields = None;
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(CopyData::key(&c.metadata), c);
+    }
+
+    /// Forgets the copy at `meta`'s place (deleted).
+    pub fn forget(&self, meta: &ObjectMeta) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&CopyData::key(meta));
+    }
+
+    /// How many copies' data is held.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True when no copy's data is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn key(meta: &ObjectMeta) -> (String, String) {
+        (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+}
+
 /// Copies written at once.
 const PUBLISH_CONCURRENCY: usize = 16;
 
@@ -32,14 +86,18 @@ pub fn has_finalizer(sks: &SigningKeySet) -> bool {
 /// Writes `bytes` as the JWKS in every target (concurrently), keeping `copies` current.
 /// Returns the copies that could not be written, as `namespace: error`, or
 /// [`Error::Stale`] when a copy's write failed its precondition because the cache it was
-/// decided from lagged.
+/// decided from lagged. With `revoking` (a revoked key's replacement waits for this write), a
+/// copy in another namespace that changed under the write is one more failure instead: its
+/// writers cannot hold the revocation back by rewriting it.
 pub async fn publish(
     sks: &SigningKeySet,
     ctx: &Context,
     targets: &BTreeSet<String>,
     copies: &mut BTreeMap<String, ConfigMap>,
     bytes: &[u8],
+    revoking: bool,
 ) -> Result<Vec<String>, Error> {
+    let own = sks.namespace().unwrap_or_default();
     let current: &BTreeMap<String, ConfigMap> = copies;
     let results: Vec<(String, Result<Option<ConfigMap>, WriteError>)> =
         futures::stream::iter(targets.iter().cloned())
@@ -69,9 +127,15 @@ pub async fn publish(
             Ok(Some(o)) => {
                 wrote += 1;
                 ctx.echoes.wrote(&o);
+                if t != own {
+                    ctx.copy_data.put(&o);
+                }
                 copies.insert(t, o);
             }
             Ok(None) => {}
+            Err(e) if e.lagged().is_some() && revoking && t != own => failures.push(format!(
+                "{t}: changed by someone else while keyturn wrote it"
+            )),
             Err(e) if e.lagged().is_some() => stale.push(t),
             Err(e) => failures.push(format!("{t}: {e}")),
         }
@@ -108,21 +172,60 @@ pub async fn release_copies(
     spread: &FanOut,
 ) -> Result<(), Error> {
     let ns = sks.namespace().unwrap_or_default();
-    let stale: Vec<(String, String)> = objects
+    remove_copies(sks, ctx, objects, |cns| !spread.targets.contains(cns)).await?;
+    if !consent::requested(sks) && has_finalizer(sks) && objects.copies.keys().all(|c| *c == ns) {
+        set_finalizer(sks, ctx, false).await?;
+    }
+    Ok(())
+}
+
+/// Removes keyturn's copies from namespaces where no grant names the set any more, whatever
+/// the set's state (a set refused before any plan still loses the copies consent no longer
+/// covers, I8). Decided from the grants alone: a spec keyturn cannot act on does not stop it.
+pub async fn release_withdrawn(
+    sks: &SigningKeySet,
+    ctx: &Context,
+    objects: &mut Objects,
+) -> Result<(), Error> {
+    if ctx.namespace_only || !consent::requested(sks) {
+        // Without fan-out asked for, the copies left go on the next full reconcile (or by the
+        // finalizer); grants were not read.
+        return Ok(());
+    }
+    let (own, name) = (sks.namespace().unwrap_or_default(), sks.name_any());
+    let consenting: BTreeSet<String> = objects
+        .grants
+        .iter()
+        .filter(|g| g.accepts(&own, &name))
+        .filter_map(|g| g.namespace())
+        .collect();
+    remove_copies(sks, ctx, objects, |cns| {
+        cns != own && !consenting.contains(cns)
+    })
+    .await
+}
+
+/// Deletes the set's own copies in the namespaces `gone` names (never the set's namespace,
+/// never an object keyturn did not make).
+async fn remove_copies(
+    sks: &SigningKeySet,
+    ctx: &Context,
+    objects: &mut Objects,
+    gone: impl Fn(&str) -> bool,
+) -> Result<(), Error> {
+    let ns = sks.namespace().unwrap_or_default();
+    let stale: Vec<(String, ConfigMap)> = objects
         .copies
         .iter()
         .filter(|(cns, c)| {
-            !spread.targets.contains(*cns) && publish::is_owned_copy(&c.metadata, sks)
+            **cns != ns && gone(cns.as_str()) && publish::is_owned_copy(&c.metadata, sks)
         })
-        .map(|(cns, c)| (cns.clone(), c.name_any()))
+        .map(|(cns, c)| (cns.clone(), c.clone()))
         .collect();
-    for (cns, name) in stale {
-        delete_copy(ctx, &cns, &name).await?;
-        info!(set = %sks.name_any(), namespace = %ns, from = %cns, "removed JWKS copy from a deselected namespace");
+    for (cns, c) in stale {
+        delete_copy(ctx, &cns, &c.metadata).await?;
+        info!(set = %sks.name_any(), namespace = %ns, from = %cns, "removed JWKS copy from a namespace that is no longer a target");
         objects.copies.remove(&cns);
-    }
-    if !consent::requested(sks) && has_finalizer(sks) && objects.copies.keys().all(|c| *c == ns) {
-        set_finalizer(sks, ctx, false).await?;
     }
     Ok(())
 }
@@ -134,30 +237,48 @@ pub async fn finalize(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Erro
         return Ok(Action::await_change());
     }
     let own = sks.namespace().unwrap_or_default();
+    // Metadata only: labelled objects that are not the set's copies cost nothing to skip.
     for c in ctx
         .copies_api()
-        .list(&ListParams::default().labels(&publish::copies_selector(sks)))
+        .list_metadata(&ListParams::default().labels(&publish::copies_selector(sks)))
         .await?
     {
         let cns = c.namespace().unwrap_or_default();
-        if cns == own || !publish::is_owned_copy(&c.metadata, sks) {
+        if cns == own
+            || c.metadata.name.as_deref() != Some(sks.config_map_name().as_str())
+            || !publish::is_owned_copy(&c.metadata, sks)
+        {
             continue;
         }
-        delete_copy(ctx, &cns, &c.name_any()).await?;
+        delete_copy(ctx, &cns, &c.metadata).await?;
     }
     set_finalizer(sks, ctx, false).await?;
     info!(set = %sks.name_any(), namespace = %own, "removed JWKS copies; finalizer released");
     Ok(Action::await_change())
 }
 
-/// Deletes one of keyturn's copies (already gone is fine).
-async fn delete_copy(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
+/// Deletes one of keyturn's copies, the very object `copy` describes (uid and
+/// resourceVersion preconditions: an object recreated or changed under that name since is
+/// not deleted, and the reconcile runs again, [`Error::Stale`]); already gone is fine.
+async fn delete_copy(ctx: &Context, namespace: &str, copy: &ObjectMeta) -> Result<(), Error> {
+    let name = copy.name.clone().unwrap_or_default();
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: copy.uid.clone(),
+            resource_version: copy.resource_version.clone(),
+        }),
+        ..Default::default()
+    };
+    ctx.copy_data.forget(copy);
     match Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
-        .delete(name, &DeleteParams::default())
+        .delete(&name, &dp)
         .await
     {
         Ok(_) => ctx.metrics.write("configmap_delete"),
         Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            return Err(Error::Stale(format!("the JWKS copy in {namespace}")));
+        }
         Err(e) => return Err(e.into()),
     }
     Ok(())

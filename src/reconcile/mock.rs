@@ -209,7 +209,12 @@ fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
     });
     let copies = cache(&fake, "/configmaps/", |o| {
         let c: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(o).ok()?;
-        crate::publish::is_copy_elsewhere(&c.metadata).then_some(c)
+        let mut m = kube::core::PartialObjectMeta {
+            metadata: c.metadata,
+            ..Default::default()
+        };
+        crate::controller::slim_copy(&mut m);
+        crate::publish::is_copy_elsewhere(&m.metadata).then_some(m)
     });
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(async move {
@@ -254,6 +259,10 @@ fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
         namespaces: Some(namespaces),
         grants: Some(grants),
         copies: Some(copies),
+        copy_data: Default::default(),
+        sets: None,
+        floors: Default::default(),
+        keygen: Default::default(),
         backoff: Default::default(),
         written: Default::default(),
         echoes: Default::default(),
@@ -642,6 +651,11 @@ async fn a_copy_changed_behind_the_cache_fails_the_precondition_and_is_repaired_
     };
     tamper(&fake, r#"{"keys":[]}"#);
     let ctx = context(fake.clone()); // its cache holds the first edit
+    // ... and so does the copies' data it read then (the copies' watch is metadata only; the
+    // data of the version it reports was read once and kept).
+    let first: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(fake.lock().unwrap().objects[COPY].clone()).unwrap();
+    ctx.copy_data.put(&first);
     tamper(&fake, r#"{"keys":[{"kty":"oct"}]}"#); // a second edit it has not seen
     calls(&fake);
     let err = reconcile(Arc::new(stored_set(&fake)), ctx)

@@ -13,6 +13,7 @@
 mod apply;
 mod check;
 mod fanout;
+pub mod keygen;
 #[cfg(test)]
 mod mock;
 mod read;
@@ -36,7 +37,8 @@ use crate::crd::{ROTATE_ANNOTATION, SigningKeySet};
 use crate::metrics::Metrics;
 use crate::publish::WriteError;
 
-pub use fanout::FINALIZER;
+pub use check::Floors;
+pub use fanout::{CopyData, FINALIZER};
 pub use status::{FAN_OUT_CONDITION, derive_status};
 
 /// A source of the current time; tests and benchmarks may inject their own.
@@ -65,8 +67,18 @@ pub struct Context {
     pub namespaces: Option<Cache<kube::core::PartialObjectMeta<Namespace>>>,
     /// Every SigningKeySetGrant (cluster-wide mode): consent to fan-out.
     pub grants: Option<Cache<crate::crd::SigningKeySetGrant>>,
-    /// keyturn's JWKS copies in namespaces other than their set's (cluster-wide mode).
-    pub copies: Option<Cache<ConfigMap>>,
+    /// The metadata of keyturn-labelled ConfigMaps in namespaces other than their set's
+    /// (cluster-wide mode): JWKS copies, and anything that merely carries the labels.
+    pub copies: Option<Cache<kube::core::PartialObjectMeta<ConfigMap>>>,
+    /// The data of the live sets' own copies, by version (read once, kept by keyturn's writes).
+    pub copy_data: Arc<fanout::CopyData>,
+    /// Every SigningKeySet the controller watches (the quota of sets per namespace counts
+    /// them); `None` in tests that have no controller.
+    pub sets: Option<Store<SigningKeySet>>,
+    /// The cluster admin's floors and quota.
+    pub floors: Floors,
+    /// The fair queue of key generation.
+    pub keygen: keygen::KeyGen,
     /// Consecutive failed reconciles per set, for [`error_policy`]'s backoff.
     pub backoff: Backoff,
     /// The status keyturn last wrote to each set, until the watch shows it.
@@ -189,11 +201,20 @@ impl WrittenStatus {
     }
 }
 
+/// Conflicts in a row after which a set says `WriteConflict` (about 13 s of retries).
+const STALE_STREAK: u32 = 6;
+
 /// Consecutive failures per set (namespace, name): the exponent of the retry backoff.
 #[derive(Default)]
 pub struct Backoff(Mutex<HashMap<(String, String), u32>>);
 
 impl Backoff {
+    /// Failures in a row so far.
+    fn streak(&self, sks: &SigningKeySet) -> u32 {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&key(sks)).copied().unwrap_or(0)
+    }
+
     /// Counts a failure; returns how many in a row.
     fn failed(&self, sks: &SigningKeySet) -> u32 {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -301,8 +322,15 @@ pub enum Reason {
     InternalError,
     /// The first key cannot be imported from `spec.import`'s Secret.
     ImportFailed,
-    /// A `spec.verificationKeys` source is missing or holds a key the JWKS rules refuse.
+    /// A `spec.verificationKeys` source is missing, does not consent, or holds a key the
+    /// JWKS rules refuse.
     VerificationKeysRefused,
+    /// The namespace has more sets than the cluster admin's quota; this one is not among the
+    /// oldest.
+    QuotaExceeded,
+    /// keyturn's writes keep finding one of the set's objects changed by someone else since
+    /// it was read (each try is retried at once; this says so once it lasts).
+    WriteConflict,
 }
 
 impl Reason {
@@ -320,6 +348,8 @@ impl Reason {
             Reason::InternalError => "InternalError",
             Reason::ImportFailed => "ImportFailed",
             Reason::VerificationKeysRefused => "VerificationKeysRefused",
+            Reason::WriteConflict => "WriteConflict",
+            Reason::QuotaExceeded => "QuotaExceeded",
         }
     }
 
@@ -329,13 +359,14 @@ impl Reason {
     pub fn retry(self) -> Option<StdDuration> {
         let secs = match self {
             Reason::InvalidSpec => return None,
-            Reason::PublishFailed => 10,
+            Reason::PublishFailed | Reason::WriteConflict => 10,
             // The Secret or ConfigMap can be created, annotated or fixed without a spec edit.
             Reason::WriteRejected | Reason::ImportFailed | Reason::VerificationKeysRefused => 30,
             Reason::ForeignObject
             | Reason::InternalStateMissing
             | Reason::TooManyKeys
             | Reason::JwksTooLarge
+            | Reason::QuotaExceeded
             | Reason::InternalError => 60,
             Reason::InternalStateCorrupt => 300,
         };
@@ -374,6 +405,15 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
             Reason::InternalError,
             format!("keyturn hit an internal error and changed nothing more: {why}"),
         ),
+        // A conflict is retried at once, quietly; one that lasts is someone else writing the
+        // same object over and over, and says so instead of a debug line (I11).
+        Err(Error::Stale(what)) if ctx.backoff.streak(&sks) >= STALE_STREAK => Refusal::new(
+            Reason::WriteConflict,
+            format!(
+                "{what} changed since the watch cache was read, {} times in a row: something else keeps writing it; keyturn retries",
+                ctx.backoff.streak(&sks) + 1
+            ),
+        ),
         Err(e) => match e.rejected_write() {
             Some(what) => Refusal::new(
                 Reason::WriteRejected,
@@ -406,10 +446,29 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
 
     let mut objects = read::read(sks, ctx).await?;
     let token = sks.annotations().get(ROTATE_ANNOTATION).cloned();
-    let checked = match check::check(sks, &objects, token, ctx.namespace_only) {
+    let sets = ctx.sets.as_ref().map(|s| s.state()).unwrap_or_default();
+    let checked = match check::check(sks, &objects, token, ctx.namespace_only)
+        .and_then(|c| check::within_floors(&c.settings, &ctx.floors).map(|()| c))
+        .and_then(|c| {
+            check::within_quota(
+                sks,
+                sets.iter().map(|s| &**s),
+                ctx.floors.max_sets_per_namespace,
+            )
+            .map(|()| c)
+        }) {
         Ok(c) => c,
         Err(refusal) => {
             read::still_current(sks, ctx, &objects).await?;
+            if check::holds_revoked(sks, &objects) {
+                // No refusal holds a revocation back (I10): the revoked key leaves the
+                // signing Secret even while keyturn can do nothing else for the set.
+                apply::Applier::new(sks, ctx, &mut objects, &Default::default())
+                    .unsign()
+                    .await?;
+            }
+            // Nor consent withdrawn (I8): copies where no grant names the set any more go.
+            fanout::release_withdrawn(sks, ctx, &mut objects).await?;
             return report::refuse(sks, ctx, refusal, None).await;
         }
     };
@@ -423,6 +482,7 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
         apply::Outcome::Idle(a) => a,
         apply::Outcome::Refused(refusal, state) => {
             read::still_current(sks, ctx, &objects).await?;
+            fanout::release_withdrawn(sks, ctx, &mut objects).await?;
             let at = state.as_ref().map(|st| (st, &checked.settings));
             return report::refuse(sks, ctx, refusal, at).await;
         }
@@ -436,7 +496,7 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
         let refusal = Refusal::new(
             Reason::PublishFailed,
             format!(
-                "the JWKS could not be written everywhere, so no key activates until it is: {}",
+                "the JWKS could not be written everywhere, so no scheduled key activates until it is (a revoked key is taken out of every copy keyturn can write whatever else fails): {}",
                 applied.publish_failures.join("; ")
             ),
         );

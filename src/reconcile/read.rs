@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, GetParams};
 
@@ -20,8 +22,9 @@ pub struct Objects {
     pub signing: Option<Secret>,
     /// The JWKS ConfigMap in the set's namespace.
     pub jwks: Option<ConfigMap>,
-    /// Every JWKS ConfigMap by namespace: the set's own and the copies elsewhere (labelled
-    /// as the set's; ownership is checked where it matters).
+    /// Every JWKS ConfigMap by namespace: the set's own and the copies elsewhere (with the
+    /// set's copy name and labels; ownership, the owner uid, is checked where it matters). An
+    /// object of another name that merely carries the labels is never one of them (I11).
     pub copies: BTreeMap<String, ConfigMap>,
     /// Every namespace (metadata only), when the set asks for fan-out (cluster-wide mode).
     pub namespaces: Vec<Namespace>,
@@ -88,14 +91,28 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
                 "fan-out needs the JWKS copies' watch cache".into(),
             ));
         };
+        let name = sks.config_map_name();
+        let mut owned = vec![];
         for c in copies.complete().await? {
             if let Some(cns) = c.namespace()
                 && cns != ns
+                && c.metadata.name.as_ref() == Some(&name)
                 && publish::is_labelled_copy(&c.metadata, sks)
             {
-                o.copies.insert(cns, (*c).clone());
+                if publish::is_owned_copy(&c.metadata, sks) {
+                    owned.push((cns, c.metadata.clone()));
+                } else {
+                    // In the way, not the set's: its metadata is all that is needed to leave it
+                    // alone (and to say so).
+                    let cm = ConfigMap {
+                        metadata: c.metadata.clone(),
+                        ..Default::default()
+                    };
+                    o.copies.insert(cns, cm);
+                }
             }
         }
+        o.copies.extend(copy_data(ctx, owned).await?);
     }
     if let Some(c) = o.jwks.clone() {
         o.copies.insert(ns.clone(), c);
@@ -117,42 +134,140 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
         .and_then(|b| crate::state::verification_generation(&b.0));
     if !sks.spec.verification_keys.is_empty() && recorded != sks.metadata.generation {
         let mut texts = vec![];
+        let mut read = Sources::default();
         for src in &sks.spec.verification_keys {
-            texts.push(source_text(&secrets, &cms, &ns, src).await?);
+            texts.push(source_text(&secrets, &cms, sks, src, &mut read).await?);
         }
         o.verification_sources = Some(texts);
     }
     Ok(o)
 }
 
-/// The text under `src.key` in the ConfigMap or Secret `src` names, or what is missing.
+/// The largest text keyturn takes from one verification source (a JWKS of a few dozen keys
+/// fits several times over).
+pub const MAX_SOURCE_BYTES: usize = 64 * 1024;
+
+/// The verification sources one reconcile read, by (kind, name): each object is read once
+/// however many entries name it.
+type Sources =
+    std::collections::HashMap<(&'static str, String), Result<BTreeMap<String, Vec<u8>>, String>>;
+
+/// The set's own copies in other namespaces, data included: from [`super::CopyData`] when it
+/// holds the version the watch reports, otherwise one GET each (sent together, from the API
+/// server's watch cache), remembered for the next reconcile. A copy gone meanwhile is left out.
+async fn copy_data(
+    ctx: &Context,
+    owned: Vec<(String, ObjectMeta)>,
+) -> Result<Vec<(String, ConfigMap)>, Error> {
+    let fetched: Vec<Result<Option<(String, ConfigMap)>, kube::Error>> =
+        futures::stream::iter(owned)
+            .map(|(cns, meta)| async move {
+                if let Some(c) = ctx.copy_data.get(&meta) {
+                    return Ok(Some((cns, c)));
+                }
+                let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &cns);
+                let got = cached(&api, meta.name.as_deref().unwrap_or_default()).await?;
+                Ok(got.map(|c| {
+                    ctx.copy_data.put(&c);
+                    (cns, c)
+                }))
+            })
+            .buffer_unordered(COPY_READS)
+            .collect()
+            .await;
+    let mut out = vec![];
+    for f in fetched {
+        out.extend(f?);
+    }
+    Ok(out)
+}
+
+/// Copies read at once.
+const COPY_READS: usize = 16;
+
+/// The text under `src.key` in the ConfigMap or Secret `src` names, or why it is not taken.
+/// The object's metadata is read first: one that does not consent (no
+/// `keyturn.dev/verification-for` naming the set) is never read further, and a missing one is
+/// refused in the same words (a set's author learns nothing of objects it was not given).
 async fn source_text(
     secrets: &Api<Secret>,
     cms: &Api<ConfigMap>,
-    ns: &str,
+    sks: &SigningKeySet,
     src: &crate::crd::VerificationKeySource,
+    read: &mut Sources,
 ) -> Result<Result<String, String>, Error> {
-    let missing = |kind: &str, name: &str| format!("{kind} {ns}/{name} does not exist");
-    let no_key =
-        |kind: &str, name: &str| format!("{kind} {ns}/{name} has no data key {:?}", src.key);
-    Ok(match (&src.config_map_name, &src.secret_name) {
-        (Some(name), _) => match cms.get_opt(name).await? {
-            None => Err(missing("ConfigMap", name)),
-            Some(cm) => cm
-                .data
-                .and_then(|mut d| d.remove(&src.key))
-                .ok_or_else(|| no_key("ConfigMap", name)),
-        },
-        (None, Some(name)) => match secrets.get_opt(name).await? {
-            None => Err(missing("Secret", name)),
-            Some(sec) => sec
-                .data
-                .and_then(|mut d| d.remove(&src.key))
-                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                .ok_or_else(|| no_key("Secret", name)),
-        },
-        (None, None) => Err("neither configMapName nor secretName is set".into()),
+    let (kind, name) = match (&src.config_map_name, &src.secret_name) {
+        (Some(name), _) => ("ConfigMap", name),
+        (None, Some(name)) => ("Secret", name),
+        (None, None) => return Ok(Err("neither configMapName nor secretName is set".into())),
+    };
+    let ns = sks.namespace().unwrap_or_default();
+    let key = (kind, name.clone());
+    if !read.contains_key(&key) {
+        let data = match kind {
+            "ConfigMap" => consented(cms, name, sks).await?.map(|c: ConfigMap| {
+                c.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect()
+            }),
+            _ => consented(secrets, name, sks).await?.map(|s: Secret| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect()
+            }),
+        };
+        read.insert(
+            key.clone(),
+            data.ok_or_else(|| {
+                format!(
+                    "{kind} {ns}/{name} does not exist or does not consent: keyturn reads a verification source only when it carries the annotation {}: {} (added by someone who may write it)",
+                    crate::crd::VERIFICATION_ANNOTATION,
+                    sks.name_any()
+                )
+            }),
+        );
+    }
+    let data = match &read[&key] {
+        Ok(d) => d,
+        Err(why) => return Ok(Err(why.clone())),
+    };
+    Ok(match data.get(&src.key) {
+        None => Err(format!("{kind} {ns}/{name} has no data key {:?}", src.key)),
+        Some(b) if b.len() > MAX_SOURCE_BYTES => Err(format!(
+            "{kind} {ns}/{name} holds more than {MAX_SOURCE_BYTES} bytes under {:?}",
+            src.key
+        )),
+        Some(b) => Ok(String::from_utf8_lossy(b).into_owned()),
     })
+}
+
+/// The object `name` when it exists and consents to `sks` (its
+/// `keyturn.dev/verification-for` annotation names the set); its data is read only then.
+async fn consented<K>(api: &Api<K>, name: &str, sks: &SigningKeySet) -> Result<Option<K>, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(meta) = api.get_metadata_opt(name).await? else {
+        return Ok(None);
+    };
+    if !consents(&meta.metadata, &sks.name_any()) {
+        return Ok(None);
+    }
+    Ok(cached(api, name)
+        .await?
+        .filter(|o| consents(o.meta(), &sks.name_any())))
+}
+
+/// True when `meta`'s `keyturn.dev/verification-for` names `set` (comma-separated names).
+pub fn consents(meta: &ObjectMeta, set: &str) -> bool {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::crd::VERIFICATION_ANNOTATION))
+        .is_some_and(|v| v.split(',').any(|n| n.trim() == set))
 }
 
 /// `name` as the API server's watch cache holds it (`resourceVersion=0`), `None` when absent.

@@ -31,6 +31,10 @@ pub struct StateFile {
     /// resourceVersion of the internal Secret it was copied from (informational).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
+    /// The set's `spec.revokedKeyIds` when it was written: those keys are neither served nor
+    /// signed with, after a restart too, whatever the state still records (I10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_key_ids: Vec<String>,
     /// The internal Secret's `state.json`, verbatim (private keys included).
     pub state: Sensitive,
 }
@@ -90,11 +94,24 @@ pub fn write(path: &Path, doc: &StateFile) -> Result<(), SignerError> {
         .ok_or_else(|| file_err(path, "has no file name"))?;
     let tmp: PathBuf = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     let bytes = Zeroizing::new(serde_json::to_vec(doc).expect("state file serializes"));
+    // A temporary file left by a crash is removed (a symlink is removed, never followed);
+    // the new one must be created here and now (O_EXCL), and never through a symlink
+    // (O_NOFOLLOW): whoever planted one cannot make the signer write keys elsewhere.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(file_err(
+                &tmp,
+                format_args!("removing a stale temporary file: {e}"),
+            ));
+        }
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)
         .map_err(|e| file_err(&tmp, e))?;
     f.write_all(&bytes).map_err(|e| file_err(&tmp, e))?;

@@ -502,9 +502,15 @@ pub fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener, SignerEr
         }
         Err(_) => {}
     }
-    // The umask of the listener's creation decides the mode before chmod; no one else may
-    // connect in between because the directory is the operator's to protect (docs).
-    let l = tokio::net::UnixListener::bind(path).map_err(|e| err(format!("binding: {e}")))?;
+    // The socket is created under a umask that leaves it 0600 from its first instant: no one
+    // else can connect before the chmod below (which only repeats it). The umask is the
+    // process's; the signer binds once, at start.
+    // SAFETY: umask(2) only swaps the process's file-creation mask; it cannot fail.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the mask that was in force.
+    unsafe { libc::umask(old) };
+    let l = bound.map_err(|e| err(format!("binding: {e}")))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| err(format!("chmod 0600: {e}")))?;
     Ok(l)

@@ -36,8 +36,44 @@ pub fn load(opts: &Options) -> Result<Option<(Current, Snapshot)>, SignerError> 
         });
     }
     let state = doc.parse()?;
-    let snap = Snapshot::new(&doc.set, &state, doc.max_token_lifetime_seconds)?;
+    let snap = Snapshot::new(
+        &doc.set,
+        &without_revoked(&state, &doc.revoked_key_ids),
+        doc.max_token_lifetime_seconds,
+    )?;
     Ok(Some((Current { doc, state }, snap)))
+}
+
+/// What the signer takes from the SigningKeySet itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// `spec.maxTokenLifetime`, seconds.
+    pub lifetime_seconds: i64,
+    /// `spec.revokedKeyIds`, sorted.
+    pub revoked: Vec<String>,
+}
+
+impl Policy {
+    /// The set's policy through the operator's own validation of the spec.
+    pub fn of(set: &str, sks: &SigningKeySet) -> Result<Policy, SignerError> {
+        let mut revoked = sks.spec.revoked_key_ids.clone();
+        revoked.sort();
+        revoked.dedup();
+        Ok(Policy {
+            lifetime_seconds: token_lifetime(set, sks)?,
+            revoked,
+        })
+    }
+}
+
+/// The state without the records of revoked keys: the signer neither hands them to the API
+/// server nor signs with them, even before the operator has written the revocation (a
+/// blocked operator cannot hold it back, I10). A revoked Active key leaves no signer: `Sign`
+/// answers Unavailable until the replacement arrives.
+pub fn without_revoked(state: &SetState, revoked: &[String]) -> SetState {
+    let mut s = state.clone();
+    s.keys.retain(|r| !revoked.contains(&r.kid));
+    s
 }
 
 /// The set's token lifetime in seconds (`spec.maxTokenLifetime`, required for a signer set),
@@ -60,8 +96,9 @@ pub fn next(
     opts: &Options,
     current: Option<&Current>,
     secret: &Secret,
-    lifetime_seconds: i64,
+    policy: &Policy,
 ) -> Result<Option<(Current, Snapshot)>, SignerError> {
+    let lifetime_seconds = policy.lifetime_seconds;
     let set = opts.set();
     let bytes = secret
         .data
@@ -73,6 +110,7 @@ pub fn next(
     if let Some(c) = current
         && c.doc.state.expose() == text
         && c.doc.max_token_lifetime_seconds == lifetime_seconds
+        && c.doc.revoked_key_ids == policy.revoked
     {
         return Ok(None);
     }
@@ -80,19 +118,44 @@ pub fn next(
     if let Some(c) = current {
         file::check_progress(&c.state, &state).map_err(SignerError::Rollback)?;
     }
-    let snap = Snapshot::new(&set, &state, lifetime_seconds)?;
+    let snap = Snapshot::new(
+        &set,
+        &without_revoked(&state, &policy.revoked),
+        lifetime_seconds,
+    )?;
     let doc = StateFile {
         version: FILE_VERSION,
         set,
         max_token_lifetime_seconds: lifetime_seconds,
         resource_version: secret.metadata.resource_version.clone(),
+        revoked_key_ids: policy.revoked.clone(),
         state: Sensitive::new(zeroize::Zeroizing::new(text.to_string())),
     };
     Ok(Some((Current { doc, state }, snap)))
 }
 
-/// Watches the internal Secret until the process ends, writing and serving each accepted
-/// version. Never returns an error: what fails is logged, counted and retried.
+/// One event of the signer's two watches.
+enum Seen {
+    Secret(Box<Secret>),
+    Set(Box<SigningKeySet>),
+}
+
+/// A watch event with its object wrapped as one of [`Seen`].
+fn seen<K>(ev: watcher::Event<K>, wrap: impl Fn(K) -> Seen) -> watcher::Event<Seen> {
+    match ev {
+        watcher::Event::Apply(o) => watcher::Event::Apply(wrap(o)),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(wrap(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(wrap(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+/// Watches the internal Secret and the SigningKeySet (each one object, by name) until the
+/// process ends, writing and serving each accepted version. The set is watched, not only read
+/// when the Secret changes: a revocation in its spec takes effect in the signer at once, even
+/// while the operator cannot write (I10). Never returns an error: what fails is logged,
+/// counted and retried.
 pub async fn run(
     client: Client,
     opts: Options,
@@ -104,33 +167,47 @@ pub async fn run(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
     let sets: Api<SigningKeySet> = Api::namespaced(client, &opts.namespace);
     let name = crate::crd::internal_secret_name(&opts.name);
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(secrets, cfg).default_backoff().boxed();
+    let by_name = |n: &str| watcher::Config::default().fields(&format!("metadata.name={n}"));
+    let secret_events = watcher(secrets, by_name(&name))
+        .default_backoff()
+        .map(|ev| ev.map(|e| seen(e, |s| Seen::Secret(Box::new(s)))));
+    let set_events = watcher(sets, by_name(&opts.name))
+        .default_backoff()
+        .map(|ev| ev.map(|e| seen(e, |s| Seen::Set(Box::new(s)))));
+    let mut events = futures::stream::select(secret_events, set_events).boxed();
+    let (mut secret, mut policy): (Option<Box<Secret>>, Option<Result<Policy, SignerError>>) =
+        (None, None);
     while let Some(ev) = events.next().await {
-        let secret = match ev {
-            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => s,
+        match ev {
+            Ok(
+                watcher::Event::Apply(Seen::Secret(s)) | watcher::Event::InitApply(Seen::Secret(s)),
+            ) => secret = Some(s),
+            Ok(watcher::Event::Apply(Seen::Set(s)) | watcher::Event::InitApply(Seen::Set(s))) => {
+                policy = Some(Policy::of(&set, &s))
+            }
             Ok(watcher::Event::Delete(_)) => {
                 // Never drop keys because an object vanished: the API server would refuse
                 // every token. The file keeps serving; the operator recreates the Secret.
-                tracing::warn!(set = %set, secret = %name, "the internal Secret was deleted; serving the state file unchanged");
+                tracing::warn!(set = %set, secret = %name, "the internal Secret or the SigningKeySet was deleted; serving the state file unchanged");
                 continue;
             }
             Ok(_) => continue,
             Err(e) => {
                 metrics.sync_errors.inc();
-                tracing::warn!(set = %set, error = %e, "watching the internal Secret failed; serving the state file, retrying");
+                tracing::warn!(set = %set, error = %e, "watching the internal Secret or the SigningKeySet failed; serving the state file, retrying");
                 continue;
             }
+        }
+        let (Some(secret), Some(policy)) = (&secret, &policy) else {
+            continue;
         };
-        let lifetime = match sets.get(&opts.name).await {
-            Ok(sks) => token_lifetime(&set, &sks),
-            Err(e) => {
-                metrics.sync_errors.inc();
-                tracing::warn!(set = %set, error = %e, "reading the SigningKeySet failed; serving the state file, retrying");
-                continue;
-            }
+        let outcome = match policy {
+            Ok(p) => next(&opts, current.as_ref(), secret, p),
+            Err(e) => Err(SignerError::Set {
+                set: set.clone(),
+                why: e.to_string(),
+            }),
         };
-        let outcome = lifetime.and_then(|l| next(&opts, current.as_ref(), &secret, l));
         match outcome {
             Ok(None) => {}
             Ok(Some((c, snap))) => {

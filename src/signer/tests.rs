@@ -301,7 +301,7 @@ fn the_state_file_round_trips_privately_and_refuses_going_back() {
         record(&a, 0, Some(10), Some(100)),
         record(&b, 50, Some(100), None),
     ]);
-    let (c1, s1) = sync::next(&o, None, &secret(&before, "1"), 3600)
+    let (c1, s1) = sync::next(&o, None, &secret(&before, "1"), &lifetime(3600))
         .unwrap()
         .unwrap();
     assert_eq!(s1.active_kid(), Some(a.kid()));
@@ -322,19 +322,19 @@ fn the_state_file_round_trips_privately_and_refuses_going_back() {
     assert_eq!(snap.kids(), [a.kid(), b.kid()]);
     // The same version again changes nothing; a newer one is taken; an older one refused.
     assert!(
-        sync::next(&o, Some(&loaded), &secret(&before, "1"), 3600)
+        sync::next(&o, Some(&loaded), &secret(&before, "1"), &lifetime(3600))
             .unwrap()
             .is_none()
     );
-    let (c2, s2) = sync::next(&o, Some(&loaded), &secret(&after, "2"), 3600)
+    let (c2, s2) = sync::next(&o, Some(&loaded), &secret(&after, "2"), &lifetime(3600))
         .unwrap()
         .unwrap();
     assert_eq!(s2.active_kid(), Some(b.kid()));
-    let e = sync::next(&o, Some(&c2), &secret(&before, "3"), 3600).unwrap_err();
+    let e = sync::next(&o, Some(&c2), &secret(&before, "3"), &lifetime(3600)).unwrap_err();
     assert!(matches!(e, SignerError::Rollback(_)), "{e}");
     // A lifetime change alone is a new document.
     assert!(
-        sync::next(&o, Some(&c2), &secret(&after, "2"), 7200)
+        sync::next(&o, Some(&c2), &secret(&after, "2"), &lifetime(7200))
             .unwrap()
             .is_some()
     );
@@ -357,6 +357,94 @@ fn the_state_file_round_trips_privately_and_refuses_going_back() {
     );
     std::fs::write(&o.state_file, b"{\"version\":2}").unwrap();
     assert!(sync::load(&o).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A policy with this token lifetime and nothing revoked.
+fn lifetime(seconds: i64) -> sync::Policy {
+    sync::Policy {
+        lifetime_seconds: seconds,
+        revoked: vec![],
+    }
+}
+
+/// A kid in `spec.revokedKeyIds` is neither signed with nor handed to the API server, from
+/// the set's spec alone (the operator has not written anything since), and after a restart
+/// from the state file too.
+#[test]
+fn a_revoked_key_neither_signs_nor_verifies_before_the_operator_writes() {
+    let dir = tempdir("revoked");
+    let o = opts(&dir);
+    let a = KeyPair::generate(Algorithm::ES256, None).unwrap();
+    let b = KeyPair::generate(Algorithm::ES256, None).unwrap();
+    let st = state(vec![
+        record(&a, 0, Some(10), None),
+        record(&b, 50, None, None),
+    ]);
+    let (c1, s1) = sync::next(&o, None, &secret(&st, "1"), &lifetime(3600))
+        .unwrap()
+        .unwrap();
+    assert_eq!(s1.active_kid(), Some(a.kid()));
+    file::write(&o.state_file, &c1.doc).unwrap();
+    let revoked = sync::Policy {
+        lifetime_seconds: 3600,
+        revoked: vec![a.kid().to_string()],
+    };
+    // The same Secret, the set's spec changed: a new document.
+    let (c2, s2) = sync::next(&o, Some(&c1), &secret(&st, "1"), &revoked)
+        .unwrap()
+        .expect("a revocation alone changes what is served");
+    assert_eq!(
+        s2.active_kid(),
+        None,
+        "the revoked Active key does not sign"
+    );
+    assert_eq!(s2.kids(), vec![b.kid()], "nor is it handed out to verify");
+    let e = service(Some(s2)).sign_claims("e30").unwrap_err();
+    assert_eq!(
+        e.code(),
+        tonic::Code::Unavailable,
+        "no key signs until the replacement arrives"
+    );
+    file::write(&o.state_file, &c2.doc).unwrap();
+    let (_, reloaded) = sync::load(&o).unwrap().unwrap();
+    assert_eq!(
+        reloaded.active_kid(),
+        None,
+        "a restart keeps the revocation"
+    );
+    assert_eq!(reloaded.kids(), vec![b.kid()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A symlink planted where the state file's temporary file goes is removed, never written
+/// through: the keys land in the state file and nowhere else.
+#[test]
+fn the_state_file_is_never_written_through_a_planted_symlink() {
+    let dir = tempdir("symlink");
+    let o = opts(&dir);
+    let elsewhere = dir.join("elsewhere");
+    std::fs::write(&elsewhere, b"untouched").unwrap();
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        o.state_file.file_name().unwrap().to_string_lossy()
+    ));
+    std::os::unix::fs::symlink(&elsewhere, &tmp).unwrap();
+    let kp = KeyPair::generate(Algorithm::ES256, None).unwrap();
+    let st = state(vec![record(&kp, 0, Some(1), None)]);
+    let (c, _) = sync::next(&o, None, &secret(&st, "1"), &lifetime(3600))
+        .unwrap()
+        .unwrap();
+    file::write(&o.state_file, &c.doc).unwrap();
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), b"untouched");
+    assert!(
+        !std::fs::symlink_metadata(&o.state_file)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let (_, loaded) = sync::load(&o).unwrap().unwrap();
+    assert_eq!(loaded.active_kid(), Some(kp.kid()));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

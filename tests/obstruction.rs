@@ -1,0 +1,301 @@
+//! Obstruction, tried from the attacker's own identity against the real control plane: a
+//! tenant who cannot forge a key tries to stop keyturn from doing its job for somebody else.
+//! Each test is an attack of docs/security.md's "Obstruction" section:
+//!
+//! - a blocked copy (an object of the copy's name that keyturn did not make) never holds a
+//!   revocation back: the revoked key leaves the signing Secret and every copy keyturn can
+//!   write within seconds, and its replacement signs (I10);
+//! - a ConfigMap that merely carries a copy's labels and annotations is never taken for the
+//!   copy, is never touched, and cannot freeze the set (I11);
+//! - a set parked in a refused state keeps no copy in a namespace that withdrew its consent
+//!   (I8).
+//!
+//! (A `spec.verificationKeys` source read only with its writers' consent is attacked in
+//! tests/adoption.rs.)
+
+mod common;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use keyturn::crd::SigningKeySet;
+
+/// How long a revocation may take to reach the signing Secret and every writable copy: a few
+/// reconciles, far below any retry (the blocked copy's is 10 s, a refusal's 60 s).
+const REVOCATION_WITHIN: Duration = Duration::from_secs(8);
+
+async fn namespace(client: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+/// The kids of the JWKS a ConfigMap holds (none when it holds no JWKS).
+fn kids(cm: &ConfigMap) -> Vec<String> {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get("jwks.json"))
+        .and_then(|t| keyturn::jwks::kids(t.as_bytes()).ok())
+        .unwrap_or_default()
+}
+
+/// A tenant of `ns` who may do anything with ConfigMaps there and nothing else.
+async fn configmap_writer(client: &Client, ns: &str) -> Api<ConfigMap> {
+    let (c, _) = common::restricted_with(
+        client,
+        ns,
+        "cm-writer",
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}]),
+    )
+    .await;
+    Api::namespaced(c, ns)
+}
+
+/// Revokes `kid` of `src/auth` (the set's owner does it, with the admin client here: it is
+/// not the attacker).
+async fn revoke(client: &Client, src: &str, kid: &str) {
+    Api::<SigningKeySet>::namespaced(client.clone(), src)
+        .patch(
+            "auth",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"revokedKeyIds": [kid]}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until the signing Secret of `src/auth` holds a key other than `revoked`.
+async fn wait_replaced(client: &Client, src: &str, revoked: &str) -> String {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), src);
+    let r = revoked.to_string();
+    let s = common::wait_object(
+        &secrets,
+        "auth-signing-key",
+        "the revoked key out of the signing Secret and its replacement in",
+        REVOCATION_WITHIN,
+        move |o: Option<&Secret>| {
+            o.and_then(|s| s.data.as_ref()?.get("kid"))
+                .is_some_and(|k| k.0 != r.as_bytes())
+        },
+    )
+    .await
+    .unwrap();
+    common::signing_kid(&s)
+}
+
+/// Waits until the copy `ns/auth-jwks` holds `kid` and not `revoked`.
+async fn wait_copy(client: &Client, ns: &str, kid: &str, revoked: &str) {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let (kid, revoked) = (kid.to_string(), revoked.to_string());
+    common::wait_object(
+        &cms,
+        "auth-jwks",
+        &format!("{ns}/auth-jwks to hold the replacement and not the revoked key"),
+        REVOCATION_WITHIN,
+        move |o: Option<&ConfigMap>| {
+            o.is_some_and(|c| {
+                let k = kids(c);
+                k.contains(&kid) && !k.contains(&revoked)
+            })
+        },
+    )
+    .await;
+}
+
+/// Reproduction 1 of the obstruction issue: a tenant of a fan-out namespace replaces keyturn's
+/// copy with an object of its own, which blocks every write there. The set's owner then
+/// revokes its Active key in an emergency: the revoked key must stop signing at once.
+#[tokio::test]
+async fn a_blocked_copy_never_holds_a_revocation_back() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let src = common::fresh_namespace(&client, "revoke").await;
+    let (dst, blocked) = (format!("{src}-a"), format!("{src}-b"));
+    for ns in [&dst, &blocked] {
+        namespace(&client, ns).await;
+        common::grant(&client, ns, &src, None).await;
+    }
+    let attacker = configmap_writer(&client, &blocked).await;
+    let _op = common::Operator::start(&src);
+    common::create_set(
+        &client,
+        &src,
+        "auth",
+        json!({"rotation": {"interval": "1h", "prePublish": "10m", "overlap": "10m"},
+               "jwks": {"namespaces": [dst, blocked]}}),
+    )
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
+    common::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
+    let revoked = common::signing_kid(&secrets.get("auth-signing-key").await.unwrap());
+
+    // The attacker puts an object of its own where keyturn's copy was (keyturn recreates its
+    // copy as soon as it is deleted: the attacker tries until its own object holds the name).
+    let theirs: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "auth-jwks"}, "data": {"jwks.json": "theirs"}}),
+    )
+    .unwrap();
+    let foreign = common::wait_for(
+        "the attacker's object in the copy's place",
+        Duration::from_secs(20),
+        || async {
+            let _ = attacker.delete("auth-jwks", &DeleteParams::default()).await;
+            attacker.create(&PostParams::default(), &theirs).await.ok()
+        },
+    )
+    .await;
+    let msg = common::wait_condition(&sets, "auth", "Ready", "False", "PublishFailed").await;
+    assert!(msg.contains(&blocked), "{msg}");
+
+    // The emergency: the Active key is revoked while the copy is blocked.
+    revoke(&client, &src, &revoked).await;
+    let replacement = wait_replaced(&client, &src, &revoked).await;
+    for ns in [&src, &dst] {
+        wait_copy(&client, ns, &replacement, &revoked).await;
+    }
+    // The blocked copy is named, and stays the attacker's, byte for byte (I4).
+    let msg = common::wait_condition(&sets, "auth", "Ready", "False", "PublishFailed").await;
+    assert!(msg.contains(&blocked) && !msg.contains(&dst), "{msg}");
+    let now = attacker.get("auth-jwks").await.unwrap();
+    assert_eq!(now.resource_version(), foreign.resource_version());
+    // The revoked key is gone from keyturn's state, private key included.
+    let internal = secrets.get("auth-keyturn-keys").await.unwrap();
+    let state = String::from_utf8_lossy(&internal.data.unwrap()["state.json"].0).into_owned();
+    assert!(
+        !state.contains(&revoked),
+        "the revoked record is still stored"
+    );
+}
+
+/// Reproduction 2: a tenant of a fan-out namespace creates a second ConfigMap carrying the
+/// copy's labels and owner annotation. It must not be taken for the copy: a revocation still
+/// reaches the real copy at once, the set says Ready only once it has, and the decoy is left
+/// untouched.
+#[tokio::test]
+async fn a_labelled_decoy_neither_freezes_a_set_nor_is_touched() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let src = common::fresh_namespace(&client, "decoy").await;
+    let dst = format!("{src}-copies");
+    namespace(&client, &dst).await;
+    common::grant(&client, &dst, &src, None).await;
+    let attacker = configmap_writer(&client, &dst).await;
+    let _op = common::Operator::start(&src);
+    common::create_set(
+        &client,
+        &src,
+        "auth",
+        json!({"rotation": {"interval": "1h", "prePublish": "10m", "overlap": "10m"},
+               "jwks": {"namespaces": [dst]}}),
+    )
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
+    common::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
+    let revoked = common::signing_kid(&secrets.get("auth-signing-key").await.unwrap());
+
+    // The decoy: the real copy's labels and annotations, under names sorting before and
+    // after the copy's.
+    let real = common::wait_for("the copy", Duration::from_secs(20), || async {
+        attacker.get_opt("auth-jwks").await.unwrap()
+    })
+    .await;
+    let mut decoys = vec![];
+    for name in ["aa0", "zz1"] {
+        let decoy: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": real.labels(), "annotations": real.annotations()},
+            "data": {"jwks.json": "{\"keys\":[]}"}
+        }))
+        .unwrap();
+        decoys.push(
+            attacker
+                .create(&PostParams::default(), &decoy)
+                .await
+                .unwrap(),
+        );
+    }
+
+    revoke(&client, &src, &revoked).await;
+    let replacement = wait_replaced(&client, &src, &revoked).await;
+    wait_copy(&client, &dst, &replacement, &revoked).await;
+    common::wait_condition_within(
+        &sets,
+        "auth",
+        "Ready",
+        "True",
+        "KeysPublished",
+        REVOCATION_WITHIN,
+    )
+    .await;
+    for d in decoys {
+        let now = attacker.get(&d.name_any()).await.unwrap();
+        assert_eq!(
+            now.resource_version(),
+            d.resource_version(),
+            "decoy {} was touched",
+            d.name_any()
+        );
+    }
+}
+
+/// A tenant parks its set in a state keyturn refuses (a reserved name keyturn refuses at run
+/// time, never retried) while the namespace it fans out to withdraws its consent: the copy
+/// must leave all the same.
+#[tokio::test]
+async fn a_grant_withdrawn_while_the_set_is_refused_removes_the_copy() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let src = common::fresh_namespace(&client, "withdraw").await;
+    let dst = format!("{src}-copies");
+    namespace(&client, &dst).await;
+    let grant = common::grant(&client, &dst, &src, None).await;
+    let (tenant, _) = common::restricted_with(
+        &client,
+        &src,
+        "tenant",
+        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]}]),
+    )
+    .await;
+    let _op = common::Operator::start(&src);
+    common::create_set(
+        &client,
+        &src,
+        "auth",
+        json!({"jwks": {"namespaces": [dst]}}),
+    )
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
+    common::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    let copies: Api<ConfigMap> = Api::namespaced(client.clone(), &dst);
+    let copy = copies.get("auth-jwks").await.unwrap();
+
+    Api::<SigningKeySet>::namespaced(tenant, &src)
+        .patch(
+            "auth",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"secretName": "auth-keyturn-keys"}})),
+        )
+        .await
+        .expect("the tenant may edit its set");
+    common::wait_condition(&sets, "auth", "Ready", "False", "InvalidSpec").await;
+
+    // The target namespace's administrator withdraws consent.
+    Api::<keyturn::crd::SigningKeySetGrant>::namespaced(client.clone(), &dst)
+        .delete(&grant, &DeleteParams::default())
+        .await
+        .unwrap();
+    common::wait_deleted(
+        &copies,
+        "auth-jwks",
+        &copy.uid().unwrap(),
+        Duration::from_secs(10),
+    )
+    .await;
+}
