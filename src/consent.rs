@@ -131,6 +131,14 @@ fn check_label_syntax(sel: &LabelSelector) -> Result<(), String> {
         keys.push(&e.key);
         values.extend(e.values.iter().flatten().map(String::as_str));
     }
+    // Every namespace event evaluates every selector: a selector's size is capped (the CRD
+    // caps the number of labels and expressions; this caps their values too).
+    if values.len() > MAX_SELECTOR_VALUES {
+        return Err(format!(
+            "has {} values; at most {MAX_SELECTOR_VALUES} are accepted",
+            values.len()
+        ));
+    }
     if let Some(k) = keys.into_iter().find(|k| !key_ok(k)) {
         return Err(format!(
             "label key {k:?} is not valid (`[prefix/]name`, the name at most 63 characters of letters, digits, `-`, `_`, `.`)"
@@ -169,6 +177,9 @@ pub fn own_only(sks: &SigningKeySet) -> FanOut {
         denial: Denial::Disabled,
     }
 }
+
+/// Most label values a namespace selector may hold, in its labels and expressions together.
+pub const MAX_SELECTOR_VALUES: usize = 256;
 
 /// How many denied namespaces a condition message names before "and N more".
 const NAMED: usize = 10;
@@ -371,6 +382,21 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_selector_with_too_many_values_is_refused() {
+        let values: Vec<String> = (0..=MAX_SELECTOR_VALUES).map(|i| format!("v{i}")).collect();
+        let s = set(json!({"jwks": {"namespaceSelector": {"matchExpressions": [
+            {"key": "team", "operator": "In", "values": values}]}}}));
+        let e = fan_out(&s, &cluster(), &[]).unwrap_err();
+        assert!(
+            e.starts_with("spec.jwks.namespaceSelector") && e.contains("257 values"),
+            "{e}"
+        );
+        let fewer = set(json!({"jwks": {"namespaceSelector": {"matchExpressions": [
+            {"key": "team", "operator": "In", "values": &values[..MAX_SELECTOR_VALUES]}]}}}));
+        assert!(fan_out(&fewer, &cluster(), &[]).is_ok());
     }
 
     #[test]

@@ -242,6 +242,18 @@ impl Default for RotationSpec {
 /// Where and how the public JWKS is published.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.namespaceSelector) || !has(self.namespaceSelector.matchLabels) || size(self.namespaceSelector.matchLabels) <= 32",
+        "message": "spec.jwks.namespaceSelector.matchLabels: at most 32 labels",
+        "fieldPath": ".namespaceSelector.matchLabels"
+    },
+    {
+        "rule": "!has(self.namespaceSelector) || !has(self.namespaceSelector.matchExpressions) || size(self.namespaceSelector.matchExpressions) <= 16",
+        "message": "spec.jwks.namespaceSelector.matchExpressions: at most 16 expressions",
+        "fieldPath": ".namespaceSelector.matchExpressions"
+    }
+]))]
 pub struct JwksSpec {
     /// Name of the JWKS ConfigMap. Default: `<name>-jwks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

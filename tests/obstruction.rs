@@ -299,3 +299,36 @@ async fn a_grant_withdrawn_while_the_set_is_refused_removes_the_copy() {
     )
     .await;
 }
+
+/// A selector is evaluated on every namespace event for every set that has one: a tenant's
+/// set cannot carry a huge one. The API server refuses it at apply time, naming the field.
+#[tokio::test]
+async fn a_huge_namespace_selector_is_refused_at_apply_time() {
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let ns = common::fresh_namespace(&client, "selector").await;
+    let (tenant, _) = common::restricted_with(
+        &client,
+        &ns,
+        "tenant",
+        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]}]),
+    )
+    .await;
+    let labels: serde_json::Map<String, serde_json::Value> =
+        (0..33).map(|i| (format!("l{i}"), json!("on"))).collect();
+    let expressions: Vec<serde_json::Value> = (0..17)
+        .map(|i| json!({"key": format!("k{i}"), "operator": "Exists"}))
+        .collect();
+    for (selector, field) in [
+        (json!({"matchLabels": labels}), "spec.jwks.namespaceSelector.matchLabels"),
+        (
+            json!({"matchExpressions": expressions}),
+            "spec.jwks.namespaceSelector.matchExpressions",
+        ),
+    ] {
+        let e = common::try_create_set(&tenant, &ns, "big", json!({"jwks": {"namespaceSelector": selector}}))
+            .await
+            .expect_err("a huge selector is refused");
+        assert!(e.to_string().contains(field), "{e}");
+    }
+}

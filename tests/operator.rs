@@ -783,13 +783,18 @@ async fn manual_rotation_and_emergency_revocation() {
     )
     .await
     .unwrap();
+    // The revoked key leaves the signing Secret first (it may be empty for a moment: no key
+    // rather than a revoked one), then the replacement signs.
     let s2 = second.clone();
     let signing = common::wait_object(
         &secrets,
         "auth-signing-key",
         "replacement signs",
         Duration::from_secs(30),
-        move |o: Option<&Secret>| o.is_some_and(|s| secret_str(s, "kid") != s2),
+        move |o: Option<&Secret>| {
+            o.and_then(|s| s.data.as_ref()?.get("kid"))
+                .is_some_and(|k| k.0 != s2.as_bytes())
+        },
     )
     .await
     .unwrap();
