@@ -3,7 +3,7 @@
 //! - `victim TAG ROTATIONS REVOCATIONS`: a set `victim-TAG` in `bench-victim` (ES256, interval
 //!   4s, prePublish 1s, overlap 2s, fanned out to `bench-victim-copies`). For each of ROTATIONS
 //!   rotations, the delay from the scheduled publication instant (the previous key's activation
-//!   + interval − prePublish, from the operator's own state) to the new key in the JWKS
+//!   plus interval minus prePublish, from the operator's own state) to the new key in the JWKS
 //!   ConfigMap; then REVOCATIONS times: its Active kid revoked, and the time until the signing
 //!   Secret and both JWKS ConfigMaps no longer hold it. Prints p50/p99 of each.
 //! - `storm N`: N RSA-4096 sets in `bench-hostile` on the shortest schedule the CRD accepts
@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -24,20 +24,8 @@ use serde_json::json;
 
 use keyturn::crd::SigningKeySet;
 
-fn pct(mut v: Vec<f64>, p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-async fn ensure_ns(client: &Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    let _ = Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await;
-}
+mod common;
+use common::{ensure_ns, pct};
 
 fn kids(cm: &ConfigMap) -> Vec<String> {
     cm.data
@@ -99,32 +87,16 @@ async fn victim(client: Client, tag: &str, rotations: usize, revocations: usize)
         if std::mem::take(&mut first) {
             continue; // the first key has no schedule
         }
-        let internal = secrets
-            .get(&format!("{name}-keyturn-keys"))
-            .await
-            .unwrap();
+        let internal = secrets.get(&format!("{name}-keyturn-keys")).await.unwrap();
         let state: serde_json::Value =
             serde_json::from_slice(&internal.data.unwrap()["state.json"].0).unwrap();
-        let keys = state["keys"].as_array().unwrap();
         for k in &new {
-            let Some(rec) = keys.iter().find(|r| r["kid"] == k.as_str()) else {
-                continue;
-            };
-            let created: chrono::DateTime<chrono::Utc> =
-                rec["createdAt"].as_str().unwrap().parse().unwrap();
-            let prev = keys
-                .iter()
-                .filter_map(|r| {
-                    r["activatedAt"]
-                        .as_str()
-                        .map(|a| a.parse::<chrono::DateTime<chrono::Utc>>().unwrap())
-                })
-                .filter(|a| *a <= created)
-                .max();
-            if let Some(prev) = prev {
-                let scheduled = prev + chrono::Duration::seconds(3);
-                lags.push((now - scheduled).num_microseconds().unwrap() as f64 / 1e3);
-            }
+            lags.extend(common::publication_lag_ms(
+                &state,
+                k,
+                now,
+                chrono::Duration::seconds(3),
+            ));
         }
     }
     drop(stream);

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -22,23 +22,14 @@ use serde_json::json;
 use keyturn::crd::{Algorithm, SigningKeySet};
 use keyturn::keys::KeyPair;
 
+mod common;
+use common::{ensure_ns, pct};
+
 const CONCURRENCY: usize = 16;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-fn pct(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-async fn ensure_ns(client: &Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    let _ = Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await;
 }
 
 /// (label, algorithm, RSA bits, samples, `openssl genpkey` arguments)
@@ -253,27 +244,13 @@ async fn lag(client: Client, n: usize) {
         let internal = secrets.get("lag-keyturn-keys").await.unwrap();
         let state: serde_json::Value =
             serde_json::from_slice(&internal.data.unwrap()["state.json"].0).unwrap();
-        let keys = state["keys"].as_array().unwrap();
         for k in &new {
-            let Some(rec) = keys.iter().find(|r| r["kid"] == k.as_str()) else {
-                continue;
-            };
-            let created: chrono::DateTime<chrono::Utc> =
-                rec["createdAt"].as_str().unwrap().parse().unwrap();
-            // Previous key = the one active when this one was created.
-            let prev = keys
-                .iter()
-                .filter_map(|r| {
-                    r["activatedAt"]
-                        .as_str()
-                        .map(|a| a.parse::<chrono::DateTime<chrono::Utc>>().unwrap())
-                })
-                .filter(|a| *a <= created)
-                .max();
-            if let Some(prev) = prev {
-                let scheduled = prev + chrono::Duration::milliseconds(500);
-                lags.push((now - scheduled).num_microseconds().unwrap() as f64 / 1e3);
-            }
+            lags.extend(common::publication_lag_ms(
+                &state,
+                k,
+                now,
+                chrono::Duration::milliseconds(500),
+            ));
         }
     }
     println!("lag_rotations={}", lags.len());

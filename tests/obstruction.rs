@@ -57,6 +57,18 @@ async fn configmap_writer(client: &Client, ns: &str) -> Api<ConfigMap> {
     Api::namespaced(c, ns)
 }
 
+/// A tenant of `ns` who may do anything with SigningKeySets there and nothing else.
+async fn set_writer(client: &Client, ns: &str) -> Client {
+    common::restricted_with(
+        client,
+        ns,
+        "tenant",
+        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]}]),
+    )
+    .await
+    .0
+}
+
 /// Revokes `kid` of `src/auth` (the set's owner does it, with the admin client here: it is
 /// not the attacker).
 async fn revoke(client: &Client, src: &str, kid: &str) {
@@ -256,13 +268,7 @@ async fn a_grant_withdrawn_while_the_set_is_refused_removes_the_copy() {
     let dst = format!("{src}-copies");
     namespace(&client, &dst).await;
     let grant = common::grant(&client, &dst, &src, None).await;
-    let (tenant, _) = common::restricted_with(
-        &client,
-        &src,
-        "tenant",
-        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]}]),
-    )
-    .await;
+    let tenant = set_writer(&client, &src).await;
     let _op = common::Operator::start(&src);
     common::create_set(
         &client,
@@ -307,28 +313,248 @@ async fn a_huge_namespace_selector_is_refused_at_apply_time() {
     let client = common::client().await;
     common::ensure_crd(&client).await;
     let ns = common::fresh_namespace(&client, "selector").await;
-    let (tenant, _) = common::restricted_with(
-        &client,
-        &ns,
-        "tenant",
-        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]}]),
-    )
-    .await;
+    let tenant = set_writer(&client, &ns).await;
     let labels: serde_json::Map<String, serde_json::Value> =
         (0..33).map(|i| (format!("l{i}"), json!("on"))).collect();
     let expressions: Vec<serde_json::Value> = (0..17)
         .map(|i| json!({"key": format!("k{i}"), "operator": "Exists"}))
         .collect();
     for (selector, field) in [
-        (json!({"matchLabels": labels}), "spec.jwks.namespaceSelector.matchLabels"),
+        (
+            json!({"matchLabels": labels}),
+            "spec.jwks.namespaceSelector.matchLabels",
+        ),
         (
             json!({"matchExpressions": expressions}),
             "spec.jwks.namespaceSelector.matchExpressions",
         ),
     ] {
-        let e = common::try_create_set(&tenant, &ns, "big", json!({"jwks": {"namespaceSelector": selector}}))
-            .await
-            .expect_err("a huge selector is refused");
+        let e = common::try_create_set(
+            &tenant,
+            &ns,
+            "big",
+            json!({"jwks": {"namespaceSelector": selector}}),
+        )
+        .await
+        .expect_err("a huge selector is refused");
         assert!(e.to_string().contains(field), "{e}");
     }
+}
+
+/// deploy/'s ValidatingAdmissionPolicy, attacked from a tenant's identity: no decoy labelled
+/// as keyturn's can be made, keyturn's copy cannot be tampered with or unlabelled, and
+/// keyturn's finalizer cannot be removed by the set's author; keyturn's own identity (the
+/// ServiceAccount deploy/ runs it as) is exempt, and keyturn keeps working. The plane is shared
+/// with tests that write as tenants on purpose, so the shipped policy is installed under a
+/// name of this test's and bound to this test's namespaces only.
+#[tokio::test]
+async fn the_admission_policy_keeps_keyturns_objects_out_of_other_hands() {
+    use kube::api::ListParams;
+    let client = common::client().await;
+    common::ensure_crd(&client).await;
+    let src = common::fresh_namespace(&client, "vap").await;
+    let dst = format!("{src}-copies");
+    namespace(&client, &dst).await;
+    common::grant(&client, &dst, &src, None).await;
+    for ns in [&src, &dst] {
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                ns,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"keyturn.dev/vap-test": src}}})),
+            )
+            .await
+            .unwrap();
+    }
+    let shipped =
+        std::fs::read_to_string(common::root().join("deploy/admission-policy.yaml")).unwrap();
+    let policy = shipped.split("\n---").next().unwrap().replace(
+        "name: keyturn-objects",
+        &format!("name: keyturn-objects-{src}"),
+    );
+    let binding = format!(
+        "apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: keyturn-objects-{src}}}
+spec:
+  policyName: keyturn-objects-{src}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector: {{matchLabels: {{keyturn.dev/vap-test: {src}}}}}
+"
+    );
+    let out = common::kubectl(
+        &["apply", "-f", "-"],
+        Some(&format!("{policy}\n---\n{binding}")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let _op = common::Operator::start(&src);
+    common::create_set(
+        &client,
+        &src,
+        "auth",
+        json!({"jwks": {"namespaces": [dst]}}),
+    )
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
+    common::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    let attacker = configmap_writer(&client, &dst).await;
+    let tenant = set_writer(&client, &src).await;
+    let real = attacker.get("auth-jwks").await.unwrap();
+    let decoy: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "zz1", "labels": real.labels(), "annotations": real.annotations()},
+        "data": {"jwks.json": "{\"keys\":[]}"}
+    }))
+    .unwrap();
+    let forbidden = |r: Result<ConfigMap, kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(e)) if e.code == 403 => e.message,
+        other => panic!("{what} was not refused: {other:?}"),
+    };
+    // The policy takes effect once the API server has it: probed with a dry run.
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    common::wait_for("the policy in force", Duration::from_secs(30), || async {
+        attacker.create(&dry, &decoy).await.is_err().then_some(())
+    })
+    .await;
+    let msg = forbidden(
+        attacker.create(&PostParams::default(), &decoy).await,
+        "a decoy",
+    );
+    assert!(
+        msg.contains("only keyturn creates or changes objects labelled"),
+        "{msg}"
+    );
+    let mut tampered = real.clone();
+    tampered
+        .data
+        .get_or_insert_default()
+        .insert("jwks.json".into(), "{\"keys\":[]}".into());
+    forbidden(
+        attacker
+            .replace("auth-jwks", &PostParams::default(), &tampered)
+            .await,
+        "tampering with the copy",
+    );
+    forbidden(
+        attacker
+            .patch(
+                "auth-jwks",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": null}}}),
+                ),
+            )
+            .await,
+        "unlabelling the copy",
+    );
+    // The set's author may edit the set, not remove keyturn's finalizer from it.
+    let tenant_sets: Api<SigningKeySet> = Api::namespaced(tenant, &src);
+    match tenant_sets
+        .patch(
+            "auth",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            assert!(
+                e.message.contains("only keyturn removes its finalizer"),
+                "{e:?}"
+            )
+        }
+        other => panic!("removing keyturn's finalizer was not refused: {other:?}"),
+    }
+    assert!(
+        sets.get("auth")
+            .await
+            .unwrap()
+            .finalizers()
+            .contains(&"keyturn.dev/jwks-copies".to_string())
+    );
+    // keyturn's own identity, as deploy/ runs it, is exempt (RBAC lets it write here).
+    common::allow(
+        &client,
+        &dst,
+        "keyturn-as-deployed",
+        "keyturn-system",
+        "keyturn",
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]),
+    )
+    .await;
+    let as_keyturn = as_service_account("keyturn-system", "keyturn").await;
+    Api::<ConfigMap>::namespaced(as_keyturn, &dst)
+        .create(&dry, &decoy)
+        .await
+        .expect("keyturn's ServiceAccount may create its labelled objects");
+    // Deleting stays open (the garbage collector and namespace deletion need it): keyturn puts
+    // its copy back, and nothing the attacker tried is left.
+    attacker
+        .delete("auth-jwks", &Default::default())
+        .await
+        .unwrap();
+    common::wait_object(
+        &attacker,
+        "auth-jwks",
+        "keyturn's copy back",
+        Duration::from_secs(20),
+        |o: Option<&ConfigMap>| o.is_some_and(|c| c.data == real.data),
+    )
+    .await;
+    let labelled = attacker
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=keyturn"))
+        .await
+        .unwrap();
+    assert_eq!(
+        labelled.items.len(),
+        1,
+        "only keyturn's copy carries its labels"
+    );
+    let out = common::kubectl(
+        &[
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            &format!("keyturn-objects-{src}"),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A client that is ServiceAccount `ns/sa` by impersonation (the admin may impersonate), with
+/// that account's groups and no other: the identity deploy/ runs keyturn as.
+async fn as_service_account(ns: &str, sa: &str) -> Client {
+    let text = std::fs::read_to_string(common::kubeconfig_path()).unwrap();
+    let user = format!("system:serviceaccount:{ns}:{sa}");
+    let groups = format!(
+        "[\"system:serviceaccounts\", \"system:serviceaccounts:{ns}\", \"system:authenticated\"]"
+    );
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("client-key:") {
+                let indent = &l[..l.len() - l.trim_start().len()];
+                format!("{l}\n{indent}as: {user}\n{indent}as-groups: {groups}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    let kc = kube::config::Kubeconfig::from_yaml(&out.join("\n")).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    Client::try_from(cfg).unwrap()
 }

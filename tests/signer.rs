@@ -459,7 +459,7 @@ async fn signer_identity(plane: &Plane, client: &Client) -> PathBuf {
     let role: Role = serde_json::from_value(json!({
         "metadata": {"name": "keyturn-signer"},
         "rules": [
-            {"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "resourceNames": [SET], "verbs": ["get"]},
+            {"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "resourceNames": [SET], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [keyturn::crd::internal_secret_name(SET)], "verbs": ["get", "list", "watch"]}
         ]
     }))

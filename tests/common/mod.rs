@@ -125,7 +125,8 @@ where
     .await;
 }
 
-fn root() -> PathBuf {
+/// The repository's root.
+pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
