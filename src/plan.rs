@@ -139,6 +139,10 @@ pub struct Observed {
     /// Kid the signing Secret names (its `kid`), whatever else it holds: a revoked one is
     /// taken out before anything else happens (I10).
     pub signing_held: Option<String>,
+    /// Some copy of the JWKS keyturn made still holds a revoked kid: the JWKS is written
+    /// again before anything else (a replacement that cannot be generated yet must not keep
+    /// the revoked key published, I10).
+    pub revoked_published: bool,
     /// Pending keys recorded as published that some JWKS copy lacks (a namespace that joined
     /// or consented since, a copy deleted): their prePublish must start again.
     pub lagging: BTreeSet<String>,
@@ -331,6 +335,15 @@ pub fn plan(s: &Settings, observed: &Observed, now: DateTime<Utc>) -> Plan {
         && let Some((next, events)) = without_revoked(state, s)
     {
         return Plan::Do(Step::Store(next, events));
+    }
+    if let Some(state) = &observed.state
+        && observed.revoked_published
+    {
+        let desired = published_order(state, s, now)
+            .iter()
+            .map(|r| r.kid.clone())
+            .collect();
+        return Plan::Do(Step::Publish(desired));
     }
     let Some(state) = &observed.state else {
         return Plan::Do(Step::Generate {
@@ -1198,6 +1211,30 @@ mod tests {
             }
             other => panic!("expected the revoked record dropped first, got {other:?}"),
         }
+    }
+
+    /// A revoked kid that some copy still holds leaves the copies before the replacement is
+    /// generated (a generation that is refused or slow must not keep it published).
+    #[test]
+    fn a_revoked_kid_leaves_the_copies_before_its_replacement_is_generated() {
+        let mut s = settings("10h", "1h", "1h");
+        let mut w = World::new();
+        w.settle(&s);
+        let old = w.active_kid().unwrap();
+        s.revoked.insert(old.clone());
+        w.revoked_ever.insert(old.clone());
+        w.apply(Step::Unsign, &s);
+        w.obs.revoked_published = true;
+        assert_eq!(plan(&s, &w.obs, w.now), Plan::Do(Step::Publish(vec![])));
+        w.apply(Step::Publish(vec![]), &s);
+        w.obs.revoked_published = false;
+        assert!(matches!(
+            plan(&s, &w.obs, w.now),
+            Plan::Do(Step::Generate {
+                reason: GenerateReason::Revocation,
+                ..
+            })
+        ));
     }
 
     /// While a revoked Active key is being replaced the planner says so (the applier then

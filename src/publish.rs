@@ -190,11 +190,40 @@ pub fn signing_secret(sks: &SigningKeySet, rec: &KeyRecord) -> Option<Secret> {
     })
 }
 
+/// The annotation of the signing Secret listing the kids keyturn took out of it for a
+/// revocation (comma-separated, the latest [`MAX_REVOKED_REMEMBERED`]): none of them is put
+/// back, whatever the spec says later.
+pub const REVOKED_ANNOTATION: &str = "keyturn.dev/revoked-kids";
+
+/// How many revoked kids the signing Secret remembers (the spec holds at most 64).
+pub const MAX_REVOKED_REMEMBERED: usize = 64;
+
+/// The kids `meta`'s [`REVOKED_ANNOTATION`] lists.
+pub fn revoked_from(meta: &ObjectMeta) -> impl Iterator<Item = &str> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(REVOKED_ANNOTATION))
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .filter(|k| !k.is_empty())
+}
+
 /// The signing Secret with no key: what it holds once its key is revoked, until a
-/// replacement signs (issuers fail closed instead of signing with a revoked key).
-pub fn unsigned_secret(sks: &SigningKeySet) -> Secret {
+/// replacement signs (issuers fail closed instead of signing with a revoked key). It
+/// remembers `revoked` (the latest [`MAX_REVOKED_REMEMBERED`], duplicates dropped).
+pub fn unsigned_secret(sks: &SigningKeySet, mut revoked: Vec<String>) -> Secret {
+    let mut seen = std::collections::BTreeSet::new();
+    revoked.reverse();
+    revoked.retain(|k| seen.insert(k.clone()));
+    revoked.truncate(MAX_REVOKED_REMEMBERED);
+    revoked.reverse();
+    let mut metadata = meta(sks, sks.secret_name());
+    metadata.annotations = Some(BTreeMap::from([(
+        REVOKED_ANNOTATION.to_string(),
+        revoked.join(","),
+    )]));
     Secret {
-        metadata: meta(sks, sks.secret_name()),
+        metadata,
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::new()),
         ..Default::default()
@@ -459,6 +488,24 @@ mod tests {
             ),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_emptied_signing_secret_remembers_the_kids_it_was_emptied_of() {
+        let sks: SigningKeySet = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
+            "metadata": {"name": "auth", "namespace": "identity", "uid": "u-1"}, "spec": {}
+        }))
+        .unwrap();
+        let mut many: Vec<String> = (0..70).map(|i| format!("k{i}")).collect();
+        many.push("k3".into()); // revoked again: kept once, as the latest
+        let s = unsigned_secret(&sks, many);
+        let kept: Vec<&str> = revoked_from(&s.metadata).collect();
+        assert_eq!(kept.len(), MAX_REVOKED_REMEMBERED);
+        assert_eq!(kept.last(), Some(&"k3"));
+        assert!(!kept.contains(&"k0"), "the oldest are dropped first");
+        assert!(s.data.as_ref().unwrap().is_empty(), "no key at all");
+        assert_eq!(revoked_from(&ObjectMeta::default()).count(), 0);
     }
 
     #[test]

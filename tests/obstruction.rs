@@ -101,6 +101,38 @@ async fn wait_replaced(client: &Client, src: &str, revoked: &str) -> String {
     common::signing_kid(&s)
 }
 
+/// Waits until `src/auth`'s status has `kid` Active and `Ready` with `status`/`reason` (a
+/// status written after the revocation: one that only predates it names the revoked kid);
+/// returns the condition's message.
+async fn wait_status_after(
+    client: &Client,
+    src: &str,
+    kid: &str,
+    status: &'static str,
+    reason: &'static str,
+) -> String {
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), src);
+    let kid = kid.to_string();
+    let s = common::wait_object(
+        &sets,
+        "auth",
+        &format!("status: {kid} Active, Ready={status} ({reason})"),
+        REVOCATION_WITHIN,
+        move |o: Option<&SigningKeySet>| {
+            o.and_then(|s| s.status.as_ref()).is_some_and(|st| {
+                st.active_key_id.as_deref() == Some(kid.as_str())
+                    && st
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == status && c.reason == reason)
+            })
+        },
+    )
+    .await
+    .unwrap();
+    common::condition(&s, "Ready").unwrap().2
+}
+
 /// Waits until the copy `ns/auth-jwks` holds `kid` and not `revoked`.
 async fn wait_copy(client: &Client, ns: &str, kid: &str, revoked: &str) {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -173,7 +205,7 @@ async fn a_blocked_copy_never_holds_a_revocation_back() {
         wait_copy(&client, ns, &replacement, &revoked).await;
     }
     // The blocked copy is named, and stays the attacker's, byte for byte (I4).
-    let msg = common::wait_condition(&sets, "auth", "Ready", "False", "PublishFailed").await;
+    let msg = wait_status_after(&client, &src, &replacement, "False", "PublishFailed").await;
     assert!(msg.contains(&blocked) && !msg.contains(&dst), "{msg}");
     let now = attacker.get("auth-jwks").await.unwrap();
     assert_eq!(now.resource_version(), foreign.resource_version());
@@ -237,15 +269,7 @@ async fn a_labelled_decoy_neither_freezes_a_set_nor_is_touched() {
     revoke(&client, &src, &revoked).await;
     let replacement = wait_replaced(&client, &src, &revoked).await;
     wait_copy(&client, &dst, &replacement, &revoked).await;
-    common::wait_condition_within(
-        &sets,
-        "auth",
-        "Ready",
-        "True",
-        "KeysPublished",
-        REVOCATION_WITHIN,
-    )
-    .await;
+    wait_status_after(&client, &src, &replacement, "True", "KeysPublished").await;
     for d in decoys {
         let now = attacker.get(&d.name_any()).await.unwrap();
         assert_eq!(

@@ -116,14 +116,17 @@ impl<'a> Applier<'a> {
                 Step::Publish(kids) => {
                     // A copy that cannot be written holds back a scheduled activation, never
                     // a revocation's replacement: that one signs once every copy keyturn can
-                    // write holds it, and the others are named (I10).
-                    let revoking = obs
+                    // write holds it, and the others are named (I10). Taking a revoked kid out
+                    // of the copies is tried everywhere, whatever fails, but what follows it
+                    // waits for every copy as usual.
+                    let cleaning = std::mem::take(&mut obs.revoked_published);
+                    let replacing = obs
                         .state
                         .as_ref()
                         .is_some_and(|st| plan::replacing_revoked(st, settings));
-                    match self.publish(&obs, &kids, revoking).await? {
+                    match self.publish(&obs, &kids, cleaning || replacing).await? {
                         Err(refusal) => Some(refusal),
-                        Ok(failures) if !failures.is_empty() && !revoking => {
+                        Ok(failures) if !failures.is_empty() && !replacing => {
                             applied.publish_failures = failures;
                             applied.settled = true;
                             break;
@@ -137,12 +140,14 @@ impl<'a> Applier<'a> {
                         }
                     }
                 }
-                Step::Sign(kid) => {
-                    self.sign(&obs, &kid).await?;
-                    obs.signing_held = Some(kid.clone());
-                    obs.signing = Some(kid);
-                    None
-                }
+                Step::Sign(kid) => match self.sign(&obs, &kid).await? {
+                    Some(refusal) => Some(refusal),
+                    None => {
+                        obs.signing_held = Some(kid.clone());
+                        obs.signing = Some(kid);
+                        None
+                    }
+                },
                 Step::Unsign => {
                     self.unsign().await?;
                     obs.signing = None;
@@ -200,9 +205,9 @@ impl<'a> Applier<'a> {
         let kp = match imported {
             Some(kp) => kp,
             None => {
-                // A first key and a revocation's replacement are urgent: no storm of
-                // scheduled rotations, in this namespace or any other, delays them.
-                let urgent = matches!(reason, GenerateReason::First | GenerateReason::Revocation);
+                // A revocation's replacement is urgent: no storm of scheduled rotations, in
+                // this namespace or any other, delays it.
+                let urgent = reason == GenerateReason::Revocation;
                 let ns = self.sks.namespace().unwrap_or_default();
                 self.ctx
                     .keygen
@@ -261,7 +266,23 @@ impl<'a> Applier<'a> {
     }
 
     /// [`Step::Sign`]: the signing Secret holds key `kid`.
-    async fn sign(&mut self, obs: &Observed, kid: &str) -> Result<(), Error> {
+    async fn sign(&mut self, obs: &Observed, kid: &str) -> Result<Option<Refusal>, Error> {
+        // A key once taken out of the signing Secret for a revocation never goes back in,
+        // whatever the spec says now (a revocation taken back, a replica deciding from a set
+        // that predates the revocation): the Secret remembers it.
+        if self
+            .objects
+            .signing
+            .as_ref()
+            .is_some_and(|s| publish::revoked_from(&s.metadata).any(|k| k == kid))
+        {
+            return Ok(Some(Refusal::new(
+                Reason::InvalidSpec,
+                format!(
+                    "spec.revokedKeyIds: key {kid} was revoked and never signs again; put it back in spec.revokedKeyIds (a manual rotation or a revocation gives the set a new key)"
+                ),
+            )));
+        }
         let state = obs.state.as_ref().ok_or(Error::Invariant(
             "the plan signs before any key is stored".into(),
         ))?;
@@ -278,7 +299,7 @@ impl<'a> Applier<'a> {
         self.confirm_internal().await?;
         self.write_secret(Slot::Signing, desired).await?;
         info!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), kid = %kid, "signing Secret holds key");
-        Ok(())
+        Ok(None)
     }
 
     /// True when the internal Secret's public-state annotation is the one `state` gives.
@@ -296,7 +317,25 @@ impl<'a> Applier<'a> {
     /// an older one back. Also called when the set is refused before any plan, so that no
     /// refusal holds a revocation back.
     pub async fn unsign(&mut self) -> Result<(), Error> {
-        self.write_secret(Slot::Signing, publish::unsigned_secret(self.sks))
+        let mut revoked: Vec<String> = self
+            .objects
+            .signing
+            .as_ref()
+            .map(|s| {
+                publish::revoked_from(&s.metadata)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(held) = self
+            .objects
+            .signing
+            .as_ref()
+            .and_then(|s| s.data.as_ref()?.get("kid"))
+        {
+            revoked.push(String::from_utf8_lossy(&held.0).into_owned());
+        }
+        self.write_secret(Slot::Signing, publish::unsigned_secret(self.sks, revoked))
             .await?;
         warn!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), "a revoked key was taken out of the signing Secret; nothing signs until its replacement does");
         Ok(())

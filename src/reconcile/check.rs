@@ -361,9 +361,25 @@ fn observe(
         lagging: lagging_kids(sks, &state, &objects.copies, targets),
         signing: signing_kid(&state, objects.signing.as_ref()),
         signing_held,
+        revoked_published: revoked_published(sks, &objects.copies),
         state: Some(state),
         verification: None,
     }
+}
+
+/// True when a copy of the set's own (its labels and owner) holds a kid of
+/// `spec.revokedKeyIds`.
+fn revoked_published(sks: &SigningKeySet, copies: &BTreeMap<String, ConfigMap>) -> bool {
+    let revoked = &sks.spec.revoked_key_ids;
+    !revoked.is_empty()
+        && copies.values().any(|c| {
+            publish::is_owned_copy(&c.metadata, sks)
+                && c.data
+                    .as_ref()
+                    .and_then(|d| d.get(&sks.jwks_key()))
+                    .and_then(|t| crate::jwks::kids(t.as_bytes()).ok())
+                    .is_some_and(|kids| kids.iter().any(|k| revoked.contains(k)))
+        })
 }
 
 /// The kid a signing Secret names (its `kid` data key), whatever else it holds.

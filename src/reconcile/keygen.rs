@@ -5,9 +5,13 @@
 //!
 //! - each namespace generates one key at a time (its other sets wait in its own queue, not in
 //!   everyone's): a storm in one namespace holds at most one thread;
-//! - a set's first key and a revocation's replacement are urgent: they skip their namespace's
-//!   queue and may also take a thread kept for them alone, so that neither waits behind
-//!   scheduled rotations anywhere.
+//! - a revocation's replacement is urgent: it waits in a second queue of its namespace's (one
+//!   urgent key at a time per namespace, so that a tenant revoking its own keys in a loop
+//!   holds at most one more thread), and may take a thread kept for urgent keys, so that it
+//!   never waits behind scheduled rotations anywhere.
+//!
+//! The permits travel with the blocking work: a reconcile dropped while its key is being
+//! generated frees neither its thread nor its namespace's turn before the work is done.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +26,8 @@ pub const SHARED_THREADS: usize = 6;
 pub struct KeyGen {
     shared: Arc<Semaphore>,
     urgent: Arc<Semaphore>,
-    namespaces: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Each namespace's queues, by (namespace, urgent).
+    namespaces: Mutex<HashMap<(String, bool), Arc<Semaphore>>>,
 }
 
 impl Default for KeyGen {
@@ -42,21 +47,19 @@ impl KeyGen {
     }
 
     /// Runs `work` (a key generation) on a blocking thread once it is `namespace`'s turn and a
-    /// thread is free; `urgent` work (a first key, a revocation's replacement) does not wait
-    /// for its namespace's turn and may take the thread kept for it. `None` when the blocking
-    /// task failed (panicked or was cancelled).
+    /// thread is free; `urgent` work (a revocation's replacement) has a queue of its own in
+    /// the namespace and may take the thread kept for it. `None` when the blocking task failed
+    /// (panicked).
     pub async fn run<T: Send + 'static>(
         &self,
         namespace: &str,
         urgent: bool,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
-        let queue = (!urgent).then(|| self.queue(namespace));
-        let _turn = match &queue {
-            Some(q) => Some(q.clone().acquire_owned().await.ok()?),
-            None => None,
-        };
-        let _thread = if urgent {
+        let key = (namespace.to_string(), urgent);
+        let queue = self.queue(&key);
+        let turn = queue.clone().acquire_owned().await.ok()?;
+        let thread = if urgent {
             tokio::select! {
                 p = self.urgent.clone().acquire_owned() => p.ok()?,
                 p = self.shared.clone().acquire_owned() => p.ok()?,
@@ -64,29 +67,33 @@ impl KeyGen {
         } else {
             self.shared.clone().acquire_owned().await.ok()?
         };
-        let out = tokio::task::spawn_blocking(work).await.ok();
-        drop(_turn);
-        if let Some(q) = queue {
-            self.release(namespace, q);
-        }
+        let out = tokio::task::spawn_blocking(move || {
+            let out = work();
+            drop((thread, turn));
+            out
+        })
+        .await
+        .ok();
+        self.release(&key, queue);
         out
     }
 
-    /// `namespace`'s queue (one turn at a time).
-    fn queue(&self, namespace: &str) -> Arc<Semaphore> {
+    /// The queue of `key` (one turn at a time).
+    fn queue(&self, key: &(String, bool)) -> Arc<Semaphore> {
         let mut m = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(namespace.to_string())
+        m.entry(key.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(1)))
             .clone()
     }
 
-    /// Forgets `namespace`'s queue once no one holds or waits for it (one entry per
-    /// namespace generating now, not per namespace ever seen).
-    fn release(&self, namespace: &str, queue: Arc<Semaphore>) {
+    /// Forgets a queue once no one holds or waits for it (one entry per namespace generating
+    /// now, not per namespace ever seen). A run cancelled before this leaves its entry, which
+    /// the next run in that namespace reuses and releases.
+    fn release(&self, key: &(String, bool), queue: Arc<Semaphore>) {
         let mut m = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
         // Ours and the map's are the only handles left: nobody waits.
         if Arc::strong_count(&queue) == 2 && queue.available_permits() == 1 {
-            m.remove(namespace);
+            m.remove(key);
         }
     }
 
@@ -140,6 +147,31 @@ mod tests {
             done.iter().filter(|d| **d < victim).count()
         );
         assert_eq!(kg.queues(), 0, "queues are dropped once idle");
+    }
+
+    /// A tenant revoking its own keys in a loop holds one urgent turn at a time: another
+    /// namespace's revocation, asked for after eight of them, is done before their third.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revocations_in_one_namespace_take_one_urgent_turn_at_a_time() {
+        let kg = Arc::new(KeyGen::new(2));
+        let own: Vec<_> = (0..8)
+            .map(|_| {
+                let kg = kg.clone();
+                tokio::spawn(async move { kg.run("hostile", true, busy(40)).await.unwrap() })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let victim = kg.run("victim", true, busy(40)).await.unwrap();
+        let mut done: Vec<Instant> = vec![];
+        for s in own {
+            done.push(s.await.unwrap());
+        }
+        done.sort();
+        assert!(
+            victim < done[2],
+            "the victim's revocation waited for {} of the hostile tenant's",
+            done.iter().filter(|d| **d < victim).count()
+        );
     }
 
     /// Urgent work (a revocation's replacement) neither waits for its own namespace's storm

@@ -30,6 +30,9 @@ pub struct Objects {
     pub namespaces: Vec<Namespace>,
     /// Every SigningKeySetGrant, when the set asks for fan-out (cluster-wide mode).
     pub grants: Vec<SigningKeySetGrant>,
+    /// The set's own copies (labels and owner uid) in other namespaces under another name
+    /// than its copy name today (`spec.jwks.configMapName` changed): removed, never updated.
+    pub stray: Vec<ObjectMeta>,
     /// The Secret named by `spec.import`, read only while the set has no key (`Err` when it
     /// does not exist).
     pub import_source: Option<Result<Secret, String>>,
@@ -96,6 +99,13 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
         for c in copies.complete().await? {
             if let Some(cns) = c.namespace()
                 && cns != ns
+                && c.metadata.name.as_ref() != Some(&name)
+                && publish::is_owned_copy(&c.metadata, sks)
+            {
+                o.stray.push(c.metadata.clone());
+            }
+            if let Some(cns) = c.namespace()
+                && cns != ns
                 && c.metadata.name.as_ref() == Some(&name)
                 && publish::is_labelled_copy(&c.metadata, sks)
             {
@@ -112,7 +122,7 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
                 }
             }
         }
-        o.copies.extend(copy_data(ctx, owned).await?);
+        o.copies.extend(copy_data(ctx, sks, owned).await?);
     }
     if let Some(c) = o.jwks.clone() {
         o.copies.insert(ns.clone(), c);
@@ -157,6 +167,7 @@ type Sources =
 /// server's watch cache), remembered for the next reconcile. A copy gone meanwhile is left out.
 async fn copy_data(
     ctx: &Context,
+    sks: &SigningKeySet,
     owned: Vec<(String, ObjectMeta)>,
 ) -> Result<Vec<(String, ConfigMap)>, Error> {
     let fetched: Vec<Result<Option<(String, ConfigMap)>, kube::Error>> =
@@ -168,8 +179,22 @@ async fn copy_data(
                 let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &cns);
                 let got = cached(&api, meta.name.as_deref().unwrap_or_default()).await?;
                 Ok(got.map(|c| {
-                    ctx.copy_data.put(&c);
-                    (cns, c)
+                    // Kept only when it is still the set's own copy (another object may have
+                    // taken the name since the watch reported it): anything else is in the
+                    // way, with its metadata only (I11).
+                    if publish::is_owned_copy(&c.metadata, sks) {
+                        ctx.copy_data.put(&c);
+                        (cns, c)
+                    } else {
+                        let metadata = c.metadata;
+                        (
+                            cns,
+                            ConfigMap {
+                                metadata,
+                                ..Default::default()
+                            },
+                        )
+                    }
                 }))
             })
             .buffer_unordered(COPY_READS)

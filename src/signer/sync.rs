@@ -183,7 +183,20 @@ pub async fn run(
                 watcher::Event::Apply(Seen::Secret(s)) | watcher::Event::InitApply(Seen::Secret(s)),
             ) => secret = Some(s),
             Ok(watcher::Event::Apply(Seen::Set(s)) | watcher::Event::InitApply(Seen::Set(s))) => {
-                policy = Some(Policy::of(&set, &s))
+                policy = Some(Policy::of(&set, &s));
+                // A spec the signer refuses (its lifetime) still revokes: the keys it names
+                // stop being served at once, from memory, whatever else is wrong with it.
+                if let (Some(Err(_)), Some(c)) = (&policy, &current)
+                    && !s.spec.revoked_key_ids.is_empty()
+                    && let Ok(snap) = Snapshot::new(
+                        &set,
+                        &without_revoked(&c.state, &s.spec.revoked_key_ids),
+                        c.doc.max_token_lifetime_seconds,
+                    )
+                {
+                    tracing::warn!(set = %set, active = snap.active_kid().unwrap_or("-"), "the set's spec is refused; its revoked keys are no longer served");
+                    served.set(snap);
+                }
             }
             Ok(watcher::Event::Delete(_)) => {
                 // Never drop keys because an object vanished: the API server would refuse
