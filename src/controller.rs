@@ -249,6 +249,29 @@ pub async fn run(
         echoes: ctx_echoes,
     });
     info!(namespace = ?opts.namespace, "keyturn controller starting");
+    {
+        // Said once every cluster-wide cache has its first full list: from then on, a change to
+        // a namespace, a grant or a labelled ConfigMap wakes the sets it concerns (before it, a
+        // change is seen only by a set's own reads and retries).
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let filled = async {
+                if let Some(c) = &ctx.namespaces {
+                    c.complete().await?;
+                }
+                if let Some(c) = &ctx.grants {
+                    c.complete().await?;
+                }
+                if let Some(c) = &ctx.copies {
+                    c.complete().await?;
+                }
+                Ok::<_, crate::reconcile::Error>(())
+            };
+            if filled.await.is_ok() {
+                info!("watch caches filled");
+            }
+        });
+    }
     let ctx_for_gone = ctx.clone();
     let mut set_events_seen = SetEvents {
         ctx: ctx.clone(),

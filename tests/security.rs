@@ -428,7 +428,14 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
     }
 
     // The attacker gives up the name; keyturn publishes its own, woken by the deletion (well
-    // before the refusal's 60 s retry).
+    // before the refusal's 60 s retry) once its watch of labelled ConfigMaps is listed (a
+    // deletion before that is seen only by the retry).
+    common::wait_for(
+        "keyturn's watch caches filled",
+        Duration::from_secs(20),
+        || async { op.log_text().contains("watch caches filled").then_some(()) },
+    )
+    .await;
     cms.delete("auth-jwks", &Default::default()).await.unwrap();
     common::wait_condition_within(
         &sets,
