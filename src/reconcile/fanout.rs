@@ -173,12 +173,6 @@ pub async fn release_copies(
 ) -> Result<(), Error> {
     let ns = sks.namespace().unwrap_or_default();
     remove_copies(sks, ctx, objects, |cns| !spread.targets.contains(cns)).await?;
-    // Copies left under an earlier copy name go too (they would hold keys that are no longer
-    // published, revoked ones included).
-    for stray in std::mem::take(&mut objects.stray) {
-        delete_copy(ctx, stray.namespace.as_deref().unwrap_or_default(), &stray).await?;
-        info!(set = %sks.name_any(), namespace = %ns, from = ?stray.namespace, name = ?stray.name, "removed a JWKS copy left under an earlier name");
-    }
     if !consent::requested(sks) && has_finalizer(sks) && objects.copies.keys().all(|c| *c == ns) {
         set_finalizer(sks, ctx, false).await?;
     }
@@ -250,8 +244,12 @@ pub async fn finalize(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Erro
         .await?
     {
         let cns = c.namespace().unwrap_or_default();
-        // Every copy the set made, under whatever name (its owner uid says so).
-        if cns == own || !publish::is_owned_copy(&c.metadata, sks) {
+        // The set's copies under its copy name only: the owner annotation alone proves
+        // nothing (anyone who can read a copy can copy it onto an object of their own, I4).
+        if cns == own
+            || c.metadata.name.as_deref() != Some(sks.config_map_name().as_str())
+            || !publish::is_owned_copy(&c.metadata, sks)
+        {
             continue;
         }
         delete_copy(ctx, &cns, &c.metadata).await?;

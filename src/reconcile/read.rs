@@ -30,9 +30,6 @@ pub struct Objects {
     pub namespaces: Vec<Namespace>,
     /// Every SigningKeySetGrant, when the set asks for fan-out (cluster-wide mode).
     pub grants: Vec<SigningKeySetGrant>,
-    /// The set's own copies (labels and owner uid) in other namespaces under another name
-    /// than its copy name today (`spec.jwks.configMapName` changed): removed, never updated.
-    pub stray: Vec<ObjectMeta>,
     /// The Secret named by `spec.import`, read only while the set has no key (`Err` when it
     /// does not exist).
     pub import_source: Option<Result<Secret, String>>,
@@ -97,13 +94,6 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
         let name = sks.config_map_name();
         let mut owned = vec![];
         for c in copies.complete().await? {
-            if let Some(cns) = c.namespace()
-                && cns != ns
-                && c.metadata.name.as_ref() != Some(&name)
-                && publish::is_owned_copy(&c.metadata, sks)
-            {
-                o.stray.push(c.metadata.clone());
-            }
             if let Some(cns) = c.namespace()
                 && cns != ns
                 && c.metadata.name.as_ref() == Some(&name)
