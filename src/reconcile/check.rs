@@ -470,6 +470,98 @@ mod tests {
         check(sks, o, None, false).unwrap_err()
     }
 
+    /// The cluster admin's floors refuse a schedule below them, naming the field and the
+    /// flag; none set refuses nothing.
+    #[test]
+    fn floors_refuse_a_schedule_below_them_naming_the_field() {
+        let c = check(
+            &set(json!({"rotation": {"interval": "10m", "prePublish": "1m", "overlap": "5m"}})),
+            &Objects::default(),
+            None,
+            false,
+        )
+        .unwrap();
+        assert!(within_floors(&c.settings, &Floors::default()).is_ok());
+        let d = |s: &str| Some(crate::duration::parse(s).unwrap());
+        for (floors, field, flag) in [
+            (
+                Floors {
+                    min_interval: d("1h"),
+                    ..Default::default()
+                },
+                "spec.rotation.interval",
+                "--min-interval",
+            ),
+            (
+                Floors {
+                    min_pre_publish: d("2m"),
+                    ..Default::default()
+                },
+                "spec.rotation.prePublish",
+                "--min-pre-publish",
+            ),
+            (
+                Floors {
+                    min_overlap: d("10m"),
+                    ..Default::default()
+                },
+                "spec.rotation.overlap",
+                "--min-overlap",
+            ),
+        ] {
+            let r = within_floors(&c.settings, &floors).unwrap_err();
+            assert_eq!(r.reason, Reason::InvalidSpec);
+            assert!(
+                r.message.starts_with(field) && r.message.contains(flag),
+                "{}",
+                r.message
+            );
+        }
+        let equal = Floors {
+            min_interval: d("10m"),
+            min_pre_publish: d("1m"),
+            min_overlap: d("5m"),
+            ..Default::default()
+        };
+        assert!(
+            within_floors(&c.settings, &equal).is_ok(),
+            "a floor is a minimum, not a bound to exceed"
+        );
+    }
+
+    /// The quota serves the oldest sets of a namespace; sets elsewhere and sets being deleted
+    /// do not count.
+    #[test]
+    fn the_quota_serves_the_oldest_sets_of_a_namespace() {
+        let at = |name: &str, ns: &str, secs: i64| {
+            let mut s = set(json!({}));
+            s.metadata.name = Some(name.into());
+            s.metadata.namespace = Some(ns.into());
+            s.metadata.creation_timestamp = Some(
+                serde_json::from_value(json!(format!("2027-01-01T00:00:{secs:02}Z"))).unwrap(),
+            );
+            s
+        };
+        let (a, b, c) = (
+            at("a", "identity", 1),
+            at("b", "identity", 2),
+            at("c", "identity", 3),
+        );
+        let elsewhere = at("z", "other", 0);
+        let mut going = at("g", "identity", 0);
+        going.metadata.deletion_timestamp = going.metadata.creation_timestamp.clone();
+        let all = [&a, &b, &c, &elsewhere, &going];
+        assert!(within_quota(&c, all, None).is_ok());
+        assert!(within_quota(&b, all, Some(2)).is_ok());
+        let r = within_quota(&c, all, Some(2)).unwrap_err();
+        assert_eq!(r.reason, Reason::QuotaExceeded);
+        assert!(
+            r.message.contains("has 3 SigningKeySets") && r.message.contains("at most 2"),
+            "{}",
+            r.message
+        );
+    }
+
     #[test]
     fn a_new_set_checks_out_with_nothing_observed() {
         let c = check(&set(json!({})), &Objects::default(), None, false).unwrap();

@@ -57,16 +57,6 @@ impl CopyData {
             .remove(&CopyData::key(meta));
     }
 
-    /// How many copies' data is held.
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// True when no copy's data is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn key(meta: &ObjectMeta) -> (String, String) {
         (
             meta.namespace.clone().unwrap_or_default(),
