@@ -128,7 +128,7 @@ where
 /// off on its own (`default_backoff`, client-go's 0.8 s to 30 s). kube-runtime's default
 /// here paused *every* watch whenever any one of them failed, and after an API server
 /// restart each watch's 410 (its resourceVersion expired) surfaced in turn, doubling the
-/// pause: a spec change went unseen for 126 s (tests/outage.rs now asserts it is seen).
+/// pause: a spec change went unseen for 126 s (tests/it/outage.rs now asserts it is seen).
 struct EachWatchBacksOff;
 
 impl Iterator for EachWatchBacksOff {

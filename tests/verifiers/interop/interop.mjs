@@ -6,7 +6,7 @@
 //                                         CASES/<case>/jwks.json (createLocalJWKSet: no refetch),
 //                                         the algorithm pinned to CASES/<case>/alg
 //
-// Prints one JSON object per line: {check, case, signer?, ok, error?}. See tests/interop.rs.
+// Prints one JSON object per line: {check, case, signer?, ok, error?}. See tests/it/interop.rs.
 import { createPrivateKey, createPublicKey } from "node:crypto";
 import { readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";

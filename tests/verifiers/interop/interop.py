@@ -9,7 +9,7 @@
                                   pinned to CASES/<case>/alg
 
 Prints one JSON object per line: {"check", "case", "signer"?, "ok", "error"?}.
-See tests/interop.rs for the case layout and the token's claims.
+See tests/it/interop.rs for the case layout and the token's claims.
 """
 import base64
 import hashlib

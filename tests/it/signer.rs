@@ -4,7 +4,7 @@
 //! server restarted mid-rotation, the signer down and back, with an independent checker
 //! polling TokenReview and the cluster's OIDC discovery (`/openid/v1/jwks`) the whole time.
 
-mod common;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,7 +17,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use common::plane::Plane;
+use crate::support::plane::Plane;
 use keyturn::crd::SigningKeySet;
 
 const NS: &str = "kube-system";
@@ -62,7 +62,7 @@ impl Signer {
                 "--refresh-hint".into(),
                 REFRESH_HINT.into(),
                 "--metrics-addr".into(),
-                format!("127.0.0.1:{}", common::free_port()),
+                format!("127.0.0.1:{}", support::free_port()),
                 "--log-format".into(),
                 "json".into(),
             ],
@@ -99,7 +99,7 @@ impl Signer {
             .unwrap()
             .parse()
             .unwrap();
-        common::http_get(port, "/metrics")
+        support::http_get(port, "/metrics")
             .map(|(_, b)| b)
             .unwrap_or_default()
     }
@@ -423,7 +423,7 @@ fn signing_kids(shared: &Mutex<Shared>) -> Vec<String> {
 
 async fn wait_kids(shared: &Arc<Mutex<Shared>>, what: &str, count: usize, timeout: Duration) {
     let sh = shared.clone();
-    common::wait_for(what, timeout, || {
+    support::wait_for(what, timeout, || {
         let sh = sh.clone();
         async move { (signing_kids(&sh).len() >= count).then_some(()) }
     })
@@ -432,7 +432,7 @@ async fn wait_kids(shared: &Arc<Mutex<Shared>>, what: &str, count: usize, timeou
 
 /// Waits until the set has a Pending key: the middle of a rotation.
 async fn wait_pending(sets: &Api<SigningKeySet>) {
-    common::wait_object(
+    support::wait_object(
         sets,
         SET,
         "a Pending key (mid-rotation)",
@@ -489,8 +489,8 @@ async fn tenant_forges(plane: &Plane, admin: &Client) -> String {
     use keyturn::keys::KeyPair;
     use keyturn::state::{KeyRecord, Sensitive, SetState};
     let path = plane.dir.join("tenant.kubeconfig");
-    common::token_kubeconfig_for(admin, &plane.kubeconfig(), "workload", "tenant", &path).await;
-    common::bind(
+    support::token_kubeconfig_for(admin, &plane.kubeconfig(), "workload", "tenant", &path).await;
+    support::bind(
         admin,
         "workload",
         "tenant-admin",
@@ -500,7 +500,7 @@ async fn tenant_forges(plane: &Plane, admin: &Client) -> String {
         "tenant",
     )
     .await;
-    common::allow(
+    support::allow(
         admin,
         "workload",
         "tenant-sets",
@@ -544,7 +544,7 @@ async fn tenant_forges(plane: &Plane, admin: &Client) -> String {
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
-    common::try_create_set(
+    support::try_create_set(
         &tenant,
         "workload",
         SET,
@@ -567,7 +567,7 @@ async fn tenant_forges(plane: &Plane, admin: &Client) -> String {
 /// Waits until a token can be issued again.
 async fn wait_token(client: &Client) -> Duration {
     let started = Instant::now();
-    common::wait_for(
+    support::wait_for(
         "a token from the API server again",
         Duration::from_secs(90),
         || async { token_request(client, "workload", "app", 600).await.ok() },
@@ -626,7 +626,7 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
         .await
         .unwrap();
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), NS);
-    common::create_set(&client, NS, SET, json!({
+    support::create_set(&client, NS, SET, json!({
         "algorithm": "RS256",
         "rotation": {"interval": INTERVAL, "prePublish": PRE_PUBLISH, "overlap": "12m"},
         "maxTokenLifetime": "10m",
@@ -634,8 +634,8 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
         "verificationKeys": [{"configMapName": "legacy-sa-keys", "key": "jwks.json", "until": until.to_rfc3339()}]
     }))
     .await;
-    let mut operator = common::Operator::start_as("signer", NS, plane.kubeconfig(), &[]);
-    common::wait_condition(&sets, SET, "Ready", "True", "KeysPublished").await;
+    let mut operator = support::Operator::start_as("signer", NS, plane.kubeconfig(), &[]);
+    support::wait_condition(&sets, SET, "Ready", "True", "KeysPublished").await;
     // The internal Secret's first state, base64: an old version someone could restore later.
     let first_state = {
         use base64::Engine as _;
@@ -650,7 +650,7 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     let signer_kubeconfig = signer_identity(&plane, &client).await;
     let mut signer = Signer::start(&plane, signer_kubeconfig.clone());
     let sock = signer.socket.clone();
-    common::wait_for("the signer's socket", Duration::from_secs(60), || {
+    support::wait_for("the signer's socket", Duration::from_secs(60), || {
         let sock = sock.clone();
         async move { std::fs::metadata(&sock).ok().map(|_| ()) }
     })
@@ -755,7 +755,7 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     .await
     .unwrap();
     let generation = sets.get(SET).await.unwrap().metadata.generation;
-    common::wait_object(
+    support::wait_object(
         &sets,
         SET,
         // The operator's watches may still be in their backoff from the API server's restart.
@@ -772,7 +772,7 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     // only; after the manual rotation below it must serve neither the key nor its kid.
     let forged_kid = tenant_forges(&plane, &client).await;
     let before_manual = signing_kids(&shared).len();
-    common::rotate(&sets, SET, "manual-1").await;
+    support::rotate(&sets, SET, "manual-1").await;
     wait_kids(
         &shared,
         "the manual rotation",
@@ -854,7 +854,7 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
         canary.kid
     );
     let sh = shared.clone();
-    common::wait_for(
+    support::wait_for(
         "the first rotation's last token to expire",
         Duration::from_secs(wait + 30),
         || {
@@ -1009,7 +1009,7 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
         .await
         .unwrap();
     let sg = &signer;
-    common::wait_for(
+    support::wait_for(
         "the signer to refuse the older state",
         Duration::from_secs(30),
         || async move {

@@ -1,7 +1,7 @@
 //! Faults against the real control plane: two replicas racing without leader election,
 //! garbage in keyturn's own Secrets, and a fuzzed stream of specs.
 
-mod common;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams}
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
-use common::invariants::*;
+use crate::support::invariants::*;
 use keyturn::crd::SigningKeySet;
 
 fn ready_condition(s: &SigningKeySet) -> Option<(String, String, String)> {
@@ -27,18 +27,18 @@ fn ready_condition(s: &SigningKeySet) -> Option<(String, String, String)> {
 
 #[tokio::test]
 async fn two_replicas_without_leader_election_never_break_an_invariant() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "race").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "race").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=keyturn");
     let mut observed = observe(cms, cfg, secrets).await;
     // Both replicas reconcile everything: every write races the other's.
-    let mut a = common::Operator::start_as("a", &ns, common::kubeconfig_path(), &[]);
-    let mut b = common::Operator::start_as("b", &ns, common::kubeconfig_path(), &[]);
+    let mut a = support::Operator::start_as("a", &ns, support::kubeconfig_path(), &[]);
+    let mut b = support::Operator::start_as("b", &ns, support::kubeconfig_path(), &[]);
     for (name, alg) in [("one", "ES256"), ("two", "EdDSA")] {
-        common::try_create_set(&client, &ns, name, json!({"algorithm": alg, "rotation": {"interval": "5s", "prePublish": "2s", "overlap": "2s"}}))
+        support::try_create_set(&client, &ns, name, json!({"algorithm": alg, "rotation": {"interval": "5s", "prePublish": "2s", "overlap": "2s"}}))
             .await
             .unwrap();
     }
@@ -80,10 +80,10 @@ async fn two_replicas_without_leader_election_never_break_an_invariant() {
 
 #[tokio::test]
 async fn garbage_in_own_secrets_is_reported_and_no_published_key_vanishes() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "garbage").await;
-    let mut op = common::Operator::start(&ns);
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "garbage").await;
+    let mut op = support::Operator::start(&ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
@@ -117,10 +117,10 @@ async fn garbage_in_own_secrets_is_reported_and_no_published_key_vanishes() {
         ),
     ];
     for (name, _) in &cases {
-        common::try_create_set(&client, &ns, name, json!({"algorithm": "ES256", "rotation": {"interval": "8s", "prePublish": "2s", "overlap": "2s"}})).await.unwrap();
+        support::try_create_set(&client, &ns, name, json!({"algorithm": "ES256", "rotation": {"interval": "8s", "prePublish": "2s", "overlap": "2s"}})).await.unwrap();
     }
     for (name, _) in &cases {
-        common::wait_object(
+        support::wait_object(
             &sets,
             name,
             "Ready",
@@ -152,7 +152,7 @@ async fn garbage_in_own_secrets_is_reported_and_no_published_key_vanishes() {
             .unwrap();
     }
     for (name, _) in &cases {
-        let s = common::wait_object(
+        let s = support::wait_object(
             &sets,
             name,
             "Ready=False InternalStateCorrupt",
@@ -183,11 +183,11 @@ async fn garbage_in_own_secrets_is_reported_and_no_published_key_vanishes() {
 
 #[tokio::test]
 async fn fuzzed_specs_are_accepted_and_reconciled_or_rejected_with_a_message() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "fuzz").await;
-    let mut op = common::Operator::start(&ns);
-    let mut rng = common::Rng(0x00C0_FFEE_1234);
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "fuzz").await;
+    let mut op = support::Operator::start(&ns);
+    let mut rng = support::Rng(0x00C0_FFEE_1234);
     let algs = ["ES256", "ES384", "EdDSA", "RS256", "PS512"];
     let bad_algs = ["HS256", "", "es256", "RS1024"];
     let durs = ["1s", "90s", "15m", "1h30m", "720h", "1.5h"];
@@ -246,7 +246,7 @@ async fn fuzzed_specs_are_accepted_and_reconciled_or_rejected_with_a_message() {
         let name = format!("f{i}");
         // Untyped, so that values the Rust types cannot even hold reach the API server.
         let raw: DynamicObject =
-            serde_json::from_value(common::set_manifest(&name, Value::Object(spec.clone())))
+            serde_json::from_value(support::set_manifest(&name, Value::Object(spec.clone())))
                 .unwrap();
         match dynamic.create(&PostParams::default(), &raw).await {
             Ok(_) => accepted.push((name, spec)),
@@ -278,7 +278,7 @@ async fn fuzzed_specs_are_accepted_and_reconciled_or_rejected_with_a_message() {
         let left = Duration::from_secs(120)
             .saturating_sub(start.elapsed())
             .max(Duration::from_secs(5));
-        let s = common::wait_object(
+        let s = support::wait_object(
             &sets,
             name,
             &format!("{name} {spec:?} reconciled"),
@@ -304,17 +304,17 @@ async fn fuzzed_specs_are_accepted_and_reconciled_or_rejected_with_a_message() {
 
 #[tokio::test]
 async fn names_keyturn_cannot_use_are_rejected_at_apply_naming_the_field() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "names").await;
-    let _op = common::Operator::start(&ns);
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "names").await;
+    let _op = support::Operator::start(&ns);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     // 1 and 63 characters: accepted, and they get keys (the name is a label value on every
     // object keyturn writes).
     for n in [1, 63] {
         let name = "a".repeat(n);
-        common::create_set(&client, &ns, &name, json!({})).await;
-        common::wait_object(
+        support::create_set(&client, &ns, &name, json!({})).await;
+        support::wait_object(
             &sets,
             &name,
             &format!("a {n}-character name Ready"),
@@ -329,7 +329,7 @@ async fn names_keyturn_cannot_use_are_rejected_at_apply_naming_the_field() {
     // 64 and 253 characters (a valid object name, an invalid label value): refused at apply.
     for n in [64, 253] {
         let name = "b".repeat(n);
-        match common::try_create_set(&client, &ns, &name, json!({})).await {
+        match support::try_create_set(&client, &ns, &name, json!({})).await {
             Err(kube::Error::Api(e)) => {
                 assert_eq!(e.code, 422, "{n}: {}", e.message);
                 assert!(e.message.contains("metadata.name"), "{n}: {}", e.message);
@@ -348,9 +348,9 @@ async fn names_keyturn_cannot_use_are_rejected_at_apply_naming_the_field() {
 /// namespace is unaffected; and once the policy goes, the refused set gets its key.
 #[tokio::test]
 async fn writes_the_api_server_refuses_become_a_condition_and_an_event_without_key_material() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "rejected").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "rejected").await;
     let policy = format!("keyturn-test-{ns}");
     let manifest = format!(
         r#"
@@ -384,7 +384,7 @@ spec:
       matchLabels: {{kubernetes.io/metadata.name: {ns}}}
 "#
     );
-    let out = common::kubectl(&["apply", "-f", "-"], Some(&manifest));
+    let out = support::kubectl(&["apply", "-f", "-"], Some(&manifest));
     assert!(
         out.status.success(),
         "{}",
@@ -401,7 +401,7 @@ spec:
             dry_run: true,
             ..Default::default()
         };
-        common::wait_for(
+        support::wait_for(
             "the admission policy in force",
             Duration::from_secs(30),
             || async {
@@ -414,16 +414,16 @@ spec:
         .await;
     }
 
-    let mut op = common::Operator::start(&ns);
+    let mut op = support::Operator::start(&ns);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     for name in ["refused-invalid", "refused-forbidden", "allowed"] {
-        common::create_set(&client, &ns, name, json!({"algorithm": "ES256"})).await;
+        support::create_set(&client, &ns, name, json!({"algorithm": "ES256"})).await;
     }
     let rejected = |o: Option<&SigningKeySet>| {
         o.and_then(ready_condition)
             .is_some_and(|(s, r, _)| s == "False" && r == "WriteRejected")
     };
-    let invalid = common::wait_object(
+    let invalid = support::wait_object(
         &sets,
         "refused-invalid",
         "WriteRejected",
@@ -439,7 +439,7 @@ spec:
         ) && msg.contains("Secret refused-invalid-keyturn-keys"),
         "the condition carries the API's message and names the object: {msg}"
     );
-    let forbidden = common::wait_object(
+    let forbidden = support::wait_object(
         &sets,
         "refused-forbidden",
         "WriteRejected",
@@ -450,7 +450,7 @@ spec:
     .unwrap();
     let (_, _, msg) = ready_condition(&forbidden).unwrap();
     assert!(msg.contains("message withheld"), "{msg}");
-    common::wait_object(
+    support::wait_object(
         &sets,
         "allowed",
         "Ready",
@@ -464,7 +464,7 @@ spec:
 
     // Events with the same messages; nothing that was refused exists.
     let evs: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
-    let notes = common::wait_for(
+    let notes = support::wait_for(
         "two WriteRejected Events",
         Duration::from_secs(30),
         || async {
@@ -505,13 +505,13 @@ spec:
     assert!(log.contains("WriteRejected"), "the refusal is logged");
 
     // The policy goes: the next try (every 30 s) succeeds.
-    let out = common::kubectl(&["delete", "-f", "-"], Some(&manifest));
+    let out = support::kubectl(&["delete", "-f", "-"], Some(&manifest));
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    common::wait_object(
+    support::wait_object(
         &sets,
         "refused-invalid",
         "Ready after the policy went",
@@ -531,10 +531,10 @@ spec:
 /// fields the same way.
 #[tokio::test]
 async fn every_field_at_its_length_limit_reconciles_and_one_past_is_refused_naming_it() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "limits").await;
-    let _op = common::Operator::start(&ns);
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "limits").await;
+    let _op = support::Operator::start(&ns);
     let a = |n: usize| "a".repeat(n);
     let kid = |i: usize| format!("{i:0>128}");
     let many = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>();
@@ -592,7 +592,7 @@ async fn every_field_at_its_length_limit_reconciles_and_one_past_is_refused_nami
         let dynamic = dynamic.clone();
         async move {
             let raw: DynamicObject =
-                serde_json::from_value(common::set_manifest(&name, spec)).unwrap();
+                serde_json::from_value(support::set_manifest(&name, spec)).unwrap();
             dynamic.create(&PostParams::default(), &raw).await
         }
     };
@@ -622,7 +622,7 @@ async fn every_field_at_its_length_limit_reconciles_and_one_past_is_refused_nami
     .unwrap();
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     for (i, (field, _, _)) in cases.iter().enumerate() {
-        common::wait_object(
+        support::wait_object(
             &sets,
             &format!("at-{i}"),
             &format!("{field} at its limit: Ready"),
@@ -634,7 +634,7 @@ async fn every_field_at_its_length_limit_reconciles_and_one_past_is_refused_nami
         )
         .await;
     }
-    let s = common::wait_object(
+    let s = support::wait_object(
         &sets,
         "selector",
         "InvalidSpec",
@@ -713,8 +713,8 @@ async fn every_field_at_its_length_limit_reconciles_and_one_past_is_refused_nami
 /// characters): a set in each gets keys, and fans out to the others with their consent.
 #[tokio::test]
 async fn sets_in_namespaces_with_odd_names_get_keys_and_fan_out() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
     // Fixed names (these are the odd ones); left over from an earlier run, they are removed.
     let names = [
         "7".to_string(),
@@ -736,7 +736,7 @@ async fn sets_in_namespaces_with_odd_names_get_keys_and_fan_out() {
                 .await;
         }
         let _ = nss.delete(n, &Default::default()).await;
-        common::wait_for(
+        support::wait_for(
             &format!("namespace {n} absent"),
             Duration::from_secs(120),
             || async { nss.get_opt(n).await.ok()?.is_none().then_some(()) },
@@ -749,15 +749,15 @@ async fn sets_in_namespaces_with_odd_names_get_keys_and_fan_out() {
         .await
         .unwrap();
     }
-    let _ops: Vec<common::Operator> = names.iter().map(|n| common::Operator::start(n)).collect();
+    let _ops: Vec<support::Operator> = names.iter().map(|n| support::Operator::start(n)).collect();
     // Distinct set names: a copy of one set lands where another set keeps its own ConfigMap.
     let set = |i: usize| format!("odd-{i}");
     for (i, n) in names.iter().enumerate() {
         for other in names.iter().filter(|o| *o != n) {
-            common::grant(&client, other, n, Some(&set(i))).await;
+            support::grant(&client, other, n, Some(&set(i))).await;
         }
         let targets: Vec<&String> = names.iter().filter(|o| *o != n).collect();
-        common::create_set(
+        support::create_set(
             &client,
             n,
             &set(i),
@@ -767,7 +767,7 @@ async fn sets_in_namespaces_with_odd_names_get_keys_and_fan_out() {
     }
     for (i, n) in names.iter().enumerate() {
         let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), n);
-        common::wait_object(
+        support::wait_object(
             &sets,
             &set(i),
             &format!("{n}/{} Ready in all three namespaces", set(i)),

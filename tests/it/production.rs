@@ -2,7 +2,7 @@
 //! base, the restricted Pod Security Standard, least-privilege RBAC with a real ServiceAccount
 //! token, leader election between two processes, and graceful shutdown.
 
-mod common;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -40,8 +40,8 @@ fn kid_of(s: &Secret) -> String {
 
 #[tokio::test]
 async fn kustomize_base_is_accepted_by_the_api_server() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
     // A server-side dry run cannot create the namespace the other objects go into.
     create_namespace(
         &client,
@@ -50,7 +50,7 @@ async fn kustomize_base_is_accepted_by_the_api_server() {
     )
     .await;
     let dir = root().join("deploy");
-    let out = common::kubectl(
+    let out = support::kubectl(
         &["apply", "-k", dir.to_str().unwrap(), "--dry-run=server"],
         None,
     );
@@ -77,7 +77,7 @@ async fn kustomize_base_is_accepted_by_the_api_server() {
         assert!(stdout.contains(obj), "{obj} missing from:\n{stdout}");
     }
     // The examples are valid SigningKeySets too.
-    let ns = common::fresh_namespace(&client, "examples").await;
+    let ns = support::fresh_namespace(&client, "examples").await;
     for ex in [
         "service-tokens-es256.yaml",
         "oidc-issuer-rs256.yaml",
@@ -90,7 +90,7 @@ async fn kustomize_base_is_accepted_by_the_api_server() {
             .replace("namespace: default", &format!("namespace: {ns}"))
             .replace("namespace: gateway", &format!("namespace: {ns}"))
             .replace("namespace: keyturn-system", &format!("namespace: {ns}"));
-        let out = common::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&text));
+        let out = support::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&text));
         assert!(
             out.status.success(),
             "{ex}: {}",
@@ -101,8 +101,8 @@ async fn kustomize_base_is_accepted_by_the_api_server() {
 
 #[tokio::test]
 async fn deployment_pods_are_admitted_under_restricted_pod_security() {
-    let client = common::client().await;
-    let ns = common::fresh_namespace(&client, "psa").await;
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "psa").await;
     let nss: Api<Namespace> = Api::all(client.clone());
     nss.patch(
         &ns,
@@ -146,11 +146,11 @@ async fn deployment_pods_are_admitted_under_restricted_pod_security() {
 
 #[tokio::test]
 async fn least_privilege_rbac_is_enough_for_a_full_rotation_with_fan_out() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let home = common::fresh_namespace(&client, "rbac-home").await;
-    let src = common::fresh_namespace(&client, "rbac-src").await;
-    let dst = common::fresh_namespace(&client, "rbac-dst").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let home = support::fresh_namespace(&client, "rbac-home").await;
+    let src = support::fresh_namespace(&client, "rbac-src").await;
+    let dst = support::fresh_namespace(&client, "rbac-dst").await;
     // deploy/rbac.yaml, bound to a ServiceAccount of this test (names made unique so tests
     // running in parallel do not share a ClusterRole).
     let sa = format!("keyturn-{home}");
@@ -163,16 +163,16 @@ async fn least_privilege_rbac_is_enough_for_a_full_rotation_with_fan_out() {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let out = common::kubectl(&["apply", "-f", "-"], Some(&rbac));
+    let out = support::kubectl(&["apply", "-f", "-"], Some(&rbac));
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let kc = std::env::temp_dir().join(format!("{sa}.kubeconfig"));
-    common::token_kubeconfig(&client, &home, &sa, &kc).await;
+    support::token_kubeconfig(&client, &home, &sa, &kc).await;
 
-    let mut op = common::Operator::start_as(
+    let mut op = support::Operator::start_as(
         "rbac",
         &src,
         kc,
@@ -186,10 +186,10 @@ async fn least_privilege_rbac_is_enough_for_a_full_rotation_with_fan_out() {
             "rbac-0",
         ],
     );
-    common::grant(&client, &dst, &src, Some("auth")).await;
-    common::create_set(&client, &src, "auth", json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [dst]}})).await;
+    support::grant(&client, &dst, &src, Some("auth")).await;
+    support::create_set(&client, &src, "auth", json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [dst]}})).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
-    common::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;
+    support::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;
     let copy: Api<ConfigMap> = Api::namespaced(client.clone(), &dst);
     assert!(
         copy.get_opt("auth-jwks").await.unwrap().is_some(),
@@ -199,11 +199,11 @@ async fn least_privilege_rbac_is_enough_for_a_full_rotation_with_fan_out() {
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
     let uid = sets.get("auth").await.unwrap().metadata.uid.unwrap();
     sets.delete("auth", &Default::default()).await.unwrap();
-    common::wait_deleted(&sets, "auth", &uid, Duration::from_secs(30)).await;
+    support::wait_deleted(&sets, "auth", &uid, Duration::from_secs(30)).await;
     assert!(copy.get_opt("auth-jwks").await.unwrap().is_none());
     op.assert_running();
     let log = op.log_text();
-    common::assert_no_forbidden(&log, "the deploy/ roles");
+    support::assert_no_forbidden(&log, "the deploy/ roles");
     assert!(
         log.contains("acquired leadership"),
         "ran as leader with the Role's Lease rights"
@@ -212,9 +212,9 @@ async fn least_privilege_rbac_is_enough_for_a_full_rotation_with_fan_out() {
 
 #[tokio::test]
 async fn two_replicas_one_writer_and_a_takeover_within_the_lease() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "leader").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "leader").await;
     let lease_secs = 6;
     let args = |name: &'static str| -> Vec<String> {
         [
@@ -233,19 +233,19 @@ async fn two_replicas_one_writer_and_a_takeover_within_the_lease() {
     let a_args = args("replica-a");
     let b_args = args("replica-b");
     // Each replica under an identity of its own, so that the audit log tells their writes apart.
-    let mut a = common::Operator::start_as(
+    let mut a = support::Operator::start_as(
         "a",
         &ns,
-        common::impersonating_kubeconfig("keyturn-replica-a"),
+        support::impersonating_kubeconfig("keyturn-replica-a"),
         &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    let mut b = common::Operator::start_as(
+    let mut b = support::Operator::start_as(
         "b",
         &ns,
-        common::impersonating_kubeconfig("keyturn-replica-b"),
+        support::impersonating_kubeconfig("keyturn-replica-b"),
         &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    common::create_set(
+    support::create_set(
         &client,
         &ns,
         "auth",
@@ -255,7 +255,7 @@ async fn two_replicas_one_writer_and_a_takeover_within_the_lease() {
 
     // Exactly one leader, and the follower writes nothing.
     let (mut leader, mut follower) =
-        common::wait_for("one leader", Duration::from_secs(40), || async {
+        support::wait_for("one leader", Duration::from_secs(40), || async {
             match (a.is_leader(), b.is_leader()) {
                 (true, false) => Some((0, 1)),
                 (false, true) => Some((1, 0)),
@@ -264,7 +264,7 @@ async fn two_replicas_one_writer_and_a_takeover_within_the_lease() {
         })
         .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    common::wait_object(
+    support::wait_object(
         &secrets,
         "auth-signing-key",
         "first key",
@@ -292,13 +292,13 @@ async fn two_replicas_one_writer_and_a_takeover_within_the_lease() {
     // The API server's audit log, not the operators' own word: once leadership settled,
     // the follower sent no write at all (not even a refused one), while the leader did.
     let identity = |i: usize| ["keyturn-replica-a", "keyturn-replica-b"][i];
-    let follower_writes = common::audit_writes(identity(follower), since);
+    let follower_writes = support::audit_writes(identity(follower), since);
     assert!(
         follower_writes.is_empty(),
         "the follower wrote: {follower_writes:#?}"
     );
     assert!(
-        !common::audit_writes(identity(leader), since).is_empty(),
+        !support::audit_writes(identity(leader), since).is_empty(),
         "the leader wrote nothing over a rotation (is the audit log on?)"
     );
     assert!(!follow_op.is_leader());
@@ -352,9 +352,9 @@ async fn two_replicas_one_writer_and_a_takeover_within_the_lease() {
 
 #[tokio::test]
 async fn sigterm_finishes_releases_the_lease_and_exits() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "sigterm").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "sigterm").await;
     let args = |instance| {
         [
             "--leader-elect",
@@ -367,8 +367,8 @@ async fn sigterm_finishes_releases_the_lease_and_exits() {
         ]
     };
     let mut op =
-        common::Operator::start_as("first", &ns, common::kubeconfig_path(), &args("first"));
-    common::wait_for("leadership", Duration::from_secs(30), || async {
+        support::Operator::start_as("first", &ns, support::kubeconfig_path(), &args("first"));
+    support::wait_for("leadership", Duration::from_secs(30), || async {
         op.is_leader().then_some(())
     })
     .await;
@@ -379,7 +379,7 @@ async fn sigterm_finishes_releases_the_lease_and_exits() {
     assert!(
         op.log_text().contains("Lease released"),
         "{}",
-        common::tail(&op.log, 20)
+        support::tail(&op.log, 20)
     );
     let lease = Api::<Lease>::namespaced(client.clone(), &ns)
         .get(keyturn::leader::LEASE_NAME)
@@ -391,9 +391,10 @@ async fn sigterm_finishes_releases_the_lease_and_exits() {
     );
     // A new replica leads at once, not after the 60 s lease would have expired: waited for
     // past the lease, and required well within it.
-    let op2 = common::Operator::start_as("second", &ns, common::kubeconfig_path(), &args("second"));
+    let op2 =
+        support::Operator::start_as("second", &ns, support::kubeconfig_path(), &args("second"));
     let start = Instant::now();
-    common::wait_for(
+    support::wait_for(
         "the next replica leads",
         Duration::from_secs(90),
         || async { op2.is_leader().then_some(()) },

@@ -1,6 +1,5 @@
 //! Shared integration-test support: a client for the harness's control plane, a fresh
 //! namespace per test, the CRD, an operator process per test, and event-driven waits.
-#![allow(dead_code)] // each test binary uses a different subset
 
 pub mod invariants;
 pub mod plane;
@@ -52,6 +51,11 @@ pub async fn config() -> Config {
 pub async fn client() -> Client {
     Client::try_from(config().await).expect("client from kubeconfig")
 }
+
+/// keyturn's cluster-wide ClusterRoles (`keyturn`, `keyturn-admin`/`-edit`/`-view`) are shared
+/// by every test of this binary: the chart's install and uninstall hold this for writing (its
+/// uninstall removes them), tests that rely on deploy/rbac-users.yaml's aggregation for reading.
+pub static CLUSTER_ROLES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -10,7 +10,7 @@
 //!   again; `helm uninstall` keeps the CRDs and the sets;
 //! - `hack/chart-publish` pushes the chart to an OCI registry it is then installed from.
 
-mod common;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,7 +37,7 @@ fn helm(args: &[&str]) -> Output {
     let home = std::env::temp_dir().join("keyturn-helm-home");
     Command::new(tools().join("bin/helm"))
         .args(args)
-        .env("KUBECONFIG", common::kubeconfig_path())
+        .env("KUBECONFIG", support::kubeconfig_path())
         .env("HELM_CACHE_HOME", home.join("cache"))
         .env("HELM_CONFIG_HOME", home.join("config"))
         .env("HELM_DATA_HOME", home.join("data"))
@@ -80,7 +80,7 @@ fn template(ns: &str, sets: &[&str]) -> Vec<Value> {
 /// `kubectl kustomize DIR`, as objects.
 fn kustomize(dir: &str) -> Vec<Value> {
     objects(&ok(
-        common::kubectl(&["kustomize", root().join(dir).to_str().unwrap()], None),
+        support::kubectl(&["kustomize", root().join(dir).to_str().unwrap()], None),
         "kubectl kustomize",
     ))
 }
@@ -171,12 +171,12 @@ fn the_chart_lints_and_renders_what_deploy_installs() {
 /// Prometheus Operator's CRDs installed.
 #[tokio::test]
 async fn every_option_is_accepted_by_the_api_server() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
     for crd in ["servicemonitors", "prometheusrules"] {
         let path = tools().join(format!("monitoring-crds/monitoring.coreos.com_{crd}.yaml"));
         ok(
-            common::kubectl(
+            support::kubectl(
                 &["apply", "--server-side", "-f", path.to_str().unwrap()],
                 None,
             ),
@@ -184,7 +184,7 @@ async fn every_option_is_accepted_by_the_api_server() {
         );
     }
     ok(
-        common::kubectl(
+        support::kubectl(
             &[
                 "wait",
                 "--for=condition=established",
@@ -195,7 +195,7 @@ async fn every_option_is_accepted_by_the_api_server() {
         ),
         "CRDs established",
     );
-    let ns = common::fresh_namespace(&client, "chart-dry").await;
+    let ns = support::fresh_namespace(&client, "chart-dry").await;
     for sets in [
         "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true",
         "namespaceOnly=true,crds.install=false,aggregatedRoles=false",
@@ -217,7 +217,7 @@ async fn every_option_is_accepted_by_the_api_server() {
                 );
             }
         }
-        let out = common::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
+        let out = support::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
         assert!(
             out.status.success(),
             "{sets}: {}",
@@ -238,10 +238,12 @@ fn install(release: &str, sets: &str) {
 /// Marks an object an earlier `kubectl apply` made as the release's, the way Helm adopts
 /// objects (label and annotations), when it exists.
 fn adopt(kind: &str, name: &str, release_ns: &str) {
-    let exists = common::kubectl(&["get", kind, name], None).status.success();
+    let exists = support::kubectl(&["get", kind, name], None)
+        .status
+        .success();
     if exists {
         ok(
-            common::kubectl(
+            support::kubectl(
                 &[
                     "label",
                     "--overwrite",
@@ -254,7 +256,7 @@ fn adopt(kind: &str, name: &str, release_ns: &str) {
             "label for adoption",
         );
         ok(
-            common::kubectl(
+            support::kubectl(
                 &[
                     "annotate",
                     "--overwrite",
@@ -278,9 +280,9 @@ async fn operator_as_the_chart(
     watch: &str,
     label: &str,
     extra: &[&str],
-) -> common::Operator {
+) -> support::Operator {
     let kc = std::env::temp_dir().join(format!("{release_ns}-{label}.kubeconfig"));
-    common::token_kubeconfig(client, release_ns, "keyturn", &kc).await;
+    support::token_kubeconfig(client, release_ns, "keyturn", &kc).await;
     let mut args = vec![
         "--leader-elect",
         "--lease-namespace",
@@ -291,15 +293,17 @@ async fn operator_as_the_chart(
         label,
     ];
     args.extend_from_slice(extra);
-    common::Operator::start_as(label, watch, kc, &args)
+    support::Operator::start_as(label, watch, kc, &args)
 }
 
 #[tokio::test]
 async fn helm_install_and_upgrade_rotate_under_the_charts_rbac_and_uninstall_keeps_the_crds() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let release = common::fresh_namespace(&client, "chart-rel").await;
-    let sets_ns = common::fresh_namespace(&client, "chart-sets").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    // Its uninstall removes the cluster-wide roles other tests of this binary rely on.
+    let _roles = support::CLUSTER_ROLES.write().await;
+    let release = support::fresh_namespace(&client, "chart-rel").await;
+    let sets_ns = support::fresh_namespace(&client, "chart-sets").await;
     for (kind, name) in [
         ("crd", "signingkeysets.keyturn.dev"),
         ("crd", "signingkeysetgrants.keyturn.dev"),
@@ -312,7 +316,7 @@ async fn helm_install_and_upgrade_rotate_under_the_charts_rbac_and_uninstall_kee
         adopt(kind, name, &release);
     }
     // The admission policy is cluster-wide: on this plane, shared with tests that write as
-    // tenants, it is left out here (tests/obstruction.rs attacks it with a binding of its own).
+    // tenants, it is left out here (tests/it/obstruction.rs attacks it with a binding of its own).
     install(
         &release,
         "image.repository=keyturn.test/keyturn,admissionPolicy.enabled=false",
@@ -321,7 +325,7 @@ async fn helm_install_and_upgrade_rotate_under_the_charts_rbac_and_uninstall_kee
 
     // A rotation under the chart's RBAC.
     let mut op = operator_as_the_chart(&client, &release, &sets_ns, "install", &[]).await;
-    common::create_set(
+    support::create_set(
         &client,
         &sets_ns,
         "auth",
@@ -329,10 +333,10 @@ async fn helm_install_and_upgrade_rotate_under_the_charts_rbac_and_uninstall_kee
     )
     .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &sets_ns);
-    let (_, second) = common::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;
+    let (_, second) = support::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;
     op.assert_running();
     let log = op.log_text();
-    common::assert_no_forbidden(&log, "the chart's roles");
+    support::assert_no_forbidden(&log, "the chart's roles");
     assert!(
         log.contains("acquired leadership"),
         "led with the chart's Lease Role"
@@ -353,7 +357,7 @@ async fn helm_install_and_upgrade_rotate_under_the_charts_rbac_and_uninstall_kee
         "helm upgrade",
     );
     let deployed = ok(
-        common::kubectl(
+        support::kubectl(
             &[
                 "-n",
                 &release,
@@ -370,17 +374,17 @@ async fn helm_install_and_upgrade_rotate_under_the_charts_rbac_and_uninstall_kee
     assert_eq!(deployed, "3");
     let mut op = operator_as_the_chart(&client, &release, &sets_ns, "upgrade", &[]).await;
     let s = second.clone();
-    common::wait_object(
+    support::wait_object(
         &secrets,
         "auth-signing-key",
         "a rotation after the upgrade",
         Duration::from_secs(30),
-        move |o: Option<&Secret>| o.is_some_and(|x| common::signing_kid(x) != s),
+        move |o: Option<&Secret>| o.is_some_and(|x| support::signing_kid(x) != s),
     )
     .await
     .unwrap();
     op.assert_running();
-    common::assert_no_forbidden(&op.log_text(), "the upgraded chart's roles");
+    support::assert_no_forbidden(&op.log_text(), "the upgraded chart's roles");
     op.terminate(Duration::from_secs(20));
 
     // Uninstall: the CRDs (and so the set and its keys) stay; the operator's roles go.
@@ -405,7 +409,7 @@ async fn helm_install_and_upgrade_rotate_under_the_charts_rbac_and_uninstall_kee
         "the set survives"
     );
     assert!(
-        !common::kubectl(&["get", "clusterrole", "keyturn"], None)
+        !support::kubectl(&["get", "clusterrole", "keyturn"], None)
             .status
             .success(),
         "the operator's ClusterRole is removed"
@@ -429,10 +433,10 @@ async fn helm_install_and_upgrade_rotate_under_the_charts_rbac_and_uninstall_kee
 /// release's token rotates a set in the release namespace, and may read nothing outside it.
 #[tokio::test]
 async fn a_namespace_only_release_rotates_in_its_namespace_and_reads_nothing_else() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let release = common::fresh_namespace(&client, "chart-nso").await;
-    let elsewhere = common::fresh_namespace(&client, "chart-other").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let release = support::fresh_namespace(&client, "chart-nso").await;
+    let elsewhere = support::fresh_namespace(&client, "chart-other").await;
     install(
         &release,
         "namespaceOnly=true,crds.install=false,aggregatedRoles=false",
@@ -440,7 +444,7 @@ async fn a_namespace_only_release_rotates_in_its_namespace_and_reads_nothing_els
     let mut op =
         operator_as_the_chart(&client, &release, &release, "nso", &["--namespace-only"]).await;
     let kc = std::env::temp_dir().join(format!("{release}-nso.kubeconfig"));
-    common::create_set(
+    support::create_set(
         &client,
         &release,
         "auth",
@@ -448,9 +452,9 @@ async fn a_namespace_only_release_rotates_in_its_namespace_and_reads_nothing_els
     )
     .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &release);
-    common::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;
+    support::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;
     op.assert_running();
-    common::assert_no_forbidden(&op.log_text(), "the namespace-only release's roles");
+    support::assert_no_forbidden(&op.log_text(), "the namespace-only release's roles");
     // The release's identity reads nothing outside its namespace.
     let kubeconfig = kube::config::Kubeconfig::read_from(&kc).unwrap();
     let cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
@@ -488,7 +492,7 @@ fn the_chart_is_published_as_an_oci_artifact() {
     .unwrap()
     .trim()
     .to_string();
-    let port = common::free_port();
+    let port = support::free_port();
     let disk = std::env::temp_dir().join(format!("keyturn-chart-registry-{port}"));
     std::fs::create_dir_all(&disk).unwrap();
     let mut registry = Command::new(&crane)

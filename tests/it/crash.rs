@@ -4,7 +4,7 @@
 //! observer watching only the ConfigMaps and signing Secrets finds no I1/I2 violation, every
 //! token verifies, and no key is lost.
 
-mod common;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -16,14 +16,14 @@ use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use common::invariants::*;
+use crate::support::invariants::*;
 use keyturn::crd::SigningKeySet;
 
 #[tokio::test]
 async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "crash").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "crash").await;
     let pre = Duration::from_secs(2);
     let overlap = Duration::from_secs(3);
 
@@ -36,7 +36,7 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
         .create(&PostParams::default(), &copy_obj)
         .await
         .unwrap();
-    common::grant(&client, &copy_ns, &ns, None).await;
+    support::grant(&client, &copy_ns, &ns, None).await;
     let cms: Api<ConfigMap> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let copies_cfg =
@@ -50,14 +50,14 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
     });
 
     for (name, alg) in [("es", "ES256"), ("ed", "EdDSA"), ("rs", "RS256")] {
-        common::create_set(&client, &ns, name, json!({"algorithm": alg, "rotation": {"interval": "5s", "prePublish": "2s", "overlap": "3s"}, "jwks": {"namespaces": [copy_ns]}})).await;
+        support::create_set(&client, &ns, name, json!({"algorithm": alg, "rotation": {"interval": "5s", "prePublish": "2s", "overlap": "3s"}, "jwks": {"namespaces": [copy_ns]}})).await;
     }
-    let kubeconfig = common::kubeconfig_path();
+    let kubeconfig = support::kubeconfig_path();
     let log_dir = std::env::var("KEYTURN_TEST_LOG_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());
     let log = log_dir.join(format!("operator-{ns}-crash.log"));
-    let mut rng = common::Rng(0x005E_ED0F_C4A5);
+    let mut rng = support::Rng(0x005E_ED0F_C4A5);
     let (mut injected, mut killed) = (0, 0);
     let start = Instant::now();
     for _ in 0..100 {
@@ -118,10 +118,10 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
     }
     let crash_phase = start.elapsed();
     // Then a healthy operator converges and keeps rotating.
-    let mut op = common::Operator::start(&ns);
+    let mut op = support::Operator::start(&ns);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     for name in ["es", "ed", "rs"] {
-        common::wait_object(
+        support::wait_object(
             &sets,
             name,
             "Ready after the crashes",
@@ -138,13 +138,13 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
     for name in ["es", "ed", "rs"] {
         let secret = format!("{name}-signing-key");
         for _ in 0..2 {
-            let kid = common::signing_kid(&secrets.get(&secret).await.unwrap());
-            common::wait_object(
+            let kid = support::signing_kid(&secrets.get(&secret).await.unwrap());
+            support::wait_object(
                 &secrets,
                 &secret,
                 &format!("{name} rotates after the crashes"),
                 Duration::from_secs(30),
-                |o: Option<&Secret>| o.is_some_and(|s| common::signing_kid(s) != kid),
+                |o: Option<&Secret>| o.is_some_and(|s| support::signing_kid(s) != kid),
             )
             .await;
         }

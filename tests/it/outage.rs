@@ -2,7 +2,7 @@
 //! other tests keep theirs): the operator keeps running, reports the outage, reconnects and
 //! converges with no I1/I2 violation seen by the independent checker.
 
-mod common;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -11,11 +11,11 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use common::invariants::*;
+use crate::support::invariants::*;
 use keyturn::crd::SigningKeySet;
 
 async fn wait_api(client: &Client) {
-    common::wait_for(
+    support::wait_for(
         "the API server to answer again",
         Duration::from_secs(60),
         || async { client.apiserver_version().await.ok().map(|_| ()) },
@@ -25,7 +25,7 @@ async fn wait_api(client: &Client) {
 
 #[tokio::test]
 async fn the_operator_rides_out_api_server_and_etcd_outages() {
-    let plane = common::plane::Plane::start("outage");
+    let plane = support::plane::Plane::start("outage");
     let client = plane.client().await;
     // The CRDs and a namespace on this plane.
     plane.install_crds(&client).await;
@@ -82,7 +82,7 @@ async fn the_operator_rides_out_api_server_and_etcd_outages() {
         }
     });
 
-    let mut op = common::Operator::start_as("outage", ns, plane.kubeconfig(), &[]);
+    let mut op = support::Operator::start_as("outage", ns, plane.kubeconfig(), &[]);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
     let obj: SigningKeySet = serde_json::from_value(json!({
         "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": "auth"},
@@ -122,7 +122,7 @@ async fn the_operator_rides_out_api_server_and_etcd_outages() {
         .unwrap();
     let generation = patched.metadata.generation;
     let since = Instant::now();
-    common::wait_object(
+    support::wait_object(
         &sets,
         "auth",
         "the spec change made after the API server's restart",
@@ -144,7 +144,7 @@ async fn the_operator_rides_out_api_server_and_etcd_outages() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     plane.component("start-component", "etcd");
     wait_api(&client).await;
-    common::wait_for(
+    support::wait_for(
         "the API server to serve from etcd again",
         Duration::from_secs(60),
         || async { sets.get("auth").await.ok().map(|_| ()) },

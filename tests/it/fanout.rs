@@ -2,7 +2,7 @@
 //! namespaces (also ones created later), disappear when deselected, stay byte-identical to
 //! the source, never overwrite a foreign ConfigMap, and block activation until published.
 
-mod common;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,7 +36,7 @@ fn data(cm: &ConfigMap) -> BTreeMap<String, String> {
 
 /// Waits until the copy in `ns` holds the same data as the source in `src`.
 async fn wait_identical(client: &Client, src: &str, ns: &str, name: &str) {
-    common::wait_for(
+    support::wait_for(
         &format!("copy in {ns} identical to the source"),
         Duration::from_secs(30),
         || async {
@@ -55,9 +55,9 @@ async fn wait_identical(client: &Client, src: &str, ns: &str, name: &str) {
 
 #[tokio::test]
 async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let src = common::fresh_namespace(&client, "fan").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let src = support::fresh_namespace(&client, "fan").await;
     let label = format!("jwks-{src}");
     let listed = format!("{src}-listed");
     let before = format!("{src}-before");
@@ -65,9 +65,9 @@ async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
     namespace(&client, &listed, json!({})).await;
     namespace(&client, &before, json!({label.clone(): "on"})).await;
     for ns in [&listed, &before] {
-        common::grant(&client, ns, &src, Some("fan")).await;
+        support::grant(&client, ns, &src, Some("fan")).await;
     }
-    let _op = common::Operator::start(&src);
+    let _op = support::Operator::start(&src);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
     let obj: SigningKeySet = serde_json::from_value(json!({
         "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
@@ -84,7 +84,7 @@ async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
 
     // A namespace created later with the label gets its copy.
     namespace(&client, &later, json!({label.clone(): "on"})).await;
-    common::grant(&client, &later, &src, None).await;
+    support::grant(&client, &later, &src, None).await;
     wait_identical(&client, &src, &later, "fan-jwks").await;
 
     // Through a rotation, every copy keeps matching the source.
@@ -92,7 +92,7 @@ async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
     let first = secrets.get("fan-signing-key").await.unwrap().data.unwrap()["kid"]
         .0
         .clone();
-    common::wait_object(
+    support::wait_object(
         &secrets,
         "fan-signing-key",
         "a rotation",
@@ -105,7 +105,7 @@ async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
     }
     let mut want = vec![src.clone(), listed.clone(), before.clone(), later.clone()];
     want.sort();
-    common::wait_object(
+    support::wait_object(
         &sets,
         "fan",
         "status lists the namespaces",
@@ -126,7 +126,7 @@ async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
         )
         .await
         .unwrap();
-    common::wait_for(
+    support::wait_for(
         "copy removed from the deselected namespace",
         Duration::from_secs(30),
         || async {
@@ -142,7 +142,7 @@ async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
     // Deleting the set removes copies in other namespaces (finalizer), then the set goes.
     let uid = sets.get("fan").await.unwrap().uid().unwrap();
     sets.delete("fan", &DeleteParams::default()).await.unwrap();
-    common::wait_deleted(&sets, "fan", &uid, Duration::from_secs(30)).await;
+    support::wait_deleted(&sets, "fan", &uid, Duration::from_secs(30)).await;
     for ns in [&listed, &later] {
         assert!(
             copy_in(&client, ns, "fan-jwks").await.is_none(),
@@ -153,12 +153,12 @@ async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
 
 #[tokio::test]
 async fn a_foreign_configmap_blocks_activation_and_is_never_touched() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let src = common::fresh_namespace(&client, "block").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let src = support::fresh_namespace(&client, "block").await;
     let other = format!("{src}-other");
     namespace(&client, &other, json!({})).await;
-    common::grant(&client, &other, &src, None).await;
+    support::grant(&client, &other, &src, None).await;
     let foreign_api: Api<ConfigMap> = Api::namespaced(client.clone(), &other);
     let foreign = foreign_api
         .create(
@@ -170,7 +170,7 @@ async fn a_foreign_configmap_blocks_activation_and_is_never_touched() {
         )
         .await
         .unwrap();
-    let _op = common::Operator::start(&src);
+    let _op = support::Operator::start(&src);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
     let obj: SigningKeySet = serde_json::from_value(json!({
         "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
@@ -179,7 +179,7 @@ async fn a_foreign_configmap_blocks_activation_and_is_never_touched() {
     }))
     .unwrap();
     sets.create(&PostParams::default(), &obj).await.unwrap();
-    let s = common::wait_object(
+    let s = support::wait_object(
         &sets,
         "blk",
         "Ready=False PublishFailed",
@@ -231,7 +231,7 @@ async fn a_foreign_configmap_blocks_activation_and_is_never_touched() {
         .delete("blk-jwks", &DeleteParams::default())
         .await
         .unwrap();
-    common::wait_object(
+    support::wait_object(
         &secrets,
         "blk-signing-key",
         "first key signs",
@@ -249,15 +249,15 @@ async fn a_foreign_configmap_blocks_activation_and_is_never_touched() {
 
 #[tokio::test]
 async fn renaming_the_jwks_key_moves_the_data_in_every_copy() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let src = common::fresh_namespace(&client, "rename").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let src = support::fresh_namespace(&client, "rename").await;
     let listed = format!("{src}-listed");
     namespace(&client, &listed, json!({})).await;
-    common::grant(&client, &listed, &src, Some("ren")).await;
-    let _op = common::Operator::start(&src);
+    support::grant(&client, &listed, &src, Some("ren")).await;
+    let _op = support::Operator::start(&src);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
-    common::create_set(
+    support::create_set(
         &client,
         &src,
         "ren",
@@ -279,7 +279,7 @@ async fn renaming_the_jwks_key_moves_the_data_in_every_copy() {
     // workload still reading jwks.json must fail visibly, not read a JWKS that never changes.
     let want = BTreeMap::from([("keys.json".to_string(), before["jwks.json"].clone())]);
     for ns in [&src, &listed] {
-        common::wait_for(
+        support::wait_for(
             &format!("{ns}/ren-jwks holds only keys.json"),
             Duration::from_secs(30),
             || async { (data(&copy_in(&client, ns, "ren-jwks").await?) == want).then_some(()) },
@@ -299,16 +299,16 @@ fn counter_sum(metrics: &str, name: &str) -> f64 {
 
 #[tokio::test]
 async fn deleting_a_namespace_of_rotating_sets_is_a_quiet_teardown() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let src = common::fresh_namespace(&client, "teardown").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let src = support::fresh_namespace(&client, "teardown").await;
     let dst = format!("{src}-copies");
     namespace(&client, &dst, json!({})).await;
-    common::grant(&client, &dst, &src, None).await;
-    let op = common::Operator::start(&src);
+    support::grant(&client, &dst, &src, None).await;
+    let op = support::Operator::start(&src);
     let names: Vec<String> = (0..10).map(|i| format!("set{i}")).collect();
     for name in &names {
-        common::create_set(&client, &src, name, json!({"rotation": {"interval": "4s", "prePublish": "1s", "overlap": "1s"}, "jwks": {"namespaces": [dst]}})).await;
+        support::create_set(&client, &src, name, json!({"rotation": {"interval": "4s", "prePublish": "1s", "overlap": "1s"}, "jwks": {"namespaces": [dst]}})).await;
     }
     for name in &names {
         wait_identical(&client, &src, &dst, &format!("{name}-jwks")).await;
@@ -320,10 +320,10 @@ async fn deleting_a_namespace_of_rotating_sets_is_a_quiet_teardown() {
     let nss: Api<Namespace> = Api::all(client.clone());
     let uid = nss.get(&src).await.unwrap().metadata.uid.unwrap();
     nss.delete(&src, &DeleteParams::default()).await.unwrap();
-    common::wait_deleted(&nss, &src, &uid, Duration::from_secs(120)).await;
+    support::wait_deleted(&nss, &src, &uid, Duration::from_secs(120)).await;
     // The finalizer still removed every copy in the other namespace.
     let copies: Api<ConfigMap> = Api::namespaced(client.clone(), &dst);
-    common::wait_for("copies removed", Duration::from_secs(30), || async {
+    support::wait_for("copies removed", Duration::from_secs(30), || async {
         copies
             .list(&ListParams::default().labels(&format!("keyturn.dev/source-namespace={src}")))
             .await
@@ -357,21 +357,21 @@ async fn deleting_a_namespace_of_rotating_sets_is_a_quiet_teardown() {
 /// and the set stays Ready.
 #[tokio::test]
 async fn a_tenant_rewriting_a_copy_in_its_namespace_gets_it_put_back() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let src = common::fresh_namespace(&client, "repair").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let src = support::fresh_namespace(&client, "repair").await;
     let dst = format!("{src}-copies");
     namespace(&client, &dst, json!({})).await;
-    common::grant(&client, &dst, &src, None).await;
-    let (tenant, _) = common::restricted_with(
+    support::grant(&client, &dst, &src, None).await;
+    let (tenant, _) = support::restricted_with(
         &client,
         &dst,
         "cm-writer",
         json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}]),
     )
     .await;
-    let op = common::Operator::start(&src);
-    common::create_set(
+    let op = support::Operator::start(&src);
+    support::create_set(
         &client,
         &src,
         "auth",
@@ -392,7 +392,7 @@ async fn a_tenant_rewriting_a_copy_in_its_namespace_gets_it_put_back() {
             let want = forged(format!("forged-{round}-{j}"));
             // The tenant's write must land (re-read if keyturn's repair came in between).
             let written =
-                common::wait_for("the tenant's rewrite", Duration::from_secs(10), || async {
+                support::wait_for("the tenant's rewrite", Duration::from_secs(10), || async {
                     let mut c = copies.get("auth-jwks").await.unwrap();
                     c.data
                         .get_or_insert_default()

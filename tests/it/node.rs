@@ -20,7 +20,7 @@
 //!    holds (activations one interval apart: no double rotation, none missed).
 //! 4. measured: the kubelet's delay from each ConfigMap and Secret write to the file content
 //!    inside each Pod (written to `$KEYTURN_TEST_LOG_DIR/propagation.json`).
-mod common;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -77,7 +77,7 @@ async fn http(ip: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, V
         s.write_all(body).await.ok()?;
         let mut buf = vec![];
         s.read_to_end(&mut buf).await.ok()?;
-        let r = common::parse_response(&buf)?;
+        let r = support::parse_response(&buf)?;
         Some((r.status, r.body))
     };
     tokio::time::timeout(Duration::from_secs(10), go)
@@ -105,7 +105,7 @@ fn doc_manifest(doc: &str, needle: &str) -> Value {
         .find(|b| b.contains(needle))
         .unwrap_or_else(|| panic!("{doc} has no yaml block with {needle:?}"));
     // Parsed by kubectl, as a user applying it gets it (`defaultMode: 0440` is octal there).
-    let out = common::kubectl(
+    let out = support::kubectl(
         &["create", "--dry-run=client", "-o", "json", "-f", "-"],
         Some(block),
     );
@@ -120,7 +120,7 @@ fn doc_manifest(doc: &str, needle: &str) -> Value {
 /// Ready Pods with label `app=<app>` in `ns`, once `n` of them are: (name, IP).
 async fn ready_pods(client: &Client, ns: &str, selector: &str, n: usize) -> Vec<(String, String)> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    common::wait_for(
+    support::wait_for(
         &format!("{n} Ready Pods {selector} in {ns}"),
         Duration::from_secs(180),
         || {
@@ -168,7 +168,7 @@ async fn lease_holder(client: &Client) -> Option<String> {
 
 /// Phase 1: deploy/ (through the overlay) as two Pods on the node.
 async fn install(client: &Client) {
-    let out = common::kubectl(
+    let out = support::kubectl(
         &[
             "apply",
             "--server-side",
@@ -233,7 +233,7 @@ async fn install(client: &Client) {
         assert_eq!(cs.restart_count, 0, "{name} never restarted");
     }
     // Both replicas are Ready (the follower's watch caches are synced too); exactly one leads.
-    let holder = common::wait_for("a Lease holder", Duration::from_secs(60), || async {
+    let holder = support::wait_for("a Lease holder", Duration::from_secs(60), || async {
         lease_holder(client).await
     })
     .await;
@@ -275,8 +275,8 @@ fn record_writes(client: &Client) -> (Writes, Writes) {
         format!("{SET}-jwks"),
         |cm| {
             (
-                common::invariants::jwks_of(cm),
-                common::invariants::kids_of(cm),
+                support::invariants::jwks_of(cm),
+                support::invariants::kids_of(cm),
             )
         },
     );
@@ -287,7 +287,7 @@ fn record_writes(client: &Client) -> (Writes, Writes) {
             let data = s.data.as_ref().unwrap();
             (
                 data["private.jwk.json"].0.clone(),
-                vec![common::signing_kid(s)],
+                vec![support::signing_kid(s)],
             )
         },
     );
@@ -385,7 +385,7 @@ fn summary(name: &str, d: &[(String, String, i64)]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keyturn_on_a_real_node() {
-    let client = common::client().await;
+    let client = support::client().await;
     install(&client).await;
 
     // Phase 2: the set, the workloads of the docs.
@@ -419,7 +419,7 @@ async fn keyturn_on_a_real_node() {
         "set {NS}/{SET}: interval {interval}s, prePublish {pre}s, overlap {overlap}s (kubelet syncFrequency {sync:?})"
     );
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    common::wait_object(
+    support::wait_object(
         &secrets,
         &format!("{SET}-signing-key"),
         "the first key (from the operator Pods)",
@@ -477,13 +477,13 @@ async fn keyturn_on_a_real_node() {
 
     // The JWKS through the Service (kube-proxy → an operator Pod) is the ConfigMap's bytes.
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
-    common::wait_for(
+    support::wait_for(
         "the Service's JWKS to equal the ConfigMap's",
         Duration::from_secs(30),
         || async {
-            let before = common::invariants::jwks_of(&cms.get(&format!("{SET}-jwks")).await.ok()?);
+            let before = support::invariants::jwks_of(&cms.get(&format!("{SET}-jwks")).await.ok()?);
             let (status, body) = http(&fetch[0].1, "GET", "/fetch", b"").await?;
-            let after = common::invariants::jwks_of(&cms.get(&format!("{SET}-jwks")).await.ok()?);
+            let after = support::invariants::jwks_of(&cms.get(&format!("{SET}-jwks")).await.ok()?);
             (status == 200 && before == after && body == before).then_some(())
         },
     )
@@ -523,7 +523,7 @@ async fn keyturn_on_a_real_node() {
     let mut leader_gone = None;
     for rotation in 1..=3 {
         let seen = secret_writes.lock().unwrap().len();
-        common::wait_for(
+        support::wait_for(
             &format!("rotation {rotation}"),
             Duration::from_secs(interval + 60),
             || async { (secret_writes.lock().unwrap().len() > seen).then_some(()) },
@@ -540,7 +540,7 @@ async fn keyturn_on_a_real_node() {
             let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
             let t = Instant::now();
             pods.delete(&old, &DeleteParams::default()).await.unwrap();
-            let new = common::wait_for("a new leader", Duration::from_secs(60), || async {
+            let new = support::wait_for("a new leader", Duration::from_secs(60), || async {
                 lease_holder(&client).await.filter(|h| *h != old)
             })
             .await;
@@ -558,7 +558,7 @@ async fn keyturn_on_a_real_node() {
     }
     // The last issuer switch can take a full kubelet sync after the activation.
     let last = secret_writes.lock().unwrap().last().unwrap().clone();
-    common::wait_for(
+    support::wait_for(
         "every issuer Pod to sign with the last key",
         Duration::from_secs(max_sync + 30),
         || async {

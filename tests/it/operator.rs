@@ -2,9 +2,9 @@
 //! objects themselves (not the operator's status), tokens verified by an independent JWT
 //! library, I3/I4/I5/I7, bad input, and clean-up.
 
-mod common;
+use crate::support;
 
-use common::invariants::*;
+use crate::support::invariants::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ fn ready(reason: Option<&'static str>) -> impl Fn(Option<&SigningKeySet>) -> boo
 
 /// Waits for `Ready=False` with `reason` on set `name`; returns the condition's message.
 async fn wait_not_ready(sets: &Api<SigningKeySet>, name: &str, reason: &'static str) -> String {
-    let s = common::wait_object(
+    let s = support::wait_object(
         sets,
         name,
         &format!("Ready=False {reason}"),
@@ -53,7 +53,7 @@ async fn wait_not_ready(sets: &Api<SigningKeySet>, name: &str, reason: &'static 
 
 async fn wait_ready(client: &Client, ns: &str, name: &str) -> SigningKeySet {
     let api: Api<SigningKeySet> = Api::namespaced(client.clone(), ns);
-    common::wait_object(
+    support::wait_object(
         &api,
         name,
         &format!("{ns}/{name} Ready"),
@@ -66,10 +66,10 @@ async fn wait_ready(client: &Client, ns: &str, name: &str) -> SigningKeySet {
 
 #[tokio::test]
 async fn rotations_keep_i1_i2_i3_and_tokens_verify_for_every_algorithm() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "rotate").await;
-    let mut op = common::Operator::start(&ns);
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "rotate").await;
+    let mut op = support::Operator::start(&ns);
     let pre = Duration::from_secs(3);
     let overlap = Duration::from_secs(4);
     let name_of = |a: Algorithm| format!("set-{}", a.as_str().to_lowercase());
@@ -95,7 +95,7 @@ async fn rotations_keep_i1_i2_i3_and_tokens_verify_for_every_algorithm() {
         }
     }
     for alg in Algorithm::ALL {
-        common::create_set(
+        support::create_set(
             &client,
             &ns,
             &name_of(alg),
@@ -226,7 +226,7 @@ async fn rotations_keep_i1_i2_i3_and_tokens_verify_for_every_algorithm() {
 }
 
 /// Counts "reconciled" log lines for one set.
-fn reconciles(op: &common::Operator, set: &str) -> usize {
+fn reconciles(op: &support::Operator, set: &str) -> usize {
     op.log_text()
         .lines()
         .filter(|l| l.contains("\"reconciled\"") && l.contains(&format!("\"set\":\"{set}\"")))
@@ -235,11 +235,11 @@ fn reconciles(op: &common::Operator, set: &str) -> usize {
 
 #[tokio::test]
 async fn steady_state_reconciles_write_nothing() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "steady").await;
-    let mut op = common::Operator::start(&ns);
-    common::create_set(&client, &ns, "idle", json!({})).await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "steady").await;
+    let mut op = support::Operator::start(&ns);
+    support::create_set(&client, &ns, "idle", json!({})).await;
     wait_ready(&client, &ns, "idle").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -276,7 +276,7 @@ async fn steady_state_reconciles_write_nothing() {
     )
     .await
     .unwrap();
-    common::wait_for(
+    support::wait_for(
         "a reconcile after the settling annotation",
         Duration::from_secs(20),
         || async { (reconciles(&op, "idle") > settled).then_some(()) },
@@ -293,7 +293,7 @@ async fn steady_state_reconciles_write_nothing() {
     )
     .await
     .unwrap();
-    common::wait_for(
+    support::wait_for(
         "a reconcile after the annotation",
         Duration::from_secs(20),
         || async { (reconciles(&op, "idle") > n).then_some(()) },
@@ -301,7 +301,7 @@ async fn steady_state_reconciles_write_nothing() {
     .await;
     op.restart();
     let n = reconciles(&op, "idle");
-    common::wait_for(
+    support::wait_for(
         "a reconcile after restart",
         Duration::from_secs(30),
         || async { (reconciles(&op, "idle") > n).then_some(()) },
@@ -317,11 +317,11 @@ async fn steady_state_reconciles_write_nothing() {
 
 #[tokio::test]
 async fn status_configmap_and_signing_secret_are_rebuilt_without_losing_keys() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "rebuild").await;
-    let _op = common::Operator::start(&ns);
-    common::create_set(
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "rebuild").await;
+    let _op = support::Operator::start(&ns);
+    support::create_set(
         &client,
         &ns,
         "auth",
@@ -333,8 +333,8 @@ async fn status_configmap_and_signing_secret_are_rebuilt_without_losing_keys() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     // A manual rotation gives two published keys (Active + Pending).
-    common::rotate(&sets, "auth", "1").await;
-    let cm = common::wait_object(
+    support::rotate(&sets, "auth", "1").await;
+    let cm = support::wait_object(
         &cms,
         "auth-jwks",
         "two keys published",
@@ -353,7 +353,7 @@ async fn status_configmap_and_signing_secret_are_rebuilt_without_losing_keys() {
         .await
         .unwrap();
     let old_uid = cm.uid().unwrap();
-    let rebuilt = common::wait_object(
+    let rebuilt = support::wait_object(
         &cms,
         "auth-jwks",
         "ConfigMap rebuilt",
@@ -373,7 +373,7 @@ async fn status_configmap_and_signing_secret_are_rebuilt_without_losing_keys() {
         .await
         .unwrap();
     let old_uid = signing.uid().unwrap();
-    let rebuilt = common::wait_object(
+    let rebuilt = support::wait_object(
         &secrets,
         "auth-signing-key",
         "signing Secret rebuilt",
@@ -393,7 +393,7 @@ async fn status_configmap_and_signing_secret_are_rebuilt_without_losing_keys() {
     )
     .await
     .unwrap();
-    let back = common::wait_object(
+    let back = support::wait_object(
         &sets,
         "auth",
         "status rebuilt",
@@ -413,11 +413,11 @@ async fn status_configmap_and_signing_secret_are_rebuilt_without_losing_keys() {
 
 #[tokio::test]
 async fn deleting_the_set_garbage_collects_its_objects() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "gcset").await;
-    let op = common::Operator::start(&ns);
-    common::create_set(&client, &ns, "gone", json!({})).await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "gcset").await;
+    let op = support::Operator::start(&ns);
+    support::create_set(&client, &ns, "gone", json!({})).await;
     wait_ready(&client, &ns, "gone").await;
     drop(op); // the garbage collector, not the operator, cleans up
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -441,28 +441,28 @@ async fn deleting_the_set_garbage_collects_its_objects() {
         .delete("gone", &DeleteParams::default())
         .await
         .unwrap();
-    common::wait_deleted(
+    support::wait_deleted(
         &secrets,
         "gone-signing-key",
         &uids.0,
         Duration::from_secs(90),
     )
     .await;
-    common::wait_deleted(
+    support::wait_deleted(
         &secrets,
         "gone-keyturn-keys",
         &uids.1,
         Duration::from_secs(90),
     )
     .await;
-    common::wait_deleted(&cms, "gone-jwks", &uids.2, Duration::from_secs(90)).await;
+    support::wait_deleted(&cms, "gone-jwks", &uids.2, Duration::from_secs(90)).await;
 }
 
 #[tokio::test]
 async fn kubectl_rejects_invalid_specs_naming_the_field() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "invalid").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "invalid").await;
     let cases: [(&str, &str); 7] = [
         (
             "rotation: {interval: 1h, prePublish: 2h}",
@@ -482,7 +482,7 @@ async fn kubectl_rejects_invalid_specs_naming_the_field() {
         let manifest = format!(
             "apiVersion: keyturn.dev/v1alpha1\nkind: SigningKeySet\nmetadata: {{name: bad-{i}, namespace: {ns}}}\nspec:\n  {spec}\n"
         );
-        let out = common::kubectl(&["apply", "-f", "-"], Some(&manifest));
+        let out = support::kubectl(&["apply", "-f", "-"], Some(&manifest));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "case {i} ({spec}) was accepted");
         assert!(
@@ -494,7 +494,7 @@ async fn kubectl_rejects_invalid_specs_naming_the_field() {
     let ok = format!(
         "apiVersion: keyturn.dev/v1alpha1\nkind: SigningKeySet\nmetadata: {{name: fine, namespace: {ns}}}\nspec: {{}}\n"
     );
-    let out = common::kubectl(&["apply", "-f", "-"], Some(&ok));
+    let out = support::kubectl(&["apply", "-f", "-"], Some(&ok));
     assert!(
         out.status.success(),
         "{}",
@@ -523,11 +523,11 @@ async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> usize {
 
 #[tokio::test]
 async fn what_the_schema_cannot_catch_becomes_ready_false_with_an_event() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "notready").await;
-    let mut op = common::Operator::start(&ns);
-    common::create_set(
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "notready").await;
+    let mut op = support::Operator::start(&ns);
+    support::create_set(
         &client,
         &ns,
         "clash",
@@ -537,7 +537,7 @@ async fn what_the_schema_cannot_catch_becomes_ready_false_with_an_event() {
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     let msg = wait_not_ready(&sets, "clash", "InvalidSpec").await;
     assert!(msg.contains("spec.secretName"), "{msg}");
-    common::wait_for("an InvalidSpec Event", Duration::from_secs(20), || async {
+    support::wait_for("an InvalidSpec Event", Duration::from_secs(20), || async {
         (events_with_reason(&client, &ns, "InvalidSpec").await > 0).then_some(())
     })
     .await;
@@ -558,11 +558,11 @@ async fn what_the_schema_cannot_catch_becomes_ready_false_with_an_event() {
 /// fix clears it, and every condition names the generation it describes.
 #[tokio::test]
 async fn kstatus_stalled_until_the_spec_is_fixed_and_kubectl_wait_reads_it() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "kstatus").await;
-    let mut op = common::Operator::start(&ns);
-    common::create_set(
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "kstatus").await;
+    let mut op = support::Operator::start(&ns);
+    support::create_set(
         &client,
         &ns,
         "stuck",
@@ -572,7 +572,7 @@ async fn kstatus_stalled_until_the_spec_is_fixed_and_kubectl_wait_reads_it() {
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     wait_not_ready(&sets, "stuck", "InvalidSpec").await;
     let kubectl_wait = |cond: &str| {
-        let out = common::kubectl(
+        let out = support::kubectl(
             &[
                 "-n",
                 &ns,
@@ -625,10 +625,10 @@ async fn kstatus_stalled_until_the_spec_is_fixed_and_kubectl_wait_reads_it() {
 
 #[tokio::test]
 async fn foreign_objects_with_the_target_name_are_left_byte_identical() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "foreign").await;
-    let mut op = common::Operator::start(&ns);
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "foreign").await;
+    let mut op = support::Operator::start(&ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let foreign_cm = cms
@@ -644,8 +644,8 @@ async fn foreign_objects_with_the_target_name_are_left_byte_identical() {
         })).unwrap())
         .await
         .unwrap();
-    common::create_set(&client, &ns, "mine", json!({})).await;
-    common::create_set(&client, &ns, "theirs", json!({})).await;
+    support::create_set(&client, &ns, "mine", json!({})).await;
+    support::create_set(&client, &ns, "theirs", json!({})).await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     for (set, what) in [("mine", "ConfigMap"), ("theirs", "Secret")] {
         let msg = wait_not_ready(&sets, set, "ForeignObject").await;
@@ -655,7 +655,7 @@ async fn foreign_objects_with_the_target_name_are_left_byte_identical() {
             msg
         );
     }
-    common::wait_for("ForeignObject Events", Duration::from_secs(20), || async {
+    support::wait_for("ForeignObject Events", Duration::from_secs(20), || async {
         (events_with_reason(&client, &ns, "ForeignObject").await >= 2).then_some(())
     })
     .await;
@@ -677,11 +677,11 @@ async fn foreign_objects_with_the_target_name_are_left_byte_identical() {
 
 #[tokio::test]
 async fn corrupted_internal_secret_is_reported_and_no_published_key_is_dropped() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "corrupt").await;
-    let mut op = common::Operator::start(&ns);
-    common::create_set(
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "corrupt").await;
+    let mut op = support::Operator::start(&ns);
+    support::create_set(
         &client,
         &ns,
         "auth",
@@ -723,11 +723,11 @@ async fn corrupted_internal_secret_is_reported_and_no_published_key_is_dropped()
 
 #[tokio::test]
 async fn manual_rotation_and_emergency_revocation() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "manual").await;
-    let _op = common::Operator::start(&ns);
-    common::create_set(&client, &ns, "auth", json!({"algorithm": "EdDSA", "rotation": {"interval": "720h", "prePublish": "3s", "overlap": "1h"}})).await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "manual").await;
+    let _op = support::Operator::start(&ns);
+    support::create_set(&client, &ns, "auth", json!({"algorithm": "EdDSA", "rotation": {"interval": "720h", "prePublish": "3s", "overlap": "1h"}})).await;
     wait_ready(&client, &ns, "auth").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -742,7 +742,7 @@ async fn manual_rotation_and_emergency_revocation() {
     )
     .await
     .unwrap();
-    let cm = common::wait_object(
+    let cm = support::wait_object(
         &cms,
         "auth-jwks",
         "pending key published",
@@ -759,7 +759,7 @@ async fn manual_rotation_and_emergency_revocation() {
         "old key still signs"
     );
     let f2 = first.clone();
-    let signing = common::wait_object(
+    let signing = support::wait_object(
         &secrets,
         "auth-signing-key",
         "manual key active",
@@ -786,7 +786,7 @@ async fn manual_rotation_and_emergency_revocation() {
     // The revoked key leaves the signing Secret first (it may be empty for a moment: no key
     // rather than a revoked one), then the replacement signs.
     let s2 = second.clone();
-    let signing = common::wait_object(
+    let signing = support::wait_object(
         &secrets,
         "auth-signing-key",
         "replacement signs",
@@ -805,7 +805,7 @@ async fn manual_rotation_and_emergency_revocation() {
         kids_of(&cm).contains(&third) && kids_of(&cm).contains(&first),
         "replacement published, retired key kept"
     );
-    let s = common::wait_object(
+    let s = support::wait_object(
         &sets,
         "auth",
         "status shows revocation",
@@ -821,7 +821,7 @@ async fn manual_rotation_and_emergency_revocation() {
         s.status.unwrap().active_key_id.as_deref(),
         Some(third.as_str())
     );
-    common::wait_for(
+    support::wait_for(
         "an ActiveKeyRevoked Event",
         Duration::from_secs(20),
         || async { (events_with_reason(&client, &ns, "ActiveKeyRevoked").await > 0).then_some(()) },
@@ -837,11 +837,11 @@ async fn manual_rotation_and_emergency_revocation() {
 
 #[tokio::test]
 async fn a_deleted_internal_secret_never_replaces_published_keys() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "nostate").await;
-    let mut op = common::Operator::start(&ns);
-    common::create_set(&client, &ns, "auth", json!({})).await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "nostate").await;
+    let mut op = support::Operator::start(&ns);
+    support::create_set(&client, &ns, "auth", json!({})).await;
     wait_ready(&client, &ns, "auth").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -877,11 +877,11 @@ async fn a_deleted_internal_secret_never_replaces_published_keys() {
 
 #[tokio::test]
 async fn keyturn_status_shows_each_key_and_its_timeline() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "view").await;
-    let _op = common::Operator::start(&ns);
-    common::create_set(
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "view").await;
+    let _op = support::Operator::start(&ns);
+    support::create_set(
         &client,
         &ns,
         "auth",
@@ -893,7 +893,7 @@ async fn keyturn_status_shows_each_key_and_its_timeline() {
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_keyturn"))
             .args(args)
-            .env("KUBECONFIG", common::kubeconfig_path())
+            .env("KUBECONFIG", support::kubeconfig_path())
             .output()
             .unwrap()
     };
@@ -920,12 +920,12 @@ async fn keyturn_status_shows_each_key_and_its_timeline() {
 
 #[tokio::test]
 async fn a_deleted_sets_metric_series_disappear() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "metrics").await;
-    let op = common::Operator::start(&ns);
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "metrics").await;
+    let op = support::Operator::start(&ns);
     for name in ["stays", "goes"] {
-        common::create_set(&client, &ns, name, json!({})).await;
+        support::create_set(&client, &ns, name, json!({})).await;
         wait_ready(&client, &ns, name).await;
     }
     let series = |name: &str| format!("namespace=\"{ns}\",name=\"{name}\"");
@@ -934,7 +934,7 @@ async fn a_deleted_sets_metric_series_disappear() {
             .map(|(_, body)| body)
             .unwrap_or_default()
     };
-    common::wait_for("both sets' series", Duration::from_secs(20), || async {
+    support::wait_for("both sets' series", Duration::from_secs(20), || async {
         let m = scrape();
         (m.contains(&series("stays")) && m.contains(&series("goes"))).then_some(())
     })
@@ -942,8 +942,8 @@ async fn a_deleted_sets_metric_series_disappear() {
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     let uid = sets.get("goes").await.unwrap().metadata.uid.unwrap();
     sets.delete("goes", &DeleteParams::default()).await.unwrap();
-    common::wait_deleted(&sets, "goes", &uid, Duration::from_secs(30)).await;
-    let m = common::wait_for(
+    support::wait_deleted(&sets, "goes", &uid, Duration::from_secs(30)).await;
+    let m = support::wait_for(
         "the deleted set's series gone",
         Duration::from_secs(20),
         || async {

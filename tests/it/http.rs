@@ -2,7 +2,7 @@
 //! here wrote (Node's jose, Python's PyJWT) verify every token through rotations, and the
 //! edge cases of the protocol.
 
-mod common;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -16,7 +16,7 @@ use serde_json::json;
 
 async fn wait_published(client: &Client, ns: &str, cm: &str) -> ConfigMap {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    common::wait_object(
+    support::wait_object(
         &api,
         cm,
         "JWKS published",
@@ -27,7 +27,7 @@ async fn wait_published(client: &Client, ns: &str, cm: &str) -> ConfigMap {
     .unwrap()
 }
 
-use common::{Resp, raw_request as raw};
+use crate::support::{Resp, raw_request as raw};
 
 async fn get(port: u16, path: &str, extra: &str) -> Resp {
     let req = format!(
@@ -58,13 +58,13 @@ async fn wait_http_200(port: u16, path: &str) -> Resp {
 
 #[tokio::test]
 async fn http_edge_cases() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "http").await;
-    let op = common::Operator::start_with(&ns, &["--public-url", "https://keys.example.test/"]);
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "http").await;
+    let op = support::Operator::start_with(&ns, &["--public-url", "https://keys.example.test/"]);
     let port = op.http_port;
-    common::create_set(&client, &ns, "web", json!({"rotation": {"interval": "720h", "prePublish": "10m", "overlap": "1h"}, "issuer": "https://auth.example.com"})).await;
-    common::create_set(&client, &ns, "plain", json!({})).await;
+    support::create_set(&client, &ns, "web", json!({"rotation": {"interval": "720h", "prePublish": "10m", "overlap": "1h"}, "issuer": "https://auth.example.com"})).await;
+    support::create_set(&client, &ns, "plain", json!({})).await;
     let cm = wait_published(&client, &ns, "web-jwks").await;
     wait_published(&client, &ns, "plain-jwks").await;
     let path = format!("/jwks/{ns}/web");
@@ -305,13 +305,13 @@ async fn jose_and_pyjwt_verify_every_token_through_three_rotations() {
     let dir = std::env::var("KEYTURN_TEST_VERIFIERS").unwrap_or_else(|_| {
         panic!("KEYTURN_TEST_VERIFIERS is not set: run hack/test.sh, or hack/test-deps.sh DIR and export it")
     });
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "verify").await;
-    let op = common::Operator::start(&ns);
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "verify").await;
+    let op = support::Operator::start(&ns);
     // prePublish 4 s against verifiers whose key set is pinned and refreshed every 1 s, never on
     // an unknown kid (see tests/verifiers/): a key that signed before it was published fails.
-    common::create_set(&client, &ns, "iss", json!({"algorithm": "ES256", "rotation": {"interval": "8s", "prePublish": "4s", "overlap": "4s"}})).await;
+    support::create_set(&client, &ns, "iss", json!({"algorithm": "ES256", "rotation": {"interval": "8s", "prePublish": "4s", "overlap": "4s"}})).await;
     wait_published(&client, &ns, "iss-jwks").await;
     let url = format!("http://127.0.0.1:{}/jwks/{ns}/iss", op.http_port);
     wait_http_200(op.http_port, &format!("/jwks/{ns}/iss")).await;
@@ -326,7 +326,7 @@ async fn jose_and_pyjwt_verify_every_token_through_three_rotations() {
     ];
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let secrets = &secrets;
-    common::wait_object(
+    support::wait_object(
         secrets,
         "iss-signing-key",
         "signing key",
@@ -369,14 +369,14 @@ async fn jose_and_pyjwt_verify_every_token_through_three_rotations() {
 
 #[tokio::test]
 async fn the_jwks_service_manifest_is_accepted_by_the_api_server() {
-    let client = common::client().await;
+    let client = support::client().await;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/service-jwks.yaml");
     let text = std::fs::read_to_string(path).unwrap();
     // The manifest names keyturn-system; apply it with a server-side dry run into a fresh
     // namespace of that role so the API server validates it for real.
-    let ns = common::fresh_namespace(&client, "svc").await;
+    let ns = support::fresh_namespace(&client, "svc").await;
     let manifest = text.replace("namespace: keyturn-system", &format!("namespace: {ns}"));
-    let out = common::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&manifest));
+    let out = support::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&manifest));
     assert!(
         out.status.success(),
         "{}",

@@ -11,9 +11,9 @@
 //!   (I8).
 //!
 //! (A `spec.verificationKeys` source read only with its writers' consent is attacked in
-//! tests/adoption.rs.)
+//! tests/it/adoption.rs.)
 
-mod common;
+use crate::support;
 
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ fn kids(cm: &ConfigMap) -> Vec<String> {
 
 /// A tenant of `ns` who may do anything with ConfigMaps there and nothing else.
 async fn configmap_writer(client: &Client, ns: &str) -> Api<ConfigMap> {
-    let (c, _) = common::restricted_with(
+    let (c, _) = support::restricted_with(
         client,
         ns,
         "cm-writer",
@@ -59,7 +59,7 @@ async fn configmap_writer(client: &Client, ns: &str) -> Api<ConfigMap> {
 
 /// A tenant of `ns` who may do anything with SigningKeySets there and nothing else.
 async fn set_writer(client: &Client, ns: &str) -> Client {
-    common::restricted_with(
+    support::restricted_with(
         client,
         ns,
         "tenant",
@@ -86,7 +86,7 @@ async fn revoke(client: &Client, src: &str, kid: &str) {
 async fn wait_replaced(client: &Client, src: &str, revoked: &str) -> String {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), src);
     let r = revoked.to_string();
-    let s = common::wait_object(
+    let s = support::wait_object(
         &secrets,
         "auth-signing-key",
         "the revoked key out of the signing Secret and its replacement in",
@@ -98,7 +98,7 @@ async fn wait_replaced(client: &Client, src: &str, revoked: &str) -> String {
     )
     .await
     .unwrap();
-    common::signing_kid(&s)
+    support::signing_kid(&s)
 }
 
 /// Waits until `src/auth`'s status has `kid` Active and `Ready` with `status`/`reason` (a
@@ -113,7 +113,7 @@ async fn wait_status_after(
 ) -> String {
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), src);
     let kid = kid.to_string();
-    let s = common::wait_object(
+    let s = support::wait_object(
         &sets,
         "auth",
         &format!("status: {kid} Active, Ready={status} ({reason})"),
@@ -130,14 +130,14 @@ async fn wait_status_after(
     )
     .await
     .unwrap();
-    common::condition(&s, "Ready").unwrap().2
+    support::condition(&s, "Ready").unwrap().2
 }
 
 /// Waits until the copy `ns/auth-jwks` holds `kid` and not `revoked`.
 async fn wait_copy(client: &Client, ns: &str, kid: &str, revoked: &str) {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let (kid, revoked) = (kid.to_string(), revoked.to_string());
-    common::wait_object(
+    support::wait_object(
         &cms,
         "auth-jwks",
         &format!("{ns}/auth-jwks to hold the replacement and not the revoked key"),
@@ -157,17 +157,17 @@ async fn wait_copy(client: &Client, ns: &str, kid: &str, revoked: &str) {
 /// revokes its Active key in an emergency: the revoked key must stop signing at once.
 #[tokio::test]
 async fn a_blocked_copy_never_holds_a_revocation_back() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let src = common::fresh_namespace(&client, "revoke").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let src = support::fresh_namespace(&client, "revoke").await;
     let (dst, blocked) = (format!("{src}-a"), format!("{src}-b"));
     for ns in [&dst, &blocked] {
         namespace(&client, ns).await;
-        common::grant(&client, ns, &src, None).await;
+        support::grant(&client, ns, &src, None).await;
     }
     let attacker = configmap_writer(&client, &blocked).await;
-    let _op = common::Operator::start(&src);
-    common::create_set(
+    let _op = support::Operator::start(&src);
+    support::create_set(
         &client,
         &src,
         "auth",
@@ -176,9 +176,9 @@ async fn a_blocked_copy_never_holds_a_revocation_back() {
     )
     .await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
-    common::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    support::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
-    let revoked = common::signing_kid(&secrets.get("auth-signing-key").await.unwrap());
+    let revoked = support::signing_kid(&secrets.get("auth-signing-key").await.unwrap());
 
     // The attacker puts an object of its own where keyturn's copy was (keyturn recreates its
     // copy as soon as it is deleted: the attacker tries until its own object holds the name).
@@ -186,7 +186,7 @@ async fn a_blocked_copy_never_holds_a_revocation_back() {
         json!({"metadata": {"name": "auth-jwks"}, "data": {"jwks.json": "theirs"}}),
     )
     .unwrap();
-    let foreign = common::wait_for(
+    let foreign = support::wait_for(
         "the attacker's object in the copy's place",
         Duration::from_secs(20),
         || async {
@@ -195,7 +195,7 @@ async fn a_blocked_copy_never_holds_a_revocation_back() {
         },
     )
     .await;
-    let msg = common::wait_condition(&sets, "auth", "Ready", "False", "PublishFailed").await;
+    let msg = support::wait_condition(&sets, "auth", "Ready", "False", "PublishFailed").await;
     assert!(msg.contains(&blocked), "{msg}");
 
     // The emergency: the Active key is revoked while the copy is blocked.
@@ -224,15 +224,15 @@ async fn a_blocked_copy_never_holds_a_revocation_back() {
 /// untouched.
 #[tokio::test]
 async fn a_labelled_decoy_neither_freezes_a_set_nor_is_touched() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let src = common::fresh_namespace(&client, "decoy").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let src = support::fresh_namespace(&client, "decoy").await;
     let dst = format!("{src}-copies");
     namespace(&client, &dst).await;
-    common::grant(&client, &dst, &src, None).await;
+    support::grant(&client, &dst, &src, None).await;
     let attacker = configmap_writer(&client, &dst).await;
-    let _op = common::Operator::start(&src);
-    common::create_set(
+    let _op = support::Operator::start(&src);
+    support::create_set(
         &client,
         &src,
         "auth",
@@ -241,13 +241,13 @@ async fn a_labelled_decoy_neither_freezes_a_set_nor_is_touched() {
     )
     .await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
-    common::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    support::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
-    let revoked = common::signing_kid(&secrets.get("auth-signing-key").await.unwrap());
+    let revoked = support::signing_kid(&secrets.get("auth-signing-key").await.unwrap());
 
     // The decoy: the real copy's labels and annotations, under names sorting before and
     // after the copy's.
-    let real = common::wait_for("the copy", Duration::from_secs(20), || async {
+    let real = support::wait_for("the copy", Duration::from_secs(20), || async {
         attacker.get_opt("auth-jwks").await.unwrap()
     })
     .await;
@@ -286,15 +286,15 @@ async fn a_labelled_decoy_neither_freezes_a_set_nor_is_touched() {
 /// must leave all the same.
 #[tokio::test]
 async fn a_grant_withdrawn_while_the_set_is_refused_removes_the_copy() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let src = common::fresh_namespace(&client, "withdraw").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let src = support::fresh_namespace(&client, "withdraw").await;
     let dst = format!("{src}-copies");
     namespace(&client, &dst).await;
-    let grant = common::grant(&client, &dst, &src, None).await;
+    let grant = support::grant(&client, &dst, &src, None).await;
     let tenant = set_writer(&client, &src).await;
-    let _op = common::Operator::start(&src);
-    common::create_set(
+    let _op = support::Operator::start(&src);
+    support::create_set(
         &client,
         &src,
         "auth",
@@ -302,7 +302,7 @@ async fn a_grant_withdrawn_while_the_set_is_refused_removes_the_copy() {
     )
     .await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
-    common::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    support::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
     let copies: Api<ConfigMap> = Api::namespaced(client.clone(), &dst);
     let copy = copies.get("auth-jwks").await.unwrap();
 
@@ -314,14 +314,14 @@ async fn a_grant_withdrawn_while_the_set_is_refused_removes_the_copy() {
         )
         .await
         .expect("the tenant may edit its set");
-    common::wait_condition(&sets, "auth", "Ready", "False", "InvalidSpec").await;
+    support::wait_condition(&sets, "auth", "Ready", "False", "InvalidSpec").await;
 
     // The target namespace's administrator withdraws consent.
     Api::<keyturn::crd::SigningKeySetGrant>::namespaced(client.clone(), &dst)
         .delete(&grant, &DeleteParams::default())
         .await
         .unwrap();
-    common::wait_deleted(
+    support::wait_deleted(
         &copies,
         "auth-jwks",
         &copy.uid().unwrap(),
@@ -334,9 +334,9 @@ async fn a_grant_withdrawn_while_the_set_is_refused_removes_the_copy() {
 /// set cannot carry a huge one. The API server refuses it at apply time, naming the field.
 #[tokio::test]
 async fn a_huge_namespace_selector_is_refused_at_apply_time() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "selector").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "selector").await;
     let tenant = set_writer(&client, &ns).await;
     let labels: serde_json::Map<String, serde_json::Value> =
         (0..33).map(|i| (format!("l{i}"), json!("on"))).collect();
@@ -353,7 +353,7 @@ async fn a_huge_namespace_selector_is_refused_at_apply_time() {
             "spec.jwks.namespaceSelector.matchExpressions",
         ),
     ] {
-        let e = common::try_create_set(
+        let e = support::try_create_set(
             &tenant,
             &ns,
             "big",
@@ -374,12 +374,12 @@ async fn a_huge_namespace_selector_is_refused_at_apply_time() {
 #[tokio::test]
 async fn the_admission_policy_keeps_keyturns_objects_out_of_other_hands() {
     use kube::api::ListParams;
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let src = common::fresh_namespace(&client, "vap").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let src = support::fresh_namespace(&client, "vap").await;
     let dst = format!("{src}-copies");
     namespace(&client, &dst).await;
-    common::grant(&client, &dst, &src, None).await;
+    support::grant(&client, &dst, &src, None).await;
     for ns in [&src, &dst] {
         Api::<Namespace>::all(client.clone())
             .patch(
@@ -391,7 +391,7 @@ async fn the_admission_policy_keeps_keyturns_objects_out_of_other_hands() {
             .unwrap();
     }
     let shipped =
-        std::fs::read_to_string(common::root().join("deploy/admission-policy.yaml")).unwrap();
+        std::fs::read_to_string(support::root().join("deploy/admission-policy.yaml")).unwrap();
     let policy = shipped.split("\n---").next().unwrap().replace(
         "name: keyturn-objects",
         &format!("name: keyturn-objects-{src}"),
@@ -407,7 +407,7 @@ spec:
     namespaceSelector: {{matchLabels: {{keyturn.dev/vap-test: {src}}}}}
 "
     );
-    let out = common::kubectl(
+    let out = support::kubectl(
         &["apply", "-f", "-"],
         Some(&format!("{policy}\n---\n{binding}")),
     );
@@ -417,8 +417,8 @@ spec:
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let _op = common::Operator::start(&src);
-    common::create_set(
+    let _op = support::Operator::start(&src);
+    support::create_set(
         &client,
         &src,
         "auth",
@@ -426,7 +426,7 @@ spec:
     )
     .await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
-    common::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    support::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
     let attacker = configmap_writer(&client, &dst).await;
     let tenant = set_writer(&client, &src).await;
     let real = attacker.get("auth-jwks").await.unwrap();
@@ -444,7 +444,7 @@ spec:
         dry_run: true,
         ..Default::default()
     };
-    common::wait_for("the policy in force", Duration::from_secs(30), || async {
+    support::wait_for("the policy in force", Duration::from_secs(30), || async {
         attacker.create(&dry, &decoy).await.is_err().then_some(())
     })
     .await;
@@ -505,7 +505,7 @@ spec:
             .contains(&"keyturn.dev/jwks-copies".to_string())
     );
     // keyturn's own identity, as deploy/ runs it, is exempt (RBAC lets it write here).
-    common::allow(
+    support::allow(
         &client,
         &dst,
         "keyturn-as-deployed",
@@ -525,7 +525,7 @@ spec:
         .delete("auth-jwks", &Default::default())
         .await
         .unwrap();
-    common::wait_object(
+    support::wait_object(
         &attacker,
         "auth-jwks",
         "keyturn's copy back",
@@ -542,7 +542,7 @@ spec:
         1,
         "only keyturn's copy carries its labels"
     );
-    let out = common::kubectl(
+    let out = support::kubectl(
         &[
             "delete",
             "validatingadmissionpolicybinding,validatingadmissionpolicy",
@@ -560,7 +560,7 @@ spec:
 /// A client that is ServiceAccount `ns/sa` by impersonation (the admin may impersonate), with
 /// that account's groups and no other: the identity deploy/ runs keyturn as.
 async fn as_service_account(ns: &str, sa: &str) -> Client {
-    let text = std::fs::read_to_string(common::kubeconfig_path()).unwrap();
+    let text = std::fs::read_to_string(support::kubeconfig_path()).unwrap();
     let user = format!("system:serviceaccount:{ns}:{sa}");
     let groups = format!(
         "[\"system:serviceaccounts\", \"system:serviceaccounts:{ns}\", \"system:authenticated\"]"

@@ -3,7 +3,7 @@
 //! `rotate`, `revoke`, and `verify` on a valid, a tampered, an unknown-kid and a retired-key
 //! token, and on a revoked key's token; a viewer's identity may verify but not rotate or revoke.
 
-mod common;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use serde_json::json;
 
-use common::invariants::sign_with_secret;
+use crate::support::invariants::sign_with_secret;
 use keyturn::crd::{Algorithm, SigningKeySet};
 use keyturn::keys::KeyPair;
 
@@ -54,17 +54,17 @@ fn verify(kubeconfig: &Path, ns: &str, token: &str) -> (i32, String) {
 }
 
 async fn kids(cms: &Api<ConfigMap>) -> Vec<String> {
-    common::invariants::kids_of(&cms.get("auth-jwks").await.unwrap())
+    support::invariants::kids_of(&cms.get("auth-jwks").await.unwrap())
 }
 
 #[tokio::test]
 async fn status_rotate_revoke_and_verify_through_kubectl() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "plugin").await;
-    let mut op = common::Operator::start(&ns);
-    let admin = common::kubeconfig_path();
-    common::create_set(
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "plugin").await;
+    let mut op = support::Operator::start(&ns);
+    let admin = support::kubeconfig_path();
+    support::create_set(
         &client,
         &ns,
         "auth",
@@ -74,7 +74,7 @@ async fn status_rotate_revoke_and_verify_through_kubectl() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
-    let first = common::wait_object(
+    let first = support::wait_object(
         &secrets,
         "auth-signing-key",
         "the first key",
@@ -84,7 +84,7 @@ async fn status_rotate_revoke_and_verify_through_kubectl() {
     .await
     .unwrap();
     let (token, first_kid) = sign_with_secret(&first);
-    common::wait_object(
+    support::wait_object(
         &sets,
         "auth",
         "status lists the key",
@@ -128,7 +128,7 @@ async fn status_rotate_revoke_and_verify_through_kubectl() {
     assert!(out.contains("unknown kid"), "{out}");
 
     // A viewer (get/list on sets and ConfigMaps) may verify and see the status, not rotate.
-    let (_, viewer) = common::restricted_with(
+    let (_, viewer) = support::restricted_with(
         &client,
         &ns,
         "viewer",
@@ -150,16 +150,16 @@ async fn status_rotate_revoke_and_verify_through_kubectl() {
     let o = plugin(&admin, &["rotate", "auth", "-n", &ns]);
     assert!(o.status.success(), "{}", text(&o));
     let f = first_kid.clone();
-    common::wait_object(
+    support::wait_object(
         &secrets,
         "auth-signing-key",
         "the rotated key signs",
         Duration::from_secs(30),
-        move |o: Option<&Secret>| o.is_some_and(|s| common::signing_kid(s) != f),
+        move |o: Option<&Secret>| o.is_some_and(|s| support::signing_kid(s) != f),
     )
     .await
     .unwrap();
-    common::wait_object(
+    support::wait_object(
         &sets,
         "auth",
         "status shows the first key Retired",
@@ -206,13 +206,13 @@ async fn status_rotate_revoke_and_verify_through_kubectl() {
     let set = sets.get("auth").await.unwrap();
     assert_eq!(set.spec.revoked_key_ids, vec![first_kid.clone()]);
     let f = first_kid.clone();
-    common::wait_object(
+    support::wait_object(
         &cms,
         "auth-jwks",
         "the revoked key leaves the JWKS",
         Duration::from_secs(30),
         move |o: Option<&ConfigMap>| {
-            o.is_some_and(|c| !common::invariants::kids_of(c).contains(&f))
+            o.is_some_and(|c| !support::invariants::kids_of(c).contains(&f))
         },
     )
     .await
@@ -228,14 +228,14 @@ async fn status_rotate_revoke_and_verify_through_kubectl() {
 /// namespace without a copy is an error, not a verdict.
 #[tokio::test]
 async fn verify_checks_a_fan_out_copy() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let src = common::fresh_namespace(&client, "plugin-src").await;
-    let dst = common::fresh_namespace(&client, "plugin-dst").await;
-    let none = common::fresh_namespace(&client, "plugin-none").await;
-    let mut op = common::Operator::start(&src);
-    common::grant(&client, &dst, &src, Some("auth")).await;
-    common::create_set(
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let src = support::fresh_namespace(&client, "plugin-src").await;
+    let dst = support::fresh_namespace(&client, "plugin-dst").await;
+    let none = support::fresh_namespace(&client, "plugin-none").await;
+    let mut op = support::Operator::start(&src);
+    support::grant(&client, &dst, &src, Some("auth")).await;
+    support::create_set(
         &client,
         &src,
         "auth",
@@ -243,7 +243,7 @@ async fn verify_checks_a_fan_out_copy() {
     )
     .await;
     let copy: Api<ConfigMap> = Api::namespaced(client.clone(), &dst);
-    common::wait_object(
+    support::wait_object(
         &copy,
         "auth-jwks",
         "the copy in the consenting namespace",
@@ -254,7 +254,7 @@ async fn verify_checks_a_fan_out_copy() {
     .unwrap();
     // The signing Secret follows the copies (a key signs only once every copy holds it).
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
-    let signing = common::wait_object(
+    let signing = support::wait_object(
         &secrets,
         "auth-signing-key",
         "the signing Secret",
@@ -264,7 +264,7 @@ async fn verify_checks_a_fan_out_copy() {
     .await
     .unwrap();
     let (token, kid) = sign_with_secret(&signing);
-    let admin = common::kubeconfig_path();
+    let admin = support::kubeconfig_path();
     let o = plugin(
         &admin,
         &["verify", "auth", &token, "-n", &src, "--copy", &dst],

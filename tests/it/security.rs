@@ -11,7 +11,7 @@
 //! - an operator that cannot elect a leader or cannot watch must fail, not look healthy;
 //! - the namespace-only install runs a rotation under its own token with nothing else.
 
-mod common;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,8 +23,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::invariants::{Seen, observe};
-use common::{Resp, parse_response as parse};
+use crate::support::invariants::{Seen, observe};
+use crate::support::{Resp, parse_response as parse};
 use keyturn::crd::{SigningKeySet, SigningKeySetGrant};
 
 fn root() -> std::path::PathBuf {
@@ -49,7 +49,7 @@ fn is_forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> bool {
 
 /// The user-facing aggregated ClusterRoles of deploy/rbac-users.yaml.
 fn apply_user_roles() {
-    let out = common::kubectl(
+    let out = support::kubectl(
         &[
             "apply",
             "-f",
@@ -66,11 +66,12 @@ fn apply_user_roles() {
 
 #[tokio::test]
 async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let _roles = support::CLUSTER_ROLES.read().await;
     apply_user_roles();
-    let tenant = common::fresh_namespace(&client, "tenant").await;
-    let victim = common::fresh_namespace(&client, "victim").await;
+    let tenant = support::fresh_namespace(&client, "tenant").await;
+    let victim = support::fresh_namespace(&client, "victim").await;
     let label = format!("jwks-{tenant}");
     Api::<Namespace>::all(client.clone())
         .patch(
@@ -82,11 +83,11 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
         .unwrap();
     // The tenant: may manage SigningKeySets (and read Events) in its own namespace, nothing else.
     let (tenant_client, _) =
-        common::restricted_with(&client, &tenant, "tenant", json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]},
+        support::restricted_with(&client, &tenant, "tenant", json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]},
                {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["get", "list"]}])).await;
     // The victim's administrator: the default `admin` role (which aggregates keyturn-admin).
-    let (victim_admin, _) = common::restricted_client(&client, &victim, "admin").await;
-    common::bind(
+    let (victim_admin, _) = support::restricted_client(&client, &victim, "admin").await;
+    support::bind(
         &client,
         &victim,
         "admin",
@@ -114,11 +115,11 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
         }
     });
 
-    let _op = common::Operator::start(&tenant);
+    let _op = support::Operator::start(&tenant);
     let tenant_sets: Api<SigningKeySet> = Api::namespaced(tenant_client.clone(), &tenant);
     let pp = PostParams::default();
     let set = |name: &str, jwks: serde_json::Value| -> SigningKeySet {
-        serde_json::from_value(common::set_manifest(
+        serde_json::from_value(support::set_manifest(
             name,
             json!({"rotation": {"interval": "9s", "prePublish": "3s", "overlap": "3s"}, "jwks": jwks}),
         ))
@@ -159,15 +160,15 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
 
     // Both sets work in their own namespace, and say where they may not publish.
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &tenant);
-    common::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
-    let msg = common::wait_condition(&sets, "auth", "FanOut", "False", "ConsentMissing").await;
+    support::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    let msg = support::wait_condition(&sets, "auth", "FanOut", "False", "ConsentMissing").await;
     assert!(
         msg.contains(&victim) && msg.contains("kube-system"),
         "{msg}"
     );
     // A selector's refusals are counted, never named: the tenant learns no namespace's name
     // or labels from it.
-    let msg = common::wait_condition(&sets, "sel", "FanOut", "False", "ConsentMissing").await;
+    let msg = support::wait_condition(&sets, "sel", "FanOut", "False", "ConsentMissing").await;
     assert!(
         !msg.contains(&victim)
             && msg.contains("1 namespace(s) spec.jwks.namespaceSelector matches"),
@@ -176,7 +177,7 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
     // ... with a Warning Event the tenant can read.
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(tenant_client.clone(), &tenant);
-    common::wait_for(
+    support::wait_for(
         "a ConsentMissing Event naming the victim",
         Duration::from_secs(30),
         || async {
@@ -211,11 +212,11 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
     // The victim's administrator consents to tenant/auth only: its copy appears there.
     // (The `admin` role gets keyturn-admin's rules from the ClusterRole aggregation controller.)
     let as_admin = format!("system:serviceaccount:{victim}:admin");
-    common::wait_for(
+    support::wait_for(
         "admin aggregates keyturn-admin",
         Duration::from_secs(30),
         || async {
-            let out = common::kubectl(
+            let out = support::kubectl(
                 &[
                     "auth",
                     "can-i",
@@ -232,10 +233,10 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
         },
     )
     .await;
-    let grant = common::grant(&victim_admin, &victim, &tenant, Some("auth")).await;
+    let grant = support::grant(&victim_admin, &victim, &tenant, Some("auth")).await;
     let victim_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &victim);
     let own_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &tenant);
-    common::wait_for("the consented copy", Duration::from_secs(30), || async {
+    support::wait_for("the consented copy", Duration::from_secs(30), || async {
         let c = victim_cms
             .get_opt("payments-trusted-issuers")
             .await
@@ -244,7 +245,7 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
         (c.data == o.data).then_some(())
     })
     .await;
-    common::wait_condition(&sets, "auth", "FanOut", "False", "ConsentMissing").await; // kube-system still refused
+    support::wait_condition(&sets, "auth", "FanOut", "False", "ConsentMissing").await; // kube-system still refused
     assert_eq!(
         copies_from(&client, "kube-system", &tenant).await,
         Vec::<String>::new()
@@ -264,7 +265,7 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
     let mut seen_kids = vec![k0.clone()];
     for _ in 0..3 {
         let last = seen_kids.last().unwrap().clone();
-        let s = common::wait_object(
+        let s = support::wait_object(
             &secrets,
             "auth-signing-key",
             "a rotation",
@@ -324,7 +325,7 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
             "{k} signed (rv {srv}) before the consented copy had it (rv {crv})"
         );
         assert!(
-            *sat + common::invariants::JITTER >= *cat + Duration::from_secs(3),
+            *sat + support::invariants::JITTER >= *cat + Duration::from_secs(3),
             "{k} signed {:?} after it reached the consented copy; prePublish is 3s",
             *sat - *cat
         );
@@ -335,7 +336,7 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
         .delete(&grant, &Default::default())
         .await
         .unwrap();
-    common::wait_for(
+    support::wait_for(
         "the copy removed after consent was withdrawn",
         Duration::from_secs(30),
         || async {
@@ -349,13 +350,13 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
     )
     .await;
     let v = victim.clone();
-    common::wait_object(
+    support::wait_object(
         &sets,
         "auth",
         "FanOut names the victim again",
         Duration::from_secs(30),
         move |o: Option<&SigningKeySet>| {
-            o.and_then(|s| common::condition(s, "FanOut"))
+            o.and_then(|s| support::condition(s, "FanOut"))
                 .is_some_and(|(st, r, m)| st == "False" && r == "ConsentMissing" && m.contains(&v))
         },
     )
@@ -371,11 +372,11 @@ fn leaked(body: &str) -> bool {
 
 #[tokio::test]
 async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "forge").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "forge").await;
     // The attacker may write ConfigMaps in the namespace, nothing else.
-    let (attacker, _) = common::restricted_with(
+    let (attacker, _) = support::restricted_with(
         &client,
         &ns,
         "cm-writer",
@@ -392,8 +393,8 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
     }))
     .unwrap();
     cms.create(&PostParams::default(), &forged).await.unwrap();
-    let op = common::Operator::start_with(&ns, &["--public-url", "https://keys.example.test"]);
-    common::create_set(
+    let op = support::Operator::start_with(&ns, &["--public-url", "https://keys.example.test"]);
+    support::create_set(
         &client,
         &ns,
         "auth",
@@ -401,11 +402,11 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
     )
     .await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
-    common::wait_condition(&sets, "auth", "Ready", "False", "ForeignObject").await;
+    support::wait_condition(&sets, "auth", "Ready", "False", "ForeignObject").await;
     // Wait until the endpoint knows the set (its cache has it) and check what it answers.
     let jwks_path = format!("/jwks/{ns}/auth");
     let discovery_path = format!("/{ns}/auth/.well-known/openid-configuration");
-    common::wait_for(
+    support::wait_for(
         "the endpoint to know the set",
         Duration::from_secs(20),
         || async {
@@ -430,14 +431,14 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
     // The attacker gives up the name; keyturn publishes its own, woken by the deletion (well
     // before the refusal's 60 s retry) once its watch of labelled ConfigMaps is listed (a
     // deletion before that is seen only by the retry).
-    common::wait_for(
+    support::wait_for(
         "keyturn's watch caches filled",
         Duration::from_secs(20),
         || async { op.log_text().contains("watch caches filled").then_some(()) },
     )
     .await;
     cms.delete("auth-jwks", &Default::default()).await.unwrap();
-    common::wait_condition_within(
+    support::wait_condition_within(
         &sets,
         "auth",
         "Ready",
@@ -447,7 +448,7 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
     )
     .await;
     let own: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let genuine = common::wait_for(
+    let genuine = support::wait_for(
         "the genuine JWKS served",
         Duration::from_secs(20),
         || async {
@@ -484,7 +485,7 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
         );
     }
     // ... and keyturn puts its own bytes back into the ConfigMap.
-    common::wait_for(
+    support::wait_for(
         "the tampered ConfigMap repaired",
         Duration::from_secs(30),
         || async {
@@ -507,11 +508,11 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
 
 #[tokio::test]
 async fn discovery_without_a_public_url_refuses_instead_of_trusting_host() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "nohost").await;
-    let op = common::Operator::start(&ns);
-    common::create_set(
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "nohost").await;
+    let op = support::Operator::start(&ns);
+    support::create_set(
         &client,
         &ns,
         "auth",
@@ -519,7 +520,7 @@ async fn discovery_without_a_public_url_refuses_instead_of_trusting_host() {
     )
     .await;
     let path = format!("/jwks/{ns}/auth");
-    common::wait_for("JWKS served", Duration::from_secs(30), || async {
+    support::wait_for("JWKS served", Duration::from_secs(30), || async {
         (op.http_get(&path)?.0 == 200).then_some(())
     })
     .await;
@@ -536,7 +537,7 @@ async fn discovery_without_a_public_url_refuses_instead_of_trusting_host() {
 }
 
 async fn raw_get(port: u16, path: &str, host: &str) -> Resp {
-    common::raw_request(
+    support::raw_request(
         port,
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
@@ -555,11 +556,11 @@ async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Option
 
 #[tokio::test]
 async fn the_public_port_is_bounded_and_has_no_metrics() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "limits").await;
-    let op = common::Operator::start_with(&ns, &["--http-header-timeout", "1s"]);
-    common::wait_for("the endpoint up", Duration::from_secs(30), || async {
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "limits").await;
+    let op = support::Operator::start_with(&ns, &["--http-header-timeout", "1s"]);
+    support::wait_for("the endpoint up", Duration::from_secs(30), || async {
         (op.http_get("/readyz")?.0 == 200).then_some(())
     })
     .await;
@@ -611,10 +612,10 @@ async fn the_public_port_is_bounded_and_has_no_metrics() {
 
 #[tokio::test]
 async fn connections_beyond_the_bound_wait_for_a_free_slot() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "conns").await;
-    let op = common::Operator::start_with(
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "conns").await;
+    let op = support::Operator::start_with(
         &ns,
         &[
             "--http-max-connections",
@@ -623,7 +624,7 @@ async fn connections_beyond_the_bound_wait_for_a_free_slot() {
             "60s",
         ],
     );
-    common::wait_for("the endpoint up", Duration::from_secs(30), || async {
+    support::wait_for("the endpoint up", Duration::from_secs(30), || async {
         (op.http_get("/readyz")?.0 == 200).then_some(())
     })
     .await;
@@ -660,11 +661,11 @@ async fn connections_beyond_the_bound_wait_for_a_free_slot() {
 
 #[tokio::test]
 async fn an_operator_that_cannot_elect_becomes_unready_and_exits() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "noelect").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "noelect").await;
     // The Lease's namespace does not exist: the election can never start.
-    let mut op = common::Operator::start_with(
+    let mut op = support::Operator::start_with(
         &ns,
         &[
             "--leader-elect",
@@ -672,7 +673,7 @@ async fn an_operator_that_cannot_elect_becomes_unready_and_exits() {
             &format!("{ns}-missing"),
         ],
     );
-    let why = common::wait_for(
+    let why = support::wait_for(
         "/readyz to say why it is not ready",
         Duration::from_secs(30),
         || async {
@@ -701,12 +702,12 @@ async fn an_operator_that_cannot_elect_becomes_unready_and_exits() {
 
 #[tokio::test]
 async fn an_operator_that_cannot_watch_fails_at_start_naming_what() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "nowatch").await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "nowatch").await;
     // An identity that may read SigningKeySets and nothing else.
     let (_, kc) =
-        common::restricted_with(&client, &ns, "half", json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["get", "list", "watch"]}])).await;
+        support::restricted_with(&client, &ns, "half", json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["get", "list", "watch"]}])).await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyturn"))
         .args([
             "run",
@@ -728,7 +729,7 @@ async fn an_operator_that_cannot_watch_fails_at_start_naming_what() {
 
 /// `kubectl kustomize deploy-namespaced`, as JSON objects.
 fn namespaced_install() -> Vec<serde_json::Value> {
-    let out = common::kubectl(
+    let out = support::kubectl(
         &[
             "kustomize",
             root().join("deploy-namespaced").to_str().unwrap(),
@@ -749,8 +750,8 @@ fn namespaced_install() -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn the_namespace_only_install_rotates_under_its_own_token_and_nothing_else() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
     let objs = namespaced_install();
     let kinds: BTreeMap<String, String> = objs
         .iter()
@@ -780,11 +781,11 @@ async fn the_namespace_only_install_rotates_under_its_own_token_and_nothing_else
     );
 
     // The overlay's Roles, bound to a ServiceAccount of this test's namespace.
-    let ns = common::fresh_namespace(&client, "nsonly").await;
-    let other = common::fresh_namespace(&client, "nsonly-other").await;
-    common::grant(&client, &other, &ns, None).await;
+    let ns = support::fresh_namespace(&client, "nsonly").await;
+    let other = support::fresh_namespace(&client, "nsonly-other").await;
+    support::grant(&client, &other, &ns, None).await;
     let sa = "keyturn";
-    let (_, kc) = common::restricted_client(&client, &ns, sa).await;
+    let (_, kc) = support::restricted_client(&client, &ns, sa).await;
     let mut rbac = vec![];
     for o in objs
         .iter()
@@ -801,7 +802,7 @@ async fn the_namespace_only_install_rotates_under_its_own_token_and_nothing_else
         "the keyturn and leader-election Roles and bindings"
     );
     let list = json!({"apiVersion": "v1", "kind": "List", "items": rbac});
-    let out = common::kubectl(&["apply", "-f", "-"], Some(&list.to_string()));
+    let out = support::kubectl(&["apply", "-f", "-"], Some(&list.to_string()));
     assert!(
         out.status.success(),
         "{}",
@@ -813,7 +814,7 @@ async fn the_namespace_only_install_rotates_under_its_own_token_and_nothing_else
         ("list", "configmaps"),
         ("list", "namespaces"),
     ] {
-        let out = common::kubectl(
+        let out = support::kubectl(
             &[
                 "auth",
                 "can-i",
@@ -832,7 +833,7 @@ async fn the_namespace_only_install_rotates_under_its_own_token_and_nothing_else
         );
     }
 
-    let mut op = common::Operator::start_as(
+    let mut op = support::Operator::start_as(
         "nsonly",
         &ns,
         kc,
@@ -847,15 +848,15 @@ async fn the_namespace_only_install_rotates_under_its_own_token_and_nothing_else
             "nsonly-0",
         ],
     );
-    common::create_set(&client, &ns, "auth", json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [other]}})).await;
+    support::create_set(&client, &ns, "auth", json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [other]}})).await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
-    let msg = common::wait_condition(&sets, "auth", "FanOut", "False", "FanOutDisabled").await;
+    let msg = support::wait_condition(&sets, "auth", "FanOut", "False", "FanOutDisabled").await;
     assert!(msg.contains(&other), "{msg}");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    common::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;
+    support::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;
     // The endpoint serves it too, from the namespace-scoped caches.
     let path = format!("/jwks/{ns}/auth");
-    common::wait_for("JWKS served", Duration::from_secs(20), || async {
+    support::wait_for("JWKS served", Duration::from_secs(20), || async {
         (op.http_get(&path)?.0 == 200).then_some(())
     })
     .await;
@@ -866,6 +867,6 @@ async fn the_namespace_only_install_rotates_under_its_own_token_and_nothing_else
     );
     op.assert_running();
     let log = op.log_text();
-    common::assert_no_forbidden(&log, "deploy-namespaced's Roles");
+    support::assert_no_forbidden(&log, "deploy-namespaced's Roles");
     assert!(log.contains("acquired leadership"), "{log}");
 }

@@ -1,7 +1,7 @@
 //! Smoke tests proving the test control plane is a real Kubernetes API server with real
 //! controllers behind it.
 
-mod common;
+use crate::support;
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn client_connects_over_tls_with_a_client_certificate() {
-    let cfg = common::config().await;
+    let cfg = support::config().await;
     assert_eq!(
         cfg.cluster_url.scheme_str(),
         Some("https"),
@@ -35,8 +35,8 @@ async fn client_connects_over_tls_with_a_client_certificate() {
 
 #[tokio::test]
 async fn namespaced_object_round_trips() {
-    let client = common::client().await;
-    let ns = common::fresh_namespace(&client, "smoke").await;
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "smoke").await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let cm: ConfigMap = serde_json::from_value(json!({
         "metadata": {"name": "round-trip", "labels": {"a": "b"}},
@@ -57,8 +57,8 @@ async fn namespaced_object_round_trips() {
 
 #[tokio::test]
 async fn garbage_collector_deletes_children_of_a_deleted_owner() {
-    let client = common::client().await;
-    let ns = common::fresh_namespace(&client, "gc").await;
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "gc").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let owner = cms
         .create(
@@ -82,7 +82,7 @@ async fn garbage_collector_deletes_children_of_a_deleted_owner() {
     cms.delete("owner", &DeleteParams::default()).await.unwrap();
     // The garbage collector reacts to the owner's deletion event; its discovery resync
     // is 30s, so 90s is a wide margin on a loaded 2-core machine.
-    common::wait_deleted(
+    support::wait_deleted(
         &secrets,
         "child",
         &child.uid().unwrap(),
@@ -93,9 +93,9 @@ async fn garbage_collector_deletes_children_of_a_deleted_owner() {
 
 #[tokio::test]
 async fn rbac_denies_a_user_with_no_role() {
-    let client = common::client().await;
-    let ns = common::fresh_namespace(&client, "rbac").await;
-    let mut cfg = common::config().await;
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "rbac").await;
+    let mut cfg = support::config().await;
     cfg.auth_info.impersonate = Some("keyturn-test-nobody".into());
     let nobody = Client::try_from(cfg).unwrap();
     let err = Api::<Secret>::namespaced(nobody, &ns)
@@ -119,8 +119,8 @@ async fn rbac_denies_a_user_with_no_role() {
 #[tokio::test]
 async fn namespace_controller_finalizes_deleted_namespaces() {
     use k8s_openapi::api::core::v1::Namespace;
-    let client = common::client().await;
-    let ns = common::fresh_namespace(&client, "nsdel").await;
+    let client = support::client().await;
+    let ns = support::fresh_namespace(&client, "nsdel").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     cms.create(
         &PostParams::default(),
@@ -132,5 +132,5 @@ async fn namespace_controller_finalizes_deleted_namespaces() {
     let uid = nss.get(&ns).await.unwrap().uid().unwrap();
     nss.delete(&ns, &DeleteParams::default()).await.unwrap();
     // Only the namespace controller (kube-controller-manager) empties and removes it.
-    common::wait_deleted(&nss, &ns, &uid, Duration::from_secs(90)).await;
+    support::wait_deleted(&nss, &ns, &uid, Duration::from_secs(90)).await;
 }

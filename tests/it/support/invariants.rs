@@ -1,7 +1,6 @@
 //! An independent invariant checker: it reads only the objects workloads read (the JWKS
 //! ConfigMap and the signing Secret), never the operator's status, and reports every I1 and
 //! I2 violation, and every token that an independent JWT library fails to verify.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

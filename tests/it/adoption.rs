@@ -12,7 +12,7 @@
 //! - a verification key the JWKS rules refuse, a `maxTokenLifetime` longer than the overlap
 //!   allows, and a source naming both a ConfigMap and a Secret are refused with the field named.
 
-mod common;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use common::invariants::{Seen, observe, verify_with_jwks};
+use crate::support::invariants::{Seen, observe, verify_with_jwks};
 use keyturn::crd::{Algorithm, SigningKeySet};
 use keyturn::keys::KeyPair;
 
@@ -36,7 +36,7 @@ fn token(kp: &KeyPair, kid: &str) -> String {
         _ => EncodingKey::from_ec_pem(pem.as_bytes()),
     }
     .unwrap();
-    let mut header = Header::new(common::invariants::jwt_alg(kp.alg()));
+    let mut header = Header::new(support::invariants::jwt_alg(kp.alg()));
     header.kid = Some(kid.to_string());
     let exp = chrono::Utc::now().timestamp() + 3600;
     jsonwebtoken::encode(&header, &json!({"sub": "old-issuer", "exp": exp}), &key).unwrap()
@@ -86,17 +86,17 @@ async fn wait_ready(
     status: &'static str,
     reason: &'static str,
 ) -> String {
-    common::wait_condition(sets, name, "Ready", status, reason).await
+    support::wait_condition(sets, name, "Ready", status, reason).await
 }
 
 /// The migration: tokens of the imported key and of a verification-only key verify against
 /// every version of the JWKS until each key's own deadline, with no refetch on an unknown kid.
 #[tokio::test]
 async fn an_issuer_keeps_its_key_and_its_old_tokens_through_the_first_rotation() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "adopt").await;
-    let mut op = common::Operator::start(&ns);
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "adopt").await;
+    let mut op = support::Operator::start(&ns);
 
     // The team's issuer signs with `current`; tokens of `previous` (kid "legacy-2025") are
     // still in flight.
@@ -122,7 +122,7 @@ async fn an_issuer_keeps_its_key_and_its_old_tokens_through_the_first_rotation()
     let until =
         chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + verify_for, 0).unwrap();
     let start = Instant::now();
-    common::create_set(
+    support::create_set(
         &client,
         &ns,
         "auth",
@@ -170,7 +170,7 @@ async fn an_issuer_keeps_its_key_and_its_old_tokens_through_the_first_rotation()
                         // It may leave only `overlap` after it stopped signing.
                         let retired = retired_at.expect("the imported key left before it retired");
                         assert!(
-                            at.duration_since(retired) + common::invariants::JITTER
+                            at.duration_since(retired) + support::invariants::JITTER
                                 >= Duration::from_secs(overlap),
                             "imported key's token refused {:?} after retirement: {e}",
                             at.duration_since(retired)
@@ -214,11 +214,11 @@ async fn an_issuer_keeps_its_key_and_its_old_tokens_through_the_first_rotation()
 /// nothing is imported, nothing is generated instead, until the Secret's writers consent.
 #[tokio::test]
 async fn a_secret_is_imported_only_when_its_writers_consent() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "adopt-consent").await;
-    let mut op = common::Operator::start(&ns);
-    let (tenant, _) = common::restricted_with(
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "adopt-consent").await;
+    let mut op = support::Operator::start(&ns);
+    let (tenant, _) = support::restricted_with(
         &client,
         &ns,
         "tenant",
@@ -233,7 +233,7 @@ async fn a_secret_is_imported_only_when_its_writers_consent() {
     let theirs = KeyPair::generate(Algorithm::RS256, None).unwrap();
     let source = key_secret(&client, &ns, "payments-key", &theirs, None).await;
 
-    common::create_set(
+    support::create_set(
         &tenant,
         &ns,
         "stolen",
@@ -281,7 +281,7 @@ async fn a_secret_is_imported_only_when_its_writers_consent() {
         .unwrap();
     wait_ready(&sets, "stolen", "True", "KeysPublished").await;
     let signing = secrets.get("stolen-signing-key").await.unwrap();
-    assert_eq!(common::signing_kid(&signing), theirs.kid());
+    assert_eq!(support::signing_kid(&signing), theirs.kid());
     op.assert_running();
 }
 
@@ -290,14 +290,14 @@ async fn a_secret_is_imported_only_when_its_writers_consent() {
 /// endpoint carries the tenant's key, also after the set is reconciled again.
 #[tokio::test]
 async fn rewriting_a_verification_source_does_not_reach_the_jwks() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "adopt-source").await;
-    let mut op = common::Operator::start(&ns);
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "adopt-source").await;
+    let mut op = support::Operator::start(&ns);
     let previous = KeyPair::generate(Algorithm::ES384, None).unwrap();
     jwks_config_map(&client, &ns, "previous-issuer", &[previous.public_jwk()]).await;
     let until = chrono::Utc::now() + chrono::Duration::hours(1);
-    common::create_set(
+    support::create_set(
         &client,
         &ns,
         "auth",
@@ -308,11 +308,11 @@ async fn rewriting_a_verification_source_does_not_reach_the_jwks() {
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     wait_ready(&sets, "auth", "True", "KeysPublished").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let kids = common::invariants::kids_of(&cms.get("auth-jwks").await.unwrap());
+    let kids = support::invariants::kids_of(&cms.get("auth-jwks").await.unwrap());
     assert!(kids.contains(&previous.kid().to_string()), "{kids:?}");
 
     // The tenant may do anything to ConfigMaps in the namespace, nothing else.
-    let (tenant, _) = common::restricted_with(
+    let (tenant, _) = support::restricted_with(
         &client,
         &ns,
         "cm-writer",
@@ -330,17 +330,17 @@ async fn rewriting_a_verification_source_does_not_reach_the_jwks() {
         .expect("the tenant may write the source");
 
     // Reconciled again (a manual rotation publishes a new key): still the recorded key only.
-    common::rotate(&sets, "auth", "1").await;
-    let cm = common::wait_object(
+    support::rotate(&sets, "auth", "1").await;
+    let cm = support::wait_object(
         &cms,
         "auth-jwks",
         "the manual rotation's key published",
         Duration::from_secs(30),
-        |o: Option<&ConfigMap>| o.is_some_and(|c| common::invariants::kids_of(c).len() == 3),
+        |o: Option<&ConfigMap>| o.is_some_and(|c| support::invariants::kids_of(c).len() == 3),
     )
     .await
     .unwrap();
-    let kids = common::invariants::kids_of(&cm);
+    let kids = support::invariants::kids_of(&cm);
     assert!(kids.contains(&previous.kid().to_string()), "{kids:?}");
     assert!(!kids.contains(&attacker.kid().to_string()), "{kids:?}");
     let (code, body) = op
@@ -356,12 +356,12 @@ async fn rewriting_a_verification_source_does_not_reach_the_jwks() {
 /// the overlap does not cover, a source naming both a ConfigMap and a Secret.
 #[tokio::test]
 async fn bad_adoption_input_is_refused_naming_the_field() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "adopt-bad").await;
-    let mut op = common::Operator::start(&ns);
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "adopt-bad").await;
+    let mut op = support::Operator::start(&ns);
 
-    let e = common::try_create_set(
+    let e = support::try_create_set(
         &client,
         &ns,
         "short",
@@ -374,7 +374,7 @@ async fn bad_adoption_input_is_refused_naming_the_field() {
             && e.to_string().contains("maxTokenLifetime"),
         "{e}"
     );
-    common::try_create_set(
+    support::try_create_set(
         &client,
         &ns,
         "long-enough",
@@ -382,7 +382,7 @@ async fn bad_adoption_input_is_refused_naming_the_field() {
     )
     .await
     .expect("an overlap of the token lifetime plus 2m is accepted");
-    let e = common::try_create_set(
+    let e = support::try_create_set(
         &client,
         &ns,
         "both",
@@ -401,7 +401,7 @@ async fn bad_adoption_input_is_refused_naming_the_field() {
     let private: serde_json::Value = serde_json::from_str(&previous.private_jwk_json()).unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     jwks_config_map(&client, &ns, "previous-issuer", &[private]).await;
-    common::create_set(
+    support::create_set(
         &client,
         &ns,
         "auth",
@@ -425,8 +425,8 @@ async fn bad_adoption_input_is_refused_naming_the_field() {
         .get("auth-signing-key")
         .await
         .unwrap();
-    let kids = common::invariants::kids_of(&cms.get("auth-jwks").await.unwrap());
-    assert_eq!(kids, vec![common::signing_kid(&own)]);
+    let kids = support::invariants::kids_of(&cms.get("auth-jwks").await.unwrap());
+    assert_eq!(kids, vec![support::signing_kid(&own)]);
 
     // The source fixed (no spec edit): picked up on the retry.
     cms.patch(
@@ -439,7 +439,7 @@ async fn bad_adoption_input_is_refused_naming_the_field() {
     .await
     .unwrap();
     wait_ready(&sets, "auth", "True", "KeysPublished").await;
-    let kids = common::invariants::kids_of(&cms.get("auth-jwks").await.unwrap());
+    let kids = support::invariants::kids_of(&cms.get("auth-jwks").await.unwrap());
     assert!(kids.contains(&previous.kid().to_string()), "{kids:?}");
     op.assert_running();
 }
@@ -451,11 +451,11 @@ async fn bad_adoption_input_is_refused_naming_the_field() {
 /// unquoted too: see the private JWK in `bad_adoption_input_is_refused_naming_the_field`.)
 #[tokio::test]
 async fn a_private_key_secret_named_as_a_verification_source_is_refused_unquoted() {
-    let client = common::client().await;
-    common::ensure_crd(&client).await;
-    let ns = common::fresh_namespace(&client, "adopt-probe").await;
-    let mut op = common::Operator::start(&ns);
-    let (tenant, _) = common::restricted_with(
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "adopt-probe").await;
+    let mut op = support::Operator::start(&ns);
+    let (tenant, _) = support::restricted_with(
         &client,
         &ns,
         "tenant",
@@ -464,7 +464,7 @@ async fn a_private_key_secret_named_as_a_verification_source_is_refused_unquoted
     .await;
     let theirs = KeyPair::generate(Algorithm::ES256, None).unwrap();
     let source = key_secret(&client, &ns, "payments-key", &theirs, None).await;
-    common::create_set(
+    support::create_set(
         &tenant,
         &ns,
         "probe",
@@ -480,7 +480,7 @@ async fn a_private_key_secret_named_as_a_verification_source_is_refused_unquoted
         "{msg}"
     );
     // The same words for a Secret that does not exist at all.
-    common::create_set(
+    support::create_set(
         &tenant,
         &ns,
         "probe-missing",
@@ -499,7 +499,7 @@ async fn a_private_key_secret_named_as_a_verification_source_is_refused_unquoted
         .get("probe-jwks")
         .await
         .unwrap();
-    let kids = common::invariants::kids_of(&cm);
+    let kids = support::invariants::kids_of(&cm);
     assert_eq!(kids.len(), 1, "only the set's own key: {kids:?}");
     assert!(!kids.contains(&theirs.kid().to_string()));
     let (code, body) = op
