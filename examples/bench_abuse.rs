@@ -45,14 +45,14 @@ async fn victim(client: Client, tag: &str, rotations: usize, revocations: usize)
     const COPIES: &str = "bench-victim-copies";
     ensure_ns(&client, NS).await;
     ensure_ns(&client, COPIES).await;
+    let name = format!("victim-{tag}");
     let grant: keyturn::crd::SigningKeySetGrant = serde_json::from_value(json!({
-        "metadata": {"name": "victim"}, "spec": {"from": [{"namespace": NS}]}
+        "metadata": {"name": name}, "spec": {"from": [{"namespace": NS, "name": name}]}
     }))
     .unwrap();
     let _ = Api::<keyturn::crd::SigningKeySetGrant>::namespaced(client.clone(), COPIES)
         .create(&PostParams::default(), &grant)
         .await;
-    let name = format!("victim-{tag}");
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), NS);
     let set: SigningKeySet = serde_json::from_value(json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "metadata": {"name": name},
         "spec": {"rotation": {"interval": "4s", "prePublish": "1s", "overlap": "2s"}, "jwks": {"namespaces": [COPIES]}}}))

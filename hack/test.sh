@@ -3,9 +3,9 @@
 #
 #   hack/test.sh unit          fmt --check, clippy (all targets, -D warnings), cargo-deny, unit tests:
 #                              no cluster, under 3 minutes on a warm machine
-#   hack/test.sh it [FILTER]   the integration tests (tests/it, one binary) against a real plane
+#   hack/test.sh it [FILTER...] the integration tests (tests/it, one binary) against a real plane
 #                              (kube-apiserver, etcd, kube-controller-manager) started for them
-#                              and stopped on exit; FILTER is cargo test's (e.g. `obstruction::`)
+#                              and stopped on exit; FILTERs are cargo test's (e.g. `obstruction::`)
 #   hack/test.sh signer        tests/it/signer.rs: kube-apiserver signing through `keyturn
 #                              signer` on a plane of its own (~12 minutes, mostly waiting)
 #   hack/test.sh docs          the alerts (promtool), krew packaging, and every block of
@@ -25,10 +25,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 CACHE="${KEYTURN_CACHE:-$HOME/.cache/keyturn}"
 STAGE="${1:-all}"
-FILTER="${2:-}"
+FILTERS=("${@:2}")
 case "$STAGE" in
   unit | it | signer | docs | node | all) ;;
-  *) echo "usage: hack/test.sh [unit | it [FILTER] | signer | docs | node | all]" >&2; exit 2 ;;
+  *) echo "usage: hack/test.sh [unit | it [FILTER...] | signer | docs | node | all]" >&2; exit 2 ;;
 esac
 
 # Each step says what it cost when the next one starts (and the total at the end).
@@ -135,8 +135,8 @@ finish_signer() {
 stage_it() {
   start_plane
   test_deps
-  step "integration tests (tests/it but node:: and signer::; real kube-apiserver + etcd + kube-controller-manager)${FILTER:+, filter $FILTER}"
-  cargo test --test it ${FILTER:+"$FILTER"} -- --skip node:: --skip signer:: --test-threads 4
+  step "integration tests (tests/it but node:: and signer::; real kube-apiserver + etcd + kube-controller-manager)${FILTERS[*]:+, filter ${FILTERS[*]}}"
+  cargo test --test it -- "${FILTERS[@]}" --skip node:: --skip signer:: --test-threads 4
 }
 
 stage_docs() {

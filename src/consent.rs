@@ -53,7 +53,6 @@ pub fn fan_out(
     grants: &[SigningKeySetGrant],
 ) -> Result<FanOut, String> {
     let own = sks.namespace().unwrap_or_default();
-    let name = sks.name_any();
     let mut out = FanOut {
         targets: BTreeSet::from([own.clone()]),
         ..Default::default()
@@ -69,11 +68,7 @@ pub fn fan_out(
             )
         }
     };
-    let consenting: BTreeSet<String> = grants
-        .iter()
-        .filter(|g| g.accepts(&own, &name))
-        .filter_map(|g| g.namespace())
-        .collect();
+    let consenting = consenting(sks, grants);
     let no_labels = BTreeMap::new();
     for n in namespaces {
         let ns = n.name_any();
@@ -96,6 +91,21 @@ pub fn fan_out(
     }
     out.denied.sort();
     Ok(out)
+}
+
+/// The namespaces whose grants accept `sks`'s copy under its name (the set's own namespace
+/// only if a grant there says so).
+pub fn consenting(sks: &SigningKeySet, grants: &[SigningKeySetGrant]) -> BTreeSet<String> {
+    let (own, name, copy) = (
+        sks.namespace().unwrap_or_default(),
+        sks.name_any(),
+        sks.config_map_name(),
+    );
+    grants
+        .iter()
+        .filter(|g| g.accepts(&own, &name, &copy))
+        .filter_map(|g| g.namespace())
+        .collect()
 }
 
 /// The label rules the API server applies to a selector (and the CRD schema cannot spell):
@@ -215,7 +225,8 @@ pub fn condition(sks: &SigningKeySet, f: &FanOut) -> (&'static str, &'static str
             "False",
             "ConsentMissing",
             format!(
-                "no SigningKeySetGrant accepts {set} in: {names}; keyturn writes nothing there (see docs/security.md)"
+                "no SigningKeySetGrant accepts {set} as ConfigMap {} in: {names}; keyturn writes nothing there (see docs/security.md)",
+                sks.config_map_name()
             ),
         ),
         Denial::Disabled => (
@@ -287,7 +298,10 @@ mod tests {
                 "payments",
                 json!([{"namespace": "tenant-a", "name": "auth"}]),
             ),
-            grant("gateway", json!([{"namespace": "tenant-a"}])),
+            grant(
+                "gateway",
+                json!([{"namespace": "tenant-a", "configMapNames": ["auth-jwks"]}]),
+            ),
         ];
         let f = fan_out(&s, &cluster(), &grants).unwrap();
         assert_eq!(f.targets, set_of(&["tenant-a", "payments", "gateway"]));
@@ -302,13 +316,53 @@ mod tests {
                 "payments",
                 json!([{"namespace": "tenant-a", "name": "other"}]),
             ),
-            grant("gateway", json!([{"namespace": "tenant-b"}])),
+            grant(
+                "gateway",
+                json!([{"namespace": "tenant-b", "configMapNames": ["auth-jwks"]}]),
+            ),
             // A grant in the set's own namespace says nothing about payments.
-            grant("tenant-a", json!([{"namespace": "tenant-a"}])),
+            grant(
+                "tenant-a",
+                json!([{"namespace": "tenant-a", "configMapNames": ["auth-jwks"]}]),
+            ),
         ];
         let f = fan_out(&s, &cluster(), &grants).unwrap();
         assert_eq!(f.targets, set_of(&["tenant-a"]));
         assert_eq!(f.denied, vec!["gateway", "payments"]);
+    }
+
+    /// Name squatting: a grant for every set of a namespace accepts only the copy names it
+    /// lists (without a list, none); a grant naming the set accepts its chosen name unless
+    /// it lists others.
+    #[test]
+    fn the_grant_decides_the_names_copies_may_take() {
+        let default = set(json!({"jwks": {"namespaces": ["payments"]}}));
+        let squatter =
+            set(json!({"jwks": {"namespaces": ["payments"], "configMapName": "payments-jwks"}}));
+        let consents = |s: &SigningKeySet, from: serde_json::Value| {
+            let f = fan_out(s, &cluster(), &[grant("payments", from)]).unwrap();
+            f.targets.contains("payments")
+        };
+        // Every set of tenant-a, with no names listed: nothing is accepted.
+        assert!(!consents(&default, json!([{"namespace": "tenant-a"}])));
+        // With names: exactly those.
+        let listed = json!([{"namespace": "tenant-a", "configMapNames": ["auth-jwks"]}]);
+        assert!(consents(&default, listed.clone()));
+        assert!(!consents(&squatter, listed));
+        // A grant naming the set: the set's own choice, unless the grant lists names.
+        assert!(consents(
+            &squatter,
+            json!([{"namespace": "tenant-a", "name": "auth"}])
+        ));
+        assert!(!consents(
+            &squatter,
+            json!([{"namespace": "tenant-a", "name": "auth", "configMapNames": ["auth-jwks"]}])
+        ));
+        // The refusal names the copy's name, so the grant's author can list it.
+        let f = fan_out(&squatter, &cluster(), &[]).unwrap();
+        let (_, reason, msg) = condition(&squatter, &f);
+        assert_eq!(reason, "ConsentMissing");
+        assert!(msg.contains("as ConfigMap payments-jwks"), "{msg}");
     }
 
     #[test]
@@ -322,8 +376,14 @@ mod tests {
         });
         nss.push(gone);
         let grants = [
-            grant("payments", json!([{"namespace": "tenant-a"}])),
-            grant("leaving", json!([{"namespace": "tenant-a"}])),
+            grant(
+                "payments",
+                json!([{"namespace": "tenant-a", "name": "auth"}]),
+            ),
+            grant(
+                "leaving",
+                json!([{"namespace": "tenant-a", "name": "auth"}]),
+            ),
         ];
         let f = fan_out(&s, &nss, &grants).unwrap();
         assert_eq!(f.targets, set_of(&["tenant-a", "payments"]));
@@ -413,7 +473,10 @@ mod tests {
         let f = fan_out(
             &s,
             &cluster(),
-            &[grant("payments", json!([{"namespace": "tenant-a"}]))],
+            &[grant(
+                "payments",
+                json!([{"namespace": "tenant-a", "name": "auth"}]),
+            )],
         )
         .unwrap();
         assert_eq!(condition(&s, &f).0, "True");

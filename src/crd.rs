@@ -484,22 +484,50 @@ pub struct SigningKeySetGrantSpec {
 /// One source of JWKS copies a namespace accepts.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.name) || has(self.configMapNames)",
+        "message": "configMapNames: a grant for every SigningKeySet of a namespace (no name) must list the ConfigMap names its copies may take here"
+    }
+]))]
 pub struct GrantSource {
     /// Namespace of the SigningKeySet.
     #[schemars(extend("maxLength" = 63, "pattern" = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub namespace: String,
-    /// Name of the SigningKeySet; omit it to accept every SigningKeySet in `namespace`.
+    /// Name of the SigningKeySet; omit it to accept every SigningKeySet in `namespace` (then
+    /// `configMapNames` is required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxLength" = 253, "pattern" = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: Option<String>,
+    /// The names the copies may take in this namespace. Omitted (only with `name`): the
+    /// named set's own `spec.jwks.configMapName`. A copy under any other name is refused, so
+    /// a source cannot take a name this namespace's own sets or workloads will want.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minItems" = 1, "maxItems" = 16, "items" = {
+        "type": "string", "maxLength": 253, "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    }))]
+    pub config_map_names: Option<Vec<String>>,
+}
+
+impl GrantSource {
+    /// True when this entry accepts the copy `copy_name` of the SigningKeySet `namespace/name`.
+    pub fn accepts(&self, namespace: &str, name: &str, copy_name: &str) -> bool {
+        let set_ok = self.namespace == namespace && self.name.as_deref().is_none_or(|n| n == name);
+        let name_ok = match &self.config_map_names {
+            Some(names) => names.iter().any(|n| n == copy_name),
+            // Without a list, only a grant that names the set accepts (its chosen name).
+            None => self.name.is_some(),
+        };
+        set_ok && name_ok
+    }
 }
 
 impl SigningKeySetGrant {
-    /// True when this grant accepts copies from the SigningKeySet `namespace/name`.
-    pub fn accepts(&self, namespace: &str, name: &str) -> bool {
+    /// True when this grant accepts the copy `copy_name` from the SigningKeySet `namespace/name`.
+    pub fn accepts(&self, namespace: &str, name: &str, copy_name: &str) -> bool {
         self.spec
             .from
             .iter()
-            .any(|f| f.namespace == namespace && f.name.as_deref().is_none_or(|n| n == name))
+            .any(|f| f.accepts(namespace, name, copy_name))
     }
 }

@@ -182,13 +182,8 @@ pub async fn release_withdrawn(
         // finalizer); grants were not read.
         return Ok(());
     }
-    let (own, name) = (sks.namespace().unwrap_or_default(), sks.name_any());
-    let consenting: BTreeSet<String> = objects
-        .grants
-        .iter()
-        .filter(|g| g.accepts(&own, &name))
-        .filter_map(|g| g.namespace())
-        .collect();
+    let own = sks.namespace().unwrap_or_default();
+    let consenting = consent::consenting(sks, &objects.grants);
     remove_copies(sks, ctx, objects, |cns| {
         cns != own && !consenting.contains(cns)
     })

@@ -553,7 +553,7 @@ fn with_consented_copy() -> Arc<Mutex<Fake>> {
             format!("{GRANTS}/from-identity"),
             json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySetGrant",
                    "metadata": {"name": "from-identity", "namespace": "payments"},
-                   "spec": {"from": [{"namespace": "identity"}]}}),
+                   "spec": {"from": [{"namespace": "identity", "configMapNames": ["auth-jwks"]}]}}),
         );
     }
     fake

@@ -36,7 +36,7 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
         .create(&PostParams::default(), &copy_obj)
         .await
         .unwrap();
-    support::grant(&client, &copy_ns, &ns, None).await;
+    support::grant_all(&client, &copy_ns, &ns, &["es-jwks", "ed-jwks", "rs-jwks"]).await;
     let cms: Api<ConfigMap> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let copies_cfg =

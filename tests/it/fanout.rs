@@ -65,7 +65,7 @@ async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
     namespace(&client, &listed, json!({})).await;
     namespace(&client, &before, json!({label.clone(): "on"})).await;
     for ns in [&listed, &before] {
-        support::grant(&client, ns, &src, Some("fan")).await;
+        support::grant(&client, ns, &src, "fan").await;
     }
     let _op = support::Operator::start(&src);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
@@ -84,7 +84,7 @@ async fn copies_follow_listed_and_selected_namespaces_and_stay_identical() {
 
     // A namespace created later with the label gets its copy.
     namespace(&client, &later, json!({label.clone(): "on"})).await;
-    support::grant(&client, &later, &src, None).await;
+    support::grant_all(&client, &later, &src, &["fan-jwks"]).await;
     wait_identical(&client, &src, &later, "fan-jwks").await;
 
     // Through a rotation, every copy keeps matching the source.
@@ -158,7 +158,7 @@ async fn a_foreign_configmap_blocks_activation_and_is_never_touched() {
     let src = support::fresh_namespace(&client, "block").await;
     let other = format!("{src}-other");
     namespace(&client, &other, json!({})).await;
-    support::grant(&client, &other, &src, None).await;
+    support::grant_all(&client, &other, &src, &["blk-jwks"]).await;
     let foreign_api: Api<ConfigMap> = Api::namespaced(client.clone(), &other);
     let foreign = foreign_api
         .create(
@@ -254,7 +254,7 @@ async fn renaming_the_jwks_key_moves_the_data_in_every_copy() {
     let src = support::fresh_namespace(&client, "rename").await;
     let listed = format!("{src}-listed");
     namespace(&client, &listed, json!({})).await;
-    support::grant(&client, &listed, &src, Some("ren")).await;
+    support::grant(&client, &listed, &src, "ren").await;
     let _op = support::Operator::start(&src);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
     support::create_set(
@@ -304,7 +304,9 @@ async fn deleting_a_namespace_of_rotating_sets_is_a_quiet_teardown() {
     let src = support::fresh_namespace(&client, "teardown").await;
     let dst = format!("{src}-copies");
     namespace(&client, &dst, json!({})).await;
-    support::grant(&client, &dst, &src, None).await;
+    let copy_names: Vec<String> = (0..10).map(|i| format!("set{i}-jwks")).collect();
+    let copy_names: Vec<&str> = copy_names.iter().map(String::as_str).collect();
+    support::grant_all(&client, &dst, &src, &copy_names).await;
     let op = support::Operator::start(&src);
     let names: Vec<String> = (0..10).map(|i| format!("set{i}")).collect();
     for name in &names {
@@ -362,7 +364,7 @@ async fn a_tenant_rewriting_a_copy_in_its_namespace_gets_it_put_back() {
     let src = support::fresh_namespace(&client, "repair").await;
     let dst = format!("{src}-copies");
     namespace(&client, &dst, json!({})).await;
-    support::grant(&client, &dst, &src, None).await;
+    support::grant(&client, &dst, &src, "auth").await;
     let (tenant, _) = support::restricted_with(
         &client,
         &dst,

@@ -660,11 +660,12 @@ async fn every_field_at_its_length_limit_reconciles_and_one_past_is_refused_nami
         .unwrap()
     };
     let from = |n: usize| many(n, &|i| format!("{i:0>63}"));
+    let names = |n: usize| many(n, &|i| format!("copy-{i}"));
     let grant_cases: Vec<(&str, Value, Value)> = vec![
         (
             "spec.from[0].namespace",
-            json!([{"namespace": a(63)}]),
-            json!([{"namespace": a(64)}]),
+            json!([{"namespace": a(63), "name": "s"}]),
+            json!([{"namespace": a(64), "name": "s"}]),
         ),
         (
             "spec.from[0].name",
@@ -676,15 +677,26 @@ async fn every_field_at_its_length_limit_reconciles_and_one_past_is_refused_nami
             json!(
                 from(64)
                     .iter()
-                    .map(|n| json!({"namespace": n}))
+                    .map(|n| json!({"namespace": n, "name": "s"}))
                     .collect::<Vec<_>>()
             ),
             json!(
                 from(65)
                     .iter()
-                    .map(|n| json!({"namespace": n}))
+                    .map(|n| json!({"namespace": n, "name": "s"}))
                     .collect::<Vec<_>>()
             ),
+        ),
+        (
+            "spec.from[0].configMapNames",
+            json!([{"namespace": "a", "configMapNames": names(16)}]),
+            json!([{"namespace": "a", "configMapNames": names(17)}]),
+        ),
+        // Every set of a namespace only with the names its copies may take (no squatting).
+        (
+            "configMapNames",
+            json!([{"namespace": "a", "configMapNames": ["a-jwks"]}]),
+            json!([{"namespace": "a"}]),
         ),
     ];
     for (i, (field, at, past)) in grant_cases.into_iter().enumerate() {
@@ -754,7 +766,7 @@ async fn sets_in_namespaces_with_odd_names_get_keys_and_fan_out() {
     let set = |i: usize| format!("odd-{i}");
     for (i, n) in names.iter().enumerate() {
         for other in names.iter().filter(|o| *o != n) {
-            support::grant(&client, other, n, Some(&set(i))).await;
+            support::grant(&client, other, n, &set(i)).await;
         }
         let targets: Vec<&String> = names.iter().filter(|o| *o != n).collect();
         support::create_set(

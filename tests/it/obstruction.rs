@@ -8,7 +8,8 @@
 //! - a ConfigMap that merely carries a copy's labels and annotations is never taken for the
 //!   copy, is never touched, and cannot freeze the set (I11);
 //! - a set parked in a refused state keeps no copy in a namespace that withdrew its consent
-//!   (I8).
+//!   (I8);
+//! - a copy cannot take a name in another namespace that its grant did not list (squatting).
 //!
 //! (A `spec.verificationKeys` source read only with its writers' consent is attacked in
 //! tests/it/adoption.rs.)
@@ -163,7 +164,7 @@ async fn a_blocked_copy_never_holds_a_revocation_back() {
     let (dst, blocked) = (format!("{src}-a"), format!("{src}-b"));
     for ns in [&dst, &blocked] {
         namespace(&client, ns).await;
-        support::grant(&client, ns, &src, None).await;
+        support::grant(&client, ns, &src, "auth").await;
     }
     let attacker = configmap_writer(&client, &blocked).await;
     let _op = support::Operator::start(&src);
@@ -229,7 +230,7 @@ async fn a_labelled_decoy_neither_freezes_a_set_nor_is_touched() {
     let src = support::fresh_namespace(&client, "decoy").await;
     let dst = format!("{src}-copies");
     namespace(&client, &dst).await;
-    support::grant(&client, &dst, &src, None).await;
+    support::grant(&client, &dst, &src, "auth").await;
     let attacker = configmap_writer(&client, &dst).await;
     let _op = support::Operator::start(&src);
     support::create_set(
@@ -291,7 +292,7 @@ async fn a_grant_withdrawn_while_the_set_is_refused_removes_the_copy() {
     let src = support::fresh_namespace(&client, "withdraw").await;
     let dst = format!("{src}-copies");
     namespace(&client, &dst).await;
-    let grant = support::grant(&client, &dst, &src, None).await;
+    let grant = support::grant(&client, &dst, &src, "auth").await;
     let tenant = set_writer(&client, &src).await;
     let _op = support::Operator::start(&src);
     support::create_set(
@@ -328,6 +329,76 @@ async fn a_grant_withdrawn_while_the_set_is_refused_removes_the_copy() {
         Duration::from_secs(10),
     )
     .await;
+}
+
+/// Name squatting: namespace `dst` accepts every set of `src`, under the one copy name it
+/// expects (`auth-jwks`). A tenant of `src` tries to take `payments-jwks` in `dst` before
+/// `dst`'s own set `payments` exists (a set named `payments`), and `billing-jwks` (a set that
+/// names its ConfigMap so): neither gets a copy (`FanOut=False ConsentMissing` naming the name to list),
+/// `dst`'s own `payments` then gets its keys, and the granted name still gets its copy.
+#[tokio::test]
+async fn a_copy_cannot_take_a_name_the_grant_did_not_list() {
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let src = support::fresh_namespace(&client, "squat").await;
+    let dst = format!("{src}-copies");
+    namespace(&client, &dst).await;
+    support::grant_all(&client, &dst, &src, &["auth-jwks"]).await;
+    let tenant = set_writer(&client, &src).await;
+    let _op = support::Operator::start(&src);
+    let _op_dst = support::Operator::start(&dst);
+    let tenant_sets: Api<SigningKeySet> = Api::namespaced(tenant, &src);
+    for (name, spec) in [
+        ("payments", json!({"jwks": {"namespaces": [dst]}})),
+        (
+            "decoy",
+            json!({"jwks": {"namespaces": [dst], "configMapName": "billing-jwks"}}),
+        ),
+        ("auth", json!({"jwks": {"namespaces": [dst]}})),
+    ] {
+        let set: SigningKeySet = serde_json::from_value(json!({
+            "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap();
+        tenant_sets
+            .create(&PostParams::default(), &set)
+            .await
+            .expect("the tenant may create sets in its namespace");
+    }
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
+    for (name, copy) in [("payments", "payments-jwks"), ("decoy", "billing-jwks")] {
+        let msg = support::wait_condition(&sets, name, "FanOut", "False", "ConsentMissing").await;
+        assert!(
+            msg.contains(&format!("as ConfigMap {copy}")) && msg.contains(&dst),
+            "{name}: {msg}"
+        );
+    }
+    // The granted name is written (so the refusals above are the name's, not the grant's).
+    support::wait_condition(&sets, "auth", "FanOut", "True", "Consented").await;
+    let copies: Api<ConfigMap> = Api::namespaced(client.clone(), &dst);
+    let auth = copies.get("auth-jwks").await.expect("the granted copy");
+    assert_eq!(
+        auth.annotations().get("keyturn.dev/owner-uid"),
+        sets.get("auth").await.unwrap().uid().as_ref()
+    );
+    for copy in ["payments-jwks", "billing-jwks"] {
+        assert!(
+            copies.get_opt(copy).await.unwrap().is_none(),
+            "a copy took {copy}, a name the grant did not list"
+        );
+    }
+
+    // dst's own set takes the name it wanted.
+    support::create_set(&client, &dst, "payments", json!({})).await;
+    let own: Api<SigningKeySet> = Api::namespaced(client.clone(), &dst);
+    support::wait_condition(&own, "payments", "Ready", "True", "KeysPublished").await;
+    let cm = copies.get("payments-jwks").await.unwrap();
+    assert_eq!(
+        cm.annotations().get("keyturn.dev/owner-uid"),
+        own.get("payments").await.unwrap().uid().as_ref(),
+        "payments-jwks in {dst} is its own set's"
+    );
 }
 
 /// A selector is evaluated on every namespace event for every set that has one: a tenant's
@@ -379,7 +450,7 @@ async fn the_admission_policy_keeps_keyturns_objects_out_of_other_hands() {
     let src = support::fresh_namespace(&client, "vap").await;
     let dst = format!("{src}-copies");
     namespace(&client, &dst).await;
-    support::grant(&client, &dst, &src, None).await;
+    support::grant(&client, &dst, &src, "auth").await;
     for ns in [&src, &dst] {
         Api::<Namespace>::all(client.clone())
             .patch(

@@ -234,7 +234,7 @@ async fn verify_checks_a_fan_out_copy() {
     let dst = support::fresh_namespace(&client, "plugin-dst").await;
     let none = support::fresh_namespace(&client, "plugin-none").await;
     let mut op = support::Operator::start(&src);
-    support::grant(&client, &dst, &src, Some("auth")).await;
+    support::grant(&client, &dst, &src, "auth").await;
     support::create_set(
         &client,
         &src,

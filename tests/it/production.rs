@@ -186,7 +186,7 @@ async fn least_privilege_rbac_is_enough_for_a_full_rotation_with_fan_out() {
             "rbac-0",
         ],
     );
-    support::grant(&client, &dst, &src, Some("auth")).await;
+    support::grant(&client, &dst, &src, "auth").await;
     support::create_set(&client, &src, "auth", json!({"rotation": {"interval": "6s", "prePublish": "2s", "overlap": "2s"}, "jwks": {"namespaces": [dst]}})).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
     support::wait_first_key_then_rotation(&secrets, "auth-signing-key").await;

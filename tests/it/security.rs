@@ -149,7 +149,8 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
     // The tenant cannot consent on behalf of the victim or kube-system.
     for ns in [victim.as_str(), "kube-system"] {
         let g: SigningKeySetGrant = serde_json::from_value(json!({
-            "metadata": {"name": "mine"}, "spec": {"from": [{"namespace": tenant}]}
+            "metadata": {"name": "mine"},
+            "spec": {"from": [{"namespace": tenant, "configMapNames": ["auth-jwks"]}]}
         }))
         .unwrap();
         let r = Api::<SigningKeySetGrant>::namespaced(tenant_client.clone(), ns)
@@ -233,7 +234,7 @@ async fn a_tenant_cannot_reach_a_namespace_that_did_not_consent() {
         },
     )
     .await;
-    let grant = support::grant(&victim_admin, &victim, &tenant, Some("auth")).await;
+    let grant = support::grant(&victim_admin, &victim, &tenant, "auth").await;
     let victim_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &victim);
     let own_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &tenant);
     support::wait_for("the consented copy", Duration::from_secs(30), || async {
@@ -783,7 +784,7 @@ async fn the_namespace_only_install_rotates_under_its_own_token_and_nothing_else
     // The overlay's Roles, bound to a ServiceAccount of this test's namespace.
     let ns = support::fresh_namespace(&client, "nsonly").await;
     let other = support::fresh_namespace(&client, "nsonly-other").await;
-    support::grant(&client, &other, &ns, None).await;
+    support::grant(&client, &other, &ns, "auth").await;
     let sa = "keyturn";
     let (_, kc) = support::restricted_client(&client, &ns, sa).await;
     let mut rbac = vec![];

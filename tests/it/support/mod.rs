@@ -170,8 +170,8 @@ pub async fn apply_crds(client: &Client) {
 
 /// Consent: a SigningKeySetGrant in `in_ns` accepting JWKS copies from the set
 /// `from_ns/name` (every set of `from_ns` when `name` is `None`). Returns the grant's name.
-pub async fn grant(client: &Client, in_ns: &str, from_ns: &str, name: Option<&str>) -> String {
-    let grant_name = format!("from-{from_ns}-{}", name.unwrap_or("all"));
+pub async fn grant(client: &Client, in_ns: &str, from_ns: &str, name: &str) -> String {
+    let grant_name = format!("from-{from_ns}-{name}");
     let g: keyturn::crd::SigningKeySetGrant = serde_json::from_value(serde_json::json!({
         "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySetGrant",
         "metadata": {"name": grant_name},
@@ -183,6 +183,21 @@ pub async fn grant(client: &Client, in_ns: &str, from_ns: &str, name: Option<&st
         .await
         .expect("create SigningKeySetGrant");
     grant_name
+}
+
+/// A grant in `in_ns` for every SigningKeySet of `from_ns`, whose copies may take only
+/// `copy_names` there.
+pub async fn grant_all(client: &Client, in_ns: &str, from_ns: &str, copy_names: &[&str]) {
+    let g: keyturn::crd::SigningKeySetGrant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySetGrant",
+        "metadata": {"name": format!("from-{from_ns}-all")},
+        "spec": {"from": [{"namespace": from_ns, "configMapNames": copy_names}]}
+    }))
+    .expect("a grant");
+    Api::<keyturn::crd::SigningKeySetGrant>::namespaced(client.clone(), in_ns)
+        .create(&PostParams::default(), &g)
+        .await
+        .expect("create SigningKeySetGrant");
 }
 
 /// A `keyturn run` process watching one namespace; killed (SIGKILL) on drop.
