@@ -30,6 +30,8 @@ pub struct Options {
     pub namespace_only: bool,
     /// The cluster admin's floors under every schedule and quota of sets per namespace.
     pub floors: crate::reconcile::Floors,
+    /// The issuer URL each set may claim (`--public-url`, `--issuer`): its `Discovery` condition.
+    pub issuers: Arc<crate::issuer::Issuers>,
 }
 
 /// Why the controller could not start.
@@ -243,6 +245,7 @@ pub async fn run(
         copy_data,
         sets: Some(store.clone()),
         floors: opts.floors.clone(),
+        issuers: opts.issuers.clone(),
         keygen: Default::default(),
         backoff: Default::default(),
         written: Default::default(),

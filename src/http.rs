@@ -153,15 +153,16 @@ struct AppState {
     states: States,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    public_url: Option<String>,
+    issuers: Arc<crate::issuer::Issuers>,
 }
 
 /// Everything [`serve`] needs.
 pub struct Config {
     /// Watch only this namespace (default: all).
     pub namespace: Option<String>,
-    /// Base URL of the public port as clients reach it, for `jwks_uri` in discovery.
-    pub public_url: Option<String>,
+    /// The issuer URL each set may claim, and the public port's base URL as clients reach
+    /// it (`jwks_uri` in discovery).
+    pub issuers: Arc<crate::issuer::Issuers>,
     /// Server limits, per port.
     pub limits: Limits,
 }
@@ -254,7 +255,7 @@ pub async fn serve(
         states,
         metrics,
         health,
-        public_url: cfg.public_url.map(|u| u.trim_end_matches('/').to_string()),
+        issuers: cfg.issuers,
     };
     tracing::info!(public = %public.local_addr()?, admin = %admin.local_addr()?, "HTTP endpoints listening");
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -665,11 +666,14 @@ async fn discovery(
             "this SigningKeySet has no spec.issuer",
         );
     };
-    let Some(base) = &state.public_url else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "discovery needs the operator's --public-url (the URL clients reach this endpoint at); keyturn never builds URLs from request headers",
-        );
+    let base = match state.issuers.check(&ns, &name, &issuer) {
+        Ok(()) => state.issuers.public_url().unwrap_or_default(),
+        // 503: the endpoint is not configured for discovery at all.
+        Err(r @ crate::issuer::Refusal::NoPublicUrl) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, &r.message(&issuer));
+        }
+        // 404: this set has no document here (its issuer is not the URL it is served under).
+        Err(r) => return error(StatusCode::NOT_FOUND, &r.message(&issuer)),
     };
     let mut algs: Vec<String> = crate::jwks::parse(&served.bytes)
         .unwrap_or_default()

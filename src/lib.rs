@@ -12,6 +12,7 @@ pub mod echo;
 pub mod fault;
 pub mod http;
 pub mod import;
+pub mod issuer;
 pub mod jwks;
 pub mod keys;
 pub mod leader;

@@ -103,6 +103,11 @@ struct RunArgs {
     /// Without it discovery answers 503: keyturn never builds URLs from request headers.
     #[arg(long, env = "KEYTURN_PUBLIC_URL", value_parser = parse_public_url)]
     public_url: Option<String>,
+    /// NAMESPACE/NAME=URL: the issuer URL one set may claim in its discovery document (a set
+    /// served at an origin of its own behind an Ingress or Gateway). Every other set may claim
+    /// only `{public-url}/{namespace}/{name}`, the URL it is served under. Repeatable.
+    #[arg(long = "issuer", env = "KEYTURN_ISSUERS", value_delimiter = ',')]
+    issuers: Vec<String>,
     /// Namespace-only mode (needs --namespace): read and write nothing outside that namespace;
     /// no fan-out, no cluster-scoped access. For the namespaced install (deploy-namespaced).
     #[arg(long, env = "KEYTURN_NAMESPACE_ONLY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", requires = "namespace")]
@@ -329,6 +334,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => {
             init_logging(&a.log_format);
             let floors = a.floors();
+            let issuers = Arc::new(
+                keyturn::issuer::Issuers::new(a.public_url.clone(), a.issuers.clone())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API")?;
@@ -354,7 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 client.clone(),
                 keyturn::http::Config {
                     namespace: a.namespace.clone(),
-                    public_url: a.public_url,
+                    issuers: issuers.clone(),
                     limits: keyturn::http::Limits {
                         header_timeout: a.http_header_timeout,
                         request_timeout: a.http_request_timeout,
@@ -385,6 +394,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         instance: inst.clone(),
                         namespace_only,
                         floors: floors.clone(),
+                        issuers: issuers.clone(),
                     };
                     let clock: keyturn::reconcile::Clock = Arc::new(chrono::Utc::now);
                     let (m, c) = (m.clone(), c.clone());

@@ -262,6 +262,7 @@ fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
         copy_data: Default::default(),
         sets: None,
         floors: Default::default(),
+        issuers: Default::default(),
         keygen: Default::default(),
         backoff: Default::default(),
         written: Default::default(),

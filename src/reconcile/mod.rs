@@ -77,6 +77,8 @@ pub struct Context {
     pub sets: Option<Store<SigningKeySet>>,
     /// The cluster admin's floors and quota.
     pub floors: Floors,
+    /// The issuer URL each set may claim in discovery (its `Discovery` condition).
+    pub issuers: Arc<crate::issuer::Issuers>,
     /// The fair queue of key generation.
     pub keygen: keygen::KeyGen,
     /// Consecutive failed reconciles per set, for [`error_policy`]'s backoff.
@@ -523,6 +525,10 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
         let fan_out = status::fan_out_condition(sks, &checked.spread, now);
         report::fan_out_changed(sks, ctx, &fan_out, &checked.spread).await;
         st.conditions.push(fan_out);
+    }
+    if let Some(discovery) = status::discovery_condition(sks, &ctx.issuers, now) {
+        report::discovery_changed(sks, ctx, &discovery).await;
+        st.conditions.push(discovery);
     }
     report::write_status(sks, ctx, st).await?;
     ctx.metrics.observe_set(

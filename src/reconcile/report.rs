@@ -95,13 +95,7 @@ pub async fn fan_out_changed(
     current: &Condition,
     spread: &FanOut,
 ) {
-    let before = sks.status.as_ref().and_then(|s| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == status::FAN_OUT_CONDITION)
-    });
-    let changed = before.is_none_or(|c| c.status != current.status || c.message != current.message);
-    if changed && current.status == "False" {
+    if newly_false(sks, current) {
         warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = %current.reason, denied = ?spread.denied, "fan-out refused");
         publish_event(
             sks,
@@ -109,6 +103,32 @@ pub async fn fan_out_changed(
             EventType::Warning,
             &current.reason,
             "Publish",
+            &current.message,
+        )
+        .await;
+    }
+}
+
+/// True when `current` is False and the set's status did not already say so.
+fn newly_false(sks: &SigningKeySet, current: &Condition) -> bool {
+    let before = sks
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == current.type_));
+    current.status == "False"
+        && before.is_none_or(|c| c.status != current.status || c.message != current.message)
+}
+
+/// A Warning Event and a log line when the set's discovery document stops being served.
+pub async fn discovery_changed(sks: &SigningKeySet, ctx: &Context, current: &Condition) {
+    if newly_false(sks, current) {
+        warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = %current.reason, "discovery not served");
+        publish_event(
+            sks,
+            ctx,
+            EventType::Warning,
+            &current.reason,
+            "Discovery",
             &current.message,
         )
         .await;

@@ -12,12 +12,16 @@ use kube::ResourceExt;
 use super::Refusal;
 use crate::consent::{self, FanOut};
 use crate::crd::{KeyStatus, SigningKeySet, SigningKeySetStatus};
+use crate::issuer::Issuers;
 use crate::plan::{self, Settings};
 use crate::publish;
 use crate::state::{KeyState, SetState};
 
 /// Condition type saying whether every namespace the spec asks for consented.
 pub const FAN_OUT_CONDITION: &str = "FanOut";
+/// Condition type: whether the endpoint serves the set's discovery document (sets with
+/// `spec.issuer` only).
+pub const DISCOVERY_CONDITION: &str = "Discovery";
 /// `Ready=False` before any key signs.
 const NO_ACTIVE_KEY: &str = "NoActiveKey";
 /// kstatus: keyturn is still working toward the spec (present only while true).
@@ -158,14 +162,21 @@ pub fn refused_status(
     conds.extend(status.conditions.into_iter().filter(|c| {
         !["Ready", RECONCILING_CONDITION, STALLED_CONDITION].contains(&c.type_.as_str())
     }));
-    if consent::requested(sks)
-        && let Some(c) = sks
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == FAN_OUT_CONDITION))
-        && !conds.iter().any(|c| c.type_ == FAN_OUT_CONDITION)
-    {
-        conds.push(c.clone());
+    // The last FanOut and Discovery conditions stand through a refusal (nothing re-derived
+    // them); each goes once the spec no longer asks for it.
+    for (kept, wanted) in [
+        (FAN_OUT_CONDITION, consent::requested(sks)),
+        (DISCOVERY_CONDITION, sks.spec.issuer.is_some()),
+    ] {
+        if wanted
+            && let Some(c) = sks
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == kept))
+            && !conds.iter().any(|c| c.type_ == kept)
+        {
+            conds.push(c.clone());
+        }
     }
     status.conditions = conds;
     status
@@ -175,6 +186,34 @@ pub fn refused_status(
 pub fn fan_out_condition(sks: &SigningKeySet, spread: &FanOut, now: DateTime<Utc>) -> Condition {
     let (st, reason, message) = consent::condition(sks, spread);
     condition(sks, FAN_OUT_CONDITION, st, reason, &message, now)
+}
+
+/// The `Discovery` condition of a set with `spec.issuer` ([`Issuers::check`] decides).
+pub fn discovery_condition(
+    sks: &SigningKeySet,
+    issuers: &Issuers,
+    now: DateTime<Utc>,
+) -> Option<Condition> {
+    let issuer = sks.spec.issuer.as_deref()?;
+    let (ns, name) = (sks.namespace().unwrap_or_default(), sks.name_any());
+    let (st, reason, message) = match issuers.check(&ns, &name, issuer) {
+        Ok(()) => (
+            "True",
+            "Served",
+            format!(
+                "the discovery document of {issuer} is served (the endpoint's /{ns}/{name}/.well-known/openid-configuration)"
+            ),
+        ),
+        Err(r) => ("False", r.reason(), r.message(issuer)),
+    };
+    Some(condition(
+        sks,
+        DISCOVERY_CONDITION,
+        st,
+        reason,
+        &message,
+        now,
+    ))
 }
 
 /// Targets whose copy holds exactly the JWKS of `published`, in namespace order.

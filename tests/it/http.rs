@@ -61,7 +61,17 @@ async fn http_edge_cases() {
     let client = support::client().await;
     support::ensure_crd(&client).await;
     let ns = support::fresh_namespace(&client, "http").await;
-    let op = support::Operator::start_with(&ns, &["--public-url", "https://keys.example.test/"]);
+    // `web` is served at an origin of its own (the cluster admin's `--issuer`).
+    let pin = format!("{ns}/web=https://auth.example.com");
+    let op = support::Operator::start_with(
+        &ns,
+        &[
+            "--public-url",
+            "https://keys.example.test/",
+            "--issuer",
+            &pin,
+        ],
+    );
     let port = op.http_port;
     support::create_set(&client, &ns, "web", json!({"rotation": {"interval": "720h", "prePublish": "10m", "overlap": "1h"}, "issuer": "https://auth.example.com"})).await;
     support::create_set(&client, &ns, "plain", json!({})).await;

@@ -399,7 +399,7 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
         &client,
         &ns,
         "auth",
-        json!({"rotation": {"interval": "720h", "prePublish": "10m", "overlap": "1h"}, "issuer": "https://auth.example.test"}),
+        json!({"rotation": {"interval": "720h", "prePublish": "10m", "overlap": "1h"}, "issuer": format!("https://keys.example.test/{ns}/auth")}),
     )
     .await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
@@ -505,6 +505,101 @@ async fn the_endpoint_never_serves_a_jwks_keyturn_did_not_derive() {
         doc["jwks_uri"],
         format!("https://keys.example.test/jwks/{ns}/auth")
     );
+}
+
+/// A tenant who may create SigningKeySets tries to claim another set's issuer in its own
+/// discovery document: the origin the cluster admin gave `auth` (`--issuer`), and the URL
+/// `auth` would be served under without it. Neither is served (`404`,
+/// `Discovery=False IssuerMismatch` naming the URL the set may claim); the tenant's set that
+/// claims its own URL is served.
+#[tokio::test]
+async fn a_set_cannot_claim_another_sets_issuer() {
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "issuer").await;
+    let pin = format!("{ns}/auth=https://auth.example.test");
+    let op = support::Operator::start_with(
+        &ns,
+        &[
+            "--public-url",
+            "https://keys.example.test",
+            "--issuer",
+            &pin,
+        ],
+    );
+    support::create_set(
+        &client,
+        &ns,
+        "auth",
+        json!({"issuer": "https://auth.example.test"}),
+    )
+    .await;
+    let (tenant, _) = support::restricted_with(
+        &client,
+        &ns,
+        "tenant",
+        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]}]),
+    )
+    .await;
+    let tenant_sets: Api<SigningKeySet> = Api::namespaced(tenant, &ns);
+    let default_of_auth = format!("https://keys.example.test/{ns}/auth");
+    let own = format!("https://keys.example.test/{ns}/mine");
+    for (name, issuer) in [
+        ("claim", "https://auth.example.test"),
+        ("default", default_of_auth.as_str()),
+        ("mine", own.as_str()),
+    ] {
+        let set: SigningKeySet = serde_json::from_value(json!({
+            "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
+            "metadata": {"name": name}, "spec": {"issuer": issuer}
+        }))
+        .unwrap();
+        tenant_sets
+            .create(&PostParams::default(), &set)
+            .await
+            .expect("the tenant may create sets");
+    }
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    for name in ["auth", "mine"] {
+        support::wait_condition(&sets, name, "Discovery", "True", "Served").await;
+    }
+    for name in ["claim", "default"] {
+        let msg =
+            support::wait_condition(&sets, name, "Discovery", "False", "IssuerMismatch").await;
+        assert!(
+            msg.contains(&format!("(https://keys.example.test/{ns}/{name})")),
+            "{name}: {msg}"
+        );
+    }
+    let discovery = |name: &str| format!("/{ns}/{name}/.well-known/openid-configuration");
+    for (name, issuer) in [
+        ("auth", "https://auth.example.test"),
+        ("mine", own.as_str()),
+    ] {
+        let path = discovery(name);
+        let d = support::wait_for("the document served", Duration::from_secs(20), || async {
+            let r = raw_get(op.http_port, &path, "x").await;
+            (r.status == 200).then_some(r)
+        })
+        .await;
+        let doc: serde_json::Value = serde_json::from_str(&d.text()).unwrap();
+        assert_eq!(doc["issuer"], issuer);
+        assert_eq!(
+            doc["jwks_uri"],
+            format!("https://keys.example.test/jwks/{ns}/{name}")
+        );
+    }
+    for name in ["claim", "default"] {
+        let path = discovery(name);
+        // Until the endpoint's cache has the set's state it says so; then it refuses.
+        let r = support::wait_for("the refusal", Duration::from_secs(20), || async {
+            let r = raw_get(op.http_port, &path, "x").await;
+            assert_ne!(r.status, 200, "{name}'s claim was served: {}", r.text());
+            r.text().contains("is not the URL").then_some(r)
+        })
+        .await;
+        assert_eq!(r.status, 404, "{name}: {}", r.text());
+    }
 }
 
 #[tokio::test]
