@@ -22,7 +22,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use keyturn::crd::SigningKeySet;
+use keyturn::core::crd::SigningKeySet;
 
 mod common;
 use common::{ensure_ns, pct};
@@ -31,7 +31,7 @@ fn kids(cm: &ConfigMap) -> Vec<String> {
     cm.data
         .as_ref()
         .and_then(|d| d.get("jwks.json"))
-        .and_then(|t| keyturn::jwks::kids(t.as_bytes()).ok())
+        .and_then(|t| keyturn::core::jwks::kids(t.as_bytes()).ok())
         .unwrap_or_default()
 }
 
@@ -46,11 +46,11 @@ async fn victim(client: Client, tag: &str, rotations: usize, revocations: usize)
     ensure_ns(&client, NS).await;
     ensure_ns(&client, COPIES).await;
     let name = format!("victim-{tag}");
-    let grant: keyturn::crd::SigningKeySetGrant = serde_json::from_value(json!({
+    let grant: keyturn::core::crd::SigningKeySetGrant = serde_json::from_value(json!({
         "metadata": {"name": name}, "spec": {"from": [{"namespace": NS, "name": name}]}
     }))
     .unwrap();
-    let _ = Api::<keyturn::crd::SigningKeySetGrant>::namespaced(client.clone(), COPIES)
+    let _ = Api::<keyturn::core::crd::SigningKeySetGrant>::namespaced(client.clone(), COPIES)
         .create(&PostParams::default(), &grant)
         .await;
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), NS);

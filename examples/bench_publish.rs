@@ -93,12 +93,12 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .unwrap();
                 let _ = nss.create(&PostParams::default(), &ns).await;
-                let grant: keyturn::crd::SigningKeySetGrant = serde_json::from_value(json!({
+                let grant: keyturn::core::crd::SigningKeySetGrant = serde_json::from_value(json!({
                     "metadata": {"name": "bench"},
                     "spec": {"from": [{"namespace": "bench-src", "name": "bench"}]}
                 }))
                 .unwrap();
-                let _ = Api::<keyturn::crd::SigningKeySetGrant>::namespaced(client, &name)
+                let _ = Api::<keyturn::core::crd::SigningKeySetGrant>::namespaced(client, &name)
                     .create(&PostParams::default(), &grant)
                     .await;
             }
@@ -145,12 +145,12 @@ async fn main() -> anyhow::Result<()> {
     let two_keys = || {
         let keys: Vec<serde_json::Value> = (0..2)
             .map(|_| {
-                keyturn::keys::KeyPair::generate(keyturn::crd::Algorithm::ES256, None)
+                keyturn::core::keys::KeyPair::generate(keyturn::core::crd::Algorithm::ES256, None)
                     .expect("ES256 key")
                     .public_jwk()
             })
             .collect();
-        String::from_utf8(keyturn::jwks::to_bytes(&keys)).expect("JSON is UTF-8")
+        String::from_utf8(keyturn::core::jwks::to_bytes(&keys)).expect("JSON is UTF-8")
     };
     write_all(two_keys(), true).await;
     let all_cms: Api<ConfigMap> = Api::all(client.clone());
@@ -193,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
                 .iter()
                 .filter(|c| c.namespace().is_some_and(|n| n.starts_with("bench-")))
                 .filter(|c| {
-                    keyturn::jwks::kids(c.data.as_ref().unwrap()["jwks.json"].as_bytes())
+                    keyturn::core::jwks::kids(c.data.as_ref().unwrap()["jwks.json"].as_bytes())
                         .unwrap()
                         .len()
                         == kids

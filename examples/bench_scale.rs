@@ -19,8 +19,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use keyturn::crd::{Algorithm, SigningKeySet};
-use keyturn::keys::KeyPair;
+use keyturn::core::crd::{Algorithm, SigningKeySet};
+use keyturn::core::keys::KeyPair;
 
 mod common;
 use common::{ensure_ns, pct};
@@ -138,7 +138,7 @@ async fn baseline(client: Client, n: usize) {
                 };
                 secrets.create(&pp, &sec(format!("{name}-signing-key"), "private.pem", kp.to_pkcs8_pem().to_string())).await.unwrap();
                 secrets.create(&pp, &sec(format!("{name}-keyturn-keys"), "state.json", kp.to_pkcs8_pem().to_string())).await.unwrap();
-                let jwks = String::from_utf8(keyturn::jwks::to_bytes(&[kp.public_jwk()])).unwrap();
+                let jwks = String::from_utf8(keyturn::core::jwks::to_bytes(&[kp.public_jwk()])).unwrap();
                 let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("{name}-jwks")}, "data": {"jwks.json": jwks}})).unwrap();
                 cms.create(&pp, &cm).await.unwrap();
                 let status = json!({"apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet", "status": {"activeKeyId": kp.kid(), "conditions": [{"type": "Ready", "status": "True", "reason": "KeysPublished", "message": "plain", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
@@ -227,7 +227,8 @@ async fn lag(client: Client, n: usize) {
             continue;
         };
         let now = chrono::Utc::now();
-        let kids = keyturn::jwks::kids(cm.data.as_ref().unwrap()["jwks.json"].as_bytes()).unwrap();
+        let kids =
+            keyturn::core::jwks::kids(cm.data.as_ref().unwrap()["jwks.json"].as_bytes()).unwrap();
         let new: Vec<String> = kids
             .iter()
             .filter(|k| !seen.contains_key(*k))

@@ -151,9 +151,9 @@ struct RunArgs {
 
 impl RunArgs {
     /// The cluster admin's floors and quota, from the flags.
-    fn floors(&self) -> keyturn::reconcile::Floors {
+    fn floors(&self) -> keyturn::operator::reconcile::Floors {
         let d = |d: Option<std::time::Duration>| d.and_then(|d| chrono::Duration::from_std(d).ok());
-        keyturn::reconcile::Floors {
+        keyturn::operator::reconcile::Floors {
             min_interval: d(self.min_interval),
             min_pre_publish: d(self.min_pre_publish),
             min_overlap: d(self.min_overlap),
@@ -163,7 +163,7 @@ impl RunArgs {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    keyturn::duration::parse(s)
+    keyturn::core::duration::parse(s)
         .map_err(|e| e.to_string())
         .and_then(|d| d.to_std().map_err(|e| e.to_string()))
         .and_then(|d| {
@@ -306,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 client,
                 opts,
                 Some(metrics),
-                keyturn::leader::Shutdown::on_signals(),
+                keyturn::operator::leader::Shutdown::on_signals(),
             )
             .await?;
             tracing::info!("keyturn signer stopped");
@@ -320,14 +320,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API")?;
-            let api: kube::Api<keyturn::crd::SigningKeySet> = kube::Api::namespaced(client, ns);
+            let api: kube::Api<keyturn::core::crd::SigningKeySet> =
+                kube::Api::namespaced(client, ns);
             let set = api
                 .get_opt(name)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("SigningKeySet {ns}/{name} not found"))?;
             print!(
                 "{}",
-                keyturn::view::render(&set, chrono::Utc::now(), output == "json")
+                keyturn::cli::view::render(&set, chrono::Utc::now(), output == "json")
             );
             Ok(())
         }
@@ -335,36 +336,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(&a.log_format);
             let floors = a.floors();
             let issuers = Arc::new(
-                keyturn::issuer::Issuers::new(a.public_url.clone(), a.issuers.clone())
+                keyturn::core::issuer::Issuers::new(a.public_url.clone(), a.issuers.clone())
                     .map_err(|e| anyhow::anyhow!("{e}"))?,
             );
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API")?;
-            keyturn::controller::preflight(&client, a.namespace.as_deref(), a.namespace_only)
-                .await?;
+            keyturn::operator::controller::preflight(
+                &client,
+                a.namespace.as_deref(),
+                a.namespace_only,
+            )
+            .await?;
             let instance = a
                 .instance
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| "keyturn".into());
-            let metrics = Arc::new(keyturn::metrics::Metrics::new());
-            let health = Arc::new(keyturn::http::Health::default());
-            let shutdown = keyturn::leader::Shutdown::on_signals();
+            let metrics = Arc::new(keyturn::runtime::metrics::Metrics::new());
+            let health = Arc::new(keyturn::endpoint::Health::default());
+            let shutdown = keyturn::operator::leader::Shutdown::on_signals();
             let public = tokio::net::TcpListener::bind(a.http_addr)
                 .await
                 .with_context(|| format!("binding the HTTP endpoint to {}", a.http_addr))?;
             let admin = tokio::net::TcpListener::bind(a.metrics_addr)
                 .await
                 .with_context(|| format!("binding the admin endpoint to {}", a.metrics_addr))?;
-            let http = keyturn::http::serve(
+            let http = keyturn::endpoint::serve(
                 public,
                 admin,
                 shutdown.clone().wait(),
                 client.clone(),
-                keyturn::http::Config {
+                keyturn::endpoint::Config {
                     namespace: a.namespace.clone(),
                     issuers: issuers.clone(),
-                    limits: keyturn::http::Limits {
+                    limits: keyturn::endpoint::Limits {
                         header_timeout: a.http_header_timeout,
                         request_timeout: a.http_request_timeout,
                         max_connections: a.http_max_connections as usize,
@@ -374,7 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics.clone(),
                 health.clone(),
             );
-            let election = a.leader_elect.then(|| keyturn::leader::Election {
+            let election = a.leader_elect.then(|| keyturn::operator::leader::Election {
                 namespace: a.lease_namespace.clone(),
                 identity: instance.clone(),
                 duration_secs: a.lease_seconds,
@@ -382,23 +387,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (ns, inst, m, c) = (a.namespace, instance, metrics.clone(), client.clone());
             let namespace_only = a.namespace_only;
             let h = health.clone();
-            let controller = keyturn::leader::run_as_leader(
+            let controller = keyturn::operator::leader::run_as_leader(
                 client,
                 election,
                 shutdown.clone(),
                 metrics,
                 move |why| h.fail(why),
                 move |stop| {
-                    let opts = keyturn::controller::Options {
+                    let opts = keyturn::operator::controller::Options {
                         namespace: ns.clone(),
                         instance: inst.clone(),
                         namespace_only,
                         floors: floors.clone(),
                         issuers: issuers.clone(),
                     };
-                    let clock: keyturn::reconcile::Clock = Arc::new(chrono::Utc::now);
+                    let clock: keyturn::operator::reconcile::Clock = Arc::new(chrono::Utc::now);
                     let (m, c) = (m.clone(), c.clone());
-                    keyturn::controller::run(c, opts, clock, m, stop)
+                    keyturn::operator::controller::run(c, opts, clock, m, stop)
                 },
             );
             // Whichever part ends first ends the process: a replica that cannot elect or

@@ -17,7 +17,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use keyturn::crd::{ROTATE_ANNOTATION, SigningKeySet};
+use keyturn::core::crd::{ROTATE_ANNOTATION, SigningKeySet};
 
 #[derive(Parser)]
 #[command(
@@ -109,7 +109,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Status { name, output } => {
             let set = get(name).await?;
-            print!("{}", keyturn::view::render(&set, now, output == "json"));
+            print!(
+                "{}",
+                keyturn::cli::view::render(&set, now, output == "json")
+            );
         }
         Command::Rotate { name } => {
             let set = get(name.clone()).await?;
@@ -191,7 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .ok_or_else(|| {
                     anyhow::anyhow!("ConfigMap {in_ns}/{cm_name} has no {}", set.jwks_key())
                 })?;
-            let v = keyturn::plugin::verify(&token, jwks.as_bytes(), &set, now);
+            let v = keyturn::cli::plugin::verify(&token, jwks.as_bytes(), &set, now);
             if output == "json" {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::SignerError;
-use crate::state::{KeyState, Sensitive, SetState};
+use crate::core::state::{KeyState, Sensitive, SetState};
 
 /// Layout version of the state file.
 pub const FILE_VERSION: u32 = 1;

@@ -30,9 +30,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
-use crate::crd::Algorithm;
-use crate::keys::KeyPair;
-use crate::state::{KeyState, SetState};
+use crate::core::crd::Algorithm;
+use crate::core::keys::KeyPair;
+use crate::core::state::{KeyState, SetState};
 
 /// Algorithms the Kubernetes API server accepts from an external signer (its
 /// `validateJWTHeader`); keyturn makes keys for these three.
@@ -48,7 +48,7 @@ pub const MIN_TOKEN_LIFETIME_SECONDS: i64 = 600;
 pub enum SignerError {
     /// The state file or the internal Secret does not hold a usable state.
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(#[from] crate::core::state::StateError),
     /// A key of the state cannot be served.
     #[error("key {kid}: {why}")]
     Key {
@@ -136,11 +136,11 @@ impl Snapshot {
                 .public_jwk
                 .as_object()
                 .ok_or_else(|| bad("public JWK is not an object".into()))?;
-            let public =
-                crate::keys::public_from_jwk(m).map_err(|e| bad(format!("public JWK {e}")))?;
+            let public = crate::core::keys::public_from_jwk(m)
+                .map_err(|e| bad(format!("public JWK {e}")))?;
             keys.push(proto::Key {
                 key_id: r.kid.clone(),
-                key: crate::keys::spki_der(&public),
+                key: crate::core::keys::spki_der(&public),
                 exclude_from_oidc_discovery: false,
             });
             if let Some(c) = counts.iter_mut().find(|(s, _)| *s == r.state()) {
@@ -538,7 +538,7 @@ pub async fn run(
     client: kube::Client,
     opts: Options,
     metrics_listener: Option<tokio::net::TcpListener>,
-    shutdown: crate::leader::Shutdown,
+    shutdown: crate::operator::leader::Shutdown,
 ) -> Result<(), SignerError> {
     let metrics = Arc::new(SignerMetrics::new());
     let served = Served::new(metrics.clone());

@@ -12,8 +12,8 @@ use kube::{Api, Client};
 
 use super::file::{self, FILE_VERSION, StateFile};
 use super::{Options, Served, SignerError, SignerMetrics, Snapshot};
-use crate::crd::SigningKeySet;
-use crate::state::{STATE_KEY, Sensitive, SetState};
+use crate::core::crd::SigningKeySet;
+use crate::core::state::{STATE_KEY, Sensitive, SetState};
 
 /// The state the signer serves and the document it came from.
 #[derive(Debug)]
@@ -83,7 +83,7 @@ pub fn token_lifetime(set: &str, sks: &SigningKeySet) -> Result<i64, SignerError
         set: set.into(),
         why,
     };
-    let settings = crate::plan::validate(&sks.spec, None).map_err(|e| bad(e.to_string()))?;
+    let settings = crate::core::plan::validate(&sks.spec, None).map_err(|e| bad(e.to_string()))?;
     let lifetime = settings.max_token_lifetime.ok_or_else(|| {
         bad("spec.maxTokenLifetime is not set; the API server's signer needs it (Metadata)".into())
     })?;
@@ -104,9 +104,9 @@ pub fn next(
         .data
         .as_ref()
         .and_then(|d| d.get(STATE_KEY))
-        .ok_or(crate::state::StateError::Missing)?;
+        .ok_or(crate::core::state::StateError::Missing)?;
     let text = std::str::from_utf8(&bytes.0)
-        .map_err(|_| crate::state::StateError::Parse("not UTF-8".into()))?;
+        .map_err(|_| crate::core::state::StateError::Parse("not UTF-8".into()))?;
     if let Some(c) = current
         && c.doc.state.expose() == text
         && c.doc.max_token_lifetime_seconds == lifetime_seconds
@@ -166,7 +166,7 @@ pub async fn run(
     let set = opts.set();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
     let sets: Api<SigningKeySet> = Api::namespaced(client, &opts.namespace);
-    let name = crate::crd::internal_secret_name(&opts.name);
+    let name = crate::core::crd::internal_secret_name(&opts.name);
     let by_name = |n: &str| watcher::Config::default().fields(&format!("metadata.name={n}"));
     let secret_events = watcher(secrets, by_name(&name))
         .default_backoff()

@@ -1,7 +1,7 @@
 use super::file::{StateFile, check_progress};
 use super::proto::ExternalJWTSigner as _;
 use super::*;
-use crate::state::{KeyRecord, Sensitive};
+use crate::core::state::{KeyRecord, Sensitive};
 use chrono::TimeZone as _;
 
 fn t(secs: i64) -> DateTime<Utc> {
@@ -115,14 +115,14 @@ fn fetch_keys_returns_every_key_as_spki_with_the_published_kid() {
     use pkcs8::DecodePublicKey as _;
     for (k, kp) in resp.keys[1..].iter().zip([&r, &a, &p]) {
         let back = p256::PublicKey::from_public_key_der(&k.key).unwrap();
-        let members = crate::keys::public_members(&crate::keys::Public::P256(back));
+        let members = crate::core::keys::public_members(&crate::core::keys::Public::P256(back));
         for (name, value) in members {
             assert_eq!(kp.public_jwk()[&name], value);
         }
     }
     let rsa_back = rsa::PublicKey::from_public_key_der(&resp.keys[0].key).unwrap();
     assert_eq!(
-        crate::keys::public_members(&crate::keys::Public::Rsa(Box::new(rsa_back)))["n"],
+        crate::core::keys::public_members(&crate::core::keys::Public::Rsa(Box::new(rsa_back)))["n"],
         legacy.public_jwk()["n"]
     );
 }
@@ -270,7 +270,7 @@ fn secret(st: &SetState, rv: &str) -> k8s_openapi::api::core::v1::Secret {
     s.metadata.resource_version = Some(rv.into());
     s.data = Some(
         [(
-            crate::state::STATE_KEY.to_string(),
+            crate::core::state::STATE_KEY.to_string(),
             k8s_openapi::ByteString(st.to_bytes()),
         )]
         .into(),
@@ -468,7 +468,7 @@ async fn the_socket_replaces_only_a_stale_socket_and_is_private() {
 
 #[test]
 fn the_token_lifetime_comes_from_the_spec_through_its_validation() {
-    let mut sks = crate::crd::SigningKeySet::new(
+    let mut sks = crate::core::crd::SigningKeySet::new(
         "sa",
         serde_json::from_value(json!({
             "algorithm": "RS256",

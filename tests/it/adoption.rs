@@ -24,8 +24,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::support::invariants::{Seen, observe, verify_with_jwks};
-use keyturn::crd::{Algorithm, SigningKeySet};
-use keyturn::keys::KeyPair;
+use keyturn::core::crd::{Algorithm, SigningKeySet};
+use keyturn::core::keys::KeyPair;
 
 /// A token signed with `kp` carrying `kid`, valid for an hour.
 fn token(kp: &KeyPair, kid: &str) -> String {

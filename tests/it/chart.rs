@@ -403,7 +403,7 @@ async fn helm_install_and_upgrade_rotate_under_the_charts_rbac_and_uninstall_kee
             "{crd} kept"
         );
     }
-    let sets: Api<keyturn::crd::SigningKeySet> = Api::namespaced(client.clone(), &sets_ns);
+    let sets: Api<keyturn::core::crd::SigningKeySet> = Api::namespaced(client.clone(), &sets_ns);
     assert!(
         sets.get_opt("auth").await.unwrap().is_some(),
         "the set survives"

@@ -17,7 +17,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 
 use crate::support::invariants::*;
-use keyturn::crd::SigningKeySet;
+use keyturn::core::crd::SigningKeySet;
 
 #[tokio::test]
 async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
@@ -88,7 +88,7 @@ async fn a_hundred_crashes_at_every_gap_break_no_invariant_and_lose_no_key() {
         .stdout(Stdio::null())
         .stderr(file);
         if inject {
-            cmd.env(keyturn::fault::ENV, abort_after.to_string());
+            cmd.env(keyturn::operator::fault::ENV, abort_after.to_string());
         }
         let mut child = cmd.spawn().unwrap();
         // A hooked run has 30 s to reach its N-th write (the sets rotate every few seconds).

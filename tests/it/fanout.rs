@@ -12,7 +12,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use keyturn::crd::SigningKeySet;
+use keyturn::core::crd::SigningKeySet;
 
 async fn namespace(client: &Client, name: &str, labels: serde_json::Value) {
     let ns: Namespace =

@@ -13,7 +13,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use crate::support::invariants::*;
-use keyturn::crd::SigningKeySet;
+use keyturn::core::crd::SigningKeySet;
 
 fn ready_condition(s: &SigningKeySet) -> Option<(String, String, String)> {
     let c = s
@@ -87,9 +87,10 @@ async fn garbage_in_own_secrets_is_reported_and_no_published_key_vanishes() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
-    let other_alg = keyturn::keys::KeyPair::generate(keyturn::crd::Algorithm::ES384, None).unwrap();
+    let other_alg =
+        keyturn::core::keys::KeyPair::generate(keyturn::core::crd::Algorithm::ES384, None).unwrap();
     let other_same_alg =
-        keyturn::keys::KeyPair::generate(keyturn::crd::Algorithm::ES256, None).unwrap();
+        keyturn::core::keys::KeyPair::generate(keyturn::core::crd::Algorithm::ES256, None).unwrap();
     type Mutation = Box<dyn Fn(&mut Value)>;
     let cases: Vec<(&str, Mutation)> = vec![
         (
@@ -650,7 +651,7 @@ async fn every_field_at_its_length_limit_reconciles_and_one_past_is_refused_nami
     assert!(msg.contains("spec.jwks.namespaceSelector"), "{msg}");
 
     // The grant's fields.
-    let gar = ApiResource::erase::<keyturn::crd::SigningKeySetGrant>(&());
+    let gar = ApiResource::erase::<keyturn::core::crd::SigningKeySetGrant>(&());
     let grants: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &gar);
     let grant = |name: &str, from: Value| -> DynamicObject {
         serde_json::from_value(json!({

@@ -36,8 +36,8 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use crate::support::invariants::{jwt_alg, secret_str as data};
-use keyturn::crd::Algorithm;
-use keyturn::keys::KeyPair;
+use keyturn::core::crd::Algorithm;
+use keyturn::core::keys::KeyPair;
 
 fn verifiers_dir() -> PathBuf {
     PathBuf::from(std::env::var("KEYTURN_TEST_VERIFIERS").unwrap_or_else(|_| {
@@ -368,7 +368,7 @@ fn openssl_load(cases: &Path, case: &Case) -> Outcome {
 /// The control tokens, one per case and control, written as TOKENS/<control>/<case>.jwt.
 fn controls(case: &Case, valid: &str, tokens: &Path) {
     let bits = (case.alg.is_rsa()).then(|| rsa_bits(&case.jwks, &case.kid));
-    let stranger = keyturn::keys::KeyPair::generate(case.alg, bits).unwrap();
+    let stranger = keyturn::core::keys::KeyPair::generate(case.alg, bits).unwrap();
     let stranger_pem = stranger.to_pkcs8_pem();
     let mut sig: Vec<char> = valid.rsplit('.').next().unwrap().chars().collect();
     let i = sig.len() / 2;
@@ -679,8 +679,8 @@ async fn an_old_eddsa_signing_secret_is_rewritten_once_in_the_v1_form() {
     let mut op = support::Operator::start(&ns);
     support::create_set(&client, &ns, "ed", json!({"algorithm": "EdDSA"})).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let sets: Api<keyturn::crd::SigningKeySet> = Api::namespaced(client.clone(), &ns);
-    let ready = |o: Option<&keyturn::crd::SigningKeySet>| {
+    let sets: Api<keyturn::core::crd::SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    let ready = |o: Option<&keyturn::core::crd::SigningKeySet>| {
         o.and_then(|s| s.status.as_ref()).is_some_and(|st| {
             st.conditions
                 .iter()

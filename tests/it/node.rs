@@ -58,7 +58,7 @@ fn sha256_hex(b: &[u8]) -> String {
 /// The kubelet's syncFrequency on this node (hack/e2e-node passes it).
 fn sync_frequency() -> Duration {
     let s = std::env::var("KEYTURN_TEST_NODE_SYNC_FREQUENCY").unwrap_or_else(|_| "1m".into());
-    keyturn::duration::parse(&s)
+    keyturn::core::duration::parse(&s)
         .ok()
         .and_then(|d| d.to_std().ok())
         .unwrap_or_else(|| panic!("KEYTURN_TEST_NODE_SYNC_FREQUENCY={s:?} is not a duration"))
@@ -158,7 +158,7 @@ fn pod_ready(p: &Pod) -> bool {
 async fn lease_holder(client: &Client) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
     leases
-        .get_opt(keyturn::leader::LEASE_NAME)
+        .get_opt(keyturn::operator::leader::LEASE_NAME)
         .await
         .ok()
         .flatten()
@@ -405,8 +405,8 @@ async fn keyturn_on_a_real_node() {
         .await
         .unwrap();
     let (cm_writes, secret_writes) = record_writes(&client);
-    let sets: Api<keyturn::crd::SigningKeySet> = Api::namespaced(client.clone(), NS);
-    let set: keyturn::crd::SigningKeySet = serde_json::from_value(json!({
+    let sets: Api<keyturn::core::crd::SigningKeySet> = Api::namespaced(client.clone(), NS);
+    let set: keyturn::core::crd::SigningKeySet = serde_json::from_value(json!({
         "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
         "metadata": {"name": SET, "namespace": NS},
         "spec": {"algorithm": "ES256", "rotation": {

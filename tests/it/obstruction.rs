@@ -23,7 +23,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use keyturn::crd::SigningKeySet;
+use keyturn::core::crd::SigningKeySet;
 
 /// How long a revocation may take to reach the signing Secret and every writable copy: a few
 /// reconciles, far below any retry (the blocked copy's is 10 s, a refusal's 60 s).
@@ -42,7 +42,7 @@ fn kids(cm: &ConfigMap) -> Vec<String> {
     cm.data
         .as_ref()
         .and_then(|d| d.get("jwks.json"))
-        .and_then(|t| keyturn::jwks::kids(t.as_bytes()).ok())
+        .and_then(|t| keyturn::core::jwks::kids(t.as_bytes()).ok())
         .unwrap_or_default()
 }
 
@@ -318,7 +318,7 @@ async fn a_grant_withdrawn_while_the_set_is_refused_removes_the_copy() {
     support::wait_condition(&sets, "auth", "Ready", "False", "InvalidSpec").await;
 
     // The target namespace's administrator withdraws consent.
-    Api::<keyturn::crd::SigningKeySetGrant>::namespaced(client.clone(), &dst)
+    Api::<keyturn::core::crd::SigningKeySetGrant>::namespaced(client.clone(), &dst)
         .delete(&grant, &DeleteParams::default())
         .await
         .unwrap();

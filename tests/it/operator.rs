@@ -16,7 +16,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use keyturn::crd::{Algorithm, SigningKeySet};
+use keyturn::core::crd::{Algorithm, SigningKeySet};
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=keyturn";
 
@@ -177,7 +177,7 @@ async fn rotations_keep_i1_i2_i3_and_tokens_verify_for_every_algorithm() {
     // The algorithms are what the specs asked for.
     for alg in Algorithm::ALL {
         let cm = cms.get(&format!("{}-jwks", name_of(alg))).await.unwrap();
-        let keys = keyturn::jwks::parse(&jwks_of(&cm)).unwrap();
+        let keys = keyturn::core::jwks::parse(&jwks_of(&cm)).unwrap();
         assert!(
             keys.iter().all(|k| k["alg"] == alg.as_str()),
             "{alg}: {keys:?}"
@@ -221,7 +221,7 @@ async fn rotations_keep_i1_i2_i3_and_tokens_verify_for_every_algorithm() {
         .await
         .unwrap()
     {
-        keyturn::jwks::validate(&jwks_of(&cm)).unwrap();
+        keyturn::core::jwks::validate(&jwks_of(&cm)).unwrap();
     }
 }
 

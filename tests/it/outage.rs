@@ -12,7 +12,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::support::invariants::*;
-use keyturn::crd::SigningKeySet;
+use keyturn::core::crd::SigningKeySet;
 
 async fn wait_api(client: &Client) {
     support::wait_for(

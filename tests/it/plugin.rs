@@ -15,8 +15,8 @@ use kube::api::Api;
 use serde_json::json;
 
 use crate::support::invariants::sign_with_secret;
-use keyturn::crd::{Algorithm, SigningKeySet};
-use keyturn::keys::KeyPair;
+use keyturn::core::crd::{Algorithm, SigningKeySet};
+use keyturn::core::keys::KeyPair;
 
 /// `kubectl keyturn ARGS` as `kubeconfig`, with the plugin found on the PATH by kubectl.
 fn plugin(kubeconfig: &Path, args: &[&str]) -> Output {

@@ -15,7 +15,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
-use keyturn::crd::SigningKeySet;
+use keyturn::core::crd::SigningKeySet;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -382,7 +382,7 @@ async fn sigterm_finishes_releases_the_lease_and_exits() {
         support::tail(&op.log, 20)
     );
     let lease = Api::<Lease>::namespaced(client.clone(), &ns)
-        .get(keyturn::leader::LEASE_NAME)
+        .get(keyturn::operator::leader::LEASE_NAME)
         .await
         .unwrap();
     assert!(

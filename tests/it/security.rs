@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::invariants::{Seen, observe};
 use crate::support::{Resp, parse_response as parse};
-use keyturn::crd::{SigningKeySet, SigningKeySetGrant};
+use keyturn::core::crd::{SigningKeySet, SigningKeySetGrant};
 
 fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))

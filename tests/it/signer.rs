@@ -18,7 +18,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::support::plane::Plane;
-use keyturn::crd::SigningKeySet;
+use keyturn::core::crd::SigningKeySet;
 
 const NS: &str = "kube-system";
 const SET: &str = "service-accounts";
@@ -460,7 +460,7 @@ async fn signer_identity(plane: &Plane, client: &Client) -> PathBuf {
         "metadata": {"name": "keyturn-signer"},
         "rules": [
             {"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "resourceNames": [SET], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [keyturn::crd::internal_secret_name(SET)], "verbs": ["get", "list", "watch"]}
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [keyturn::core::crd::internal_secret_name(SET)], "verbs": ["get", "list", "watch"]}
         ]
     }))
     .unwrap();
@@ -486,8 +486,8 @@ async fn signer_identity(plane: &Plane, client: &Client) -> PathBuf {
 /// a SigningKeySet named like the cluster's and its internal Secret with a forged state whose
 /// Active key is the tenant's. Returns that key's kid.
 async fn tenant_forges(plane: &Plane, admin: &Client) -> String {
-    use keyturn::keys::KeyPair;
-    use keyturn::state::{KeyRecord, Sensitive, SetState};
+    use keyturn::core::keys::KeyPair;
+    use keyturn::core::state::{KeyRecord, Sensitive, SetState};
     let path = plane.dir.join("tenant.kubeconfig");
     support::token_kubeconfig_for(admin, &plane.kubeconfig(), "workload", "tenant", &path).await;
     support::bind(
@@ -518,7 +518,7 @@ async fn tenant_forges(plane: &Plane, admin: &Client) -> String {
             .unwrap(),
     )
     .unwrap();
-    let kp = KeyPair::generate(keyturn::crd::Algorithm::RS256, None).unwrap();
+    let kp = KeyPair::generate(keyturn::core::crd::Algorithm::RS256, None).unwrap();
     let now = chrono::Utc::now();
     let state = SetState {
         keys: vec![KeyRecord {
@@ -536,7 +536,7 @@ async fn tenant_forges(plane: &Plane, admin: &Client) -> String {
         ..SetState::new()
     };
     let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": {"name": keyturn::crd::internal_secret_name(SET)},
+        "metadata": {"name": keyturn::core::crd::internal_secret_name(SET)},
         "stringData": {"state.json": String::from_utf8(state.to_bytes()).unwrap()}
     }))
     .unwrap();
@@ -640,7 +640,7 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     let first_state = {
         use base64::Engine as _;
         let s = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
-            .get(&keyturn::crd::internal_secret_name(SET))
+            .get(&keyturn::core::crd::internal_secret_name(SET))
             .await
             .unwrap();
         base64::engine::general_purpose::STANDARD.encode(&s.data.unwrap()["state.json"].0)
@@ -783,10 +783,11 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     // The key that signs now is the manual rotation's (its record says so), not the schedule's.
     let newest_kid = signing_kids(&shared).last().cloned().unwrap();
     let state = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
-        .get(&keyturn::crd::internal_secret_name(SET))
+        .get(&keyturn::core::crd::internal_secret_name(SET))
         .await
         .unwrap();
-    let state = keyturn::state::SetState::from_bytes(&state.data.unwrap()["state.json"].0).unwrap();
+    let state =
+        keyturn::core::state::SetState::from_bytes(&state.data.unwrap()["state.json"].0).unwrap();
     assert_eq!(state.rotate_token.as_deref(), Some("manual-1"));
     let rec = state.keys.iter().find(|r| r.kid == newest_kid).unwrap();
     assert!(
@@ -973,7 +974,7 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     forbidden(
         their_secrets
             .patch(
-                &keyturn::crd::internal_secret_name(SET),
+                &keyturn::core::crd::internal_secret_name(SET),
                 &PatchParams::default(),
                 &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
             )
@@ -1002,7 +1003,7 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     let old_state = first_state.clone();
     internal
         .patch(
-            &keyturn::crd::internal_secret_name(SET),
+            &keyturn::core::crd::internal_secret_name(SET),
             &PatchParams::default(),
             &Patch::Merge(json!({"data": {"state.json": old_state}})),
         )

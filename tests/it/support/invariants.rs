@@ -10,7 +10,7 @@ use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::json;
 
-use keyturn::crd::Algorithm;
+use keyturn::core::crd::Algorithm;
 
 pub fn jwks_of(cm: &ConfigMap) -> Vec<u8> {
     cm.data
@@ -22,7 +22,7 @@ pub fn jwks_of(cm: &ConfigMap) -> Vec<u8> {
 }
 
 pub fn kids_of(cm: &ConfigMap) -> Vec<String> {
-    keyturn::jwks::kids(&jwks_of(cm)).unwrap()
+    keyturn::core::jwks::kids(&jwks_of(cm)).unwrap()
 }
 
 pub fn secret_str(s: &Secret, key: &str) -> String {
@@ -154,7 +154,7 @@ pub fn check_history(
             Seen::Jwks {
                 at, kids, bytes, ..
             } => {
-                if let Err(e) = keyturn::jwks::validate(&bytes) {
+                if let Err(e) = keyturn::core::jwks::validate(&bytes) {
                     v.push(format!("I3/JWKS rules: {e}"));
                 }
                 for k in &kids {

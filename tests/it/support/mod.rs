@@ -172,13 +172,13 @@ pub async fn apply_crds(client: &Client) {
 /// `from_ns/name` (every set of `from_ns` when `name` is `None`). Returns the grant's name.
 pub async fn grant(client: &Client, in_ns: &str, from_ns: &str, name: &str) -> String {
     let grant_name = format!("from-{from_ns}-{name}");
-    let g: keyturn::crd::SigningKeySetGrant = serde_json::from_value(serde_json::json!({
+    let g: keyturn::core::crd::SigningKeySetGrant = serde_json::from_value(serde_json::json!({
         "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySetGrant",
         "metadata": {"name": grant_name},
         "spec": {"from": [{"namespace": from_ns, "name": name}]}
     }))
     .expect("a grant");
-    Api::<keyturn::crd::SigningKeySetGrant>::namespaced(client.clone(), in_ns)
+    Api::<keyturn::core::crd::SigningKeySetGrant>::namespaced(client.clone(), in_ns)
         .create(&PostParams::default(), &g)
         .await
         .expect("create SigningKeySetGrant");
@@ -188,13 +188,13 @@ pub async fn grant(client: &Client, in_ns: &str, from_ns: &str, name: &str) -> S
 /// A grant in `in_ns` for every SigningKeySet of `from_ns`, whose copies may take only
 /// `copy_names` there.
 pub async fn grant_all(client: &Client, in_ns: &str, from_ns: &str, copy_names: &[&str]) {
-    let g: keyturn::crd::SigningKeySetGrant = serde_json::from_value(serde_json::json!({
+    let g: keyturn::core::crd::SigningKeySetGrant = serde_json::from_value(serde_json::json!({
         "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySetGrant",
         "metadata": {"name": format!("from-{from_ns}-all")},
         "spec": {"from": [{"namespace": from_ns, "configMapNames": copy_names}]}
     }))
     .expect("a grant");
-    Api::<keyturn::crd::SigningKeySetGrant>::namespaced(client.clone(), in_ns)
+    Api::<keyturn::core::crd::SigningKeySetGrant>::namespaced(client.clone(), in_ns)
         .create(&PostParams::default(), &g)
         .await
         .expect("create SigningKeySetGrant");
@@ -554,7 +554,10 @@ async fn granted(client: &Client, in_ns: &str, kind: &str, role: &str, sa_ns: &s
 }
 
 /// The condition `type_` of a set: (status, reason, message).
-pub fn condition(s: &keyturn::crd::SigningKeySet, type_: &str) -> Option<(String, String, String)> {
+pub fn condition(
+    s: &keyturn::core::crd::SigningKeySet,
+    type_: &str,
+) -> Option<(String, String, String)> {
     s.status
         .as_ref()?
         .conditions
@@ -565,7 +568,7 @@ pub fn condition(s: &keyturn::crd::SigningKeySet, type_: &str) -> Option<(String
 
 /// Waits until the set's condition `type_` has `status` and `reason`; returns its message.
 pub async fn wait_condition(
-    sets: &Api<keyturn::crd::SigningKeySet>,
+    sets: &Api<keyturn::core::crd::SigningKeySet>,
     name: &str,
     type_: &'static str,
     status: &'static str,
@@ -577,7 +580,7 @@ pub async fn wait_condition(
 /// [`wait_condition`] with a timeout of the caller's: for a test that proves a change was
 /// acted on before a retry would have acted anyway.
 pub async fn wait_condition_within(
-    sets: &Api<keyturn::crd::SigningKeySet>,
+    sets: &Api<keyturn::core::crd::SigningKeySet>,
     name: &str,
     type_: &'static str,
     status: &'static str,
@@ -589,7 +592,7 @@ pub async fn wait_condition_within(
         name,
         &format!("{name}: {type_}={status} ({reason}) within {timeout:?}"),
         timeout,
-        move |o: Option<&keyturn::crd::SigningKeySet>| {
+        move |o: Option<&keyturn::core::crd::SigningKeySet>| {
             o.and_then(|s| condition(s, type_))
                 .is_some_and(|(st, r, _)| st == status && r == reason)
         },
@@ -600,7 +603,7 @@ pub async fn wait_condition_within(
 }
 
 /// Starts a manual rotation of `name` (the `keyturn.dev/rotate` annotation set to `token`).
-pub async fn rotate(sets: &Api<keyturn::crd::SigningKeySet>, name: &str, token: &str) {
+pub async fn rotate(sets: &Api<keyturn::core::crd::SigningKeySet>, name: &str, token: &str) {
     sets.patch(
         name,
         &PatchParams::default(),
@@ -621,8 +624,8 @@ pub async fn try_create_set(
     ns: &str,
     name: &str,
     spec: serde_json::Value,
-) -> Result<keyturn::crd::SigningKeySet, kube::Error> {
-    let api: Api<keyturn::crd::SigningKeySet> = Api::namespaced(client.clone(), ns);
+) -> Result<keyturn::core::crd::SigningKeySet, kube::Error> {
+    let api: Api<keyturn::core::crd::SigningKeySet> = Api::namespaced(client.clone(), ns);
     api.create(
         &PostParams::default(),
         &serde_json::from_value(set_manifest(name, spec)).expect("a typed spec"),
@@ -636,7 +639,7 @@ pub async fn create_set(
     ns: &str,
     name: &str,
     spec: serde_json::Value,
-) -> keyturn::crd::SigningKeySet {
+) -> keyturn::core::crd::SigningKeySet {
     try_create_set(client, ns, name, spec)
         .await
         .expect("create SigningKeySet")

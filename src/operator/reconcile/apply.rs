@@ -1,6 +1,6 @@
-//! Stage 3, plan + apply: the planner ([`crate::plan::plan`]) names one step at a time and
+//! Stage 3, plan + apply: the planner ([`crate::core::plan::plan`]) names one step at a time and
 //! the [`Applier`] writes it, one method per step, until the planner is idle. Every write is
-//! guarded (field manager, resourceVersion) in [`crate::publish::write`]; the JWKS copies go
+//! guarded (field manager, resourceVersion) in [`crate::operator::publish::write`]; the JWKS copies go
 //! through [`super::fanout`].
 
 use std::collections::BTreeSet;
@@ -13,11 +13,11 @@ use tracing::{info, warn};
 
 use super::read::Objects;
 use super::{Context, Error, Reason, Refusal, fanout, report};
-use crate::crd::{Algorithm, SigningKeySet};
-use crate::keys::KeyPair;
-use crate::plan::{self, GenerateReason, Observed, Plan, Settings, Step};
-use crate::publish;
-use crate::state::SetState;
+use crate::core::crd::{Algorithm, SigningKeySet};
+use crate::core::keys::KeyPair;
+use crate::core::plan::{self, GenerateReason, Observed, Plan, Settings, Step};
+use crate::core::state::SetState;
+use crate::operator::publish;
 
 /// Steps one reconcile takes at most; a plan that has not settled by then is picked up again
 /// a second later (each step is one write, so this only bounds one reconcile's length).
@@ -452,8 +452,8 @@ fn too_many_keys(sks: &SigningKeySet, keys: usize) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::fixtures::set;
-    use crate::state::KeyRecord;
+    use crate::core::state::KeyRecord;
+    use crate::operator::reconcile::fixtures::set;
 
     /// A state of `n` retired Ed25519 keys (public JWK and times only, as after retirement).
     fn retired(n: usize) -> SetState {

@@ -12,13 +12,13 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::crd::{
+use crate::core::crd::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet, SigningKeySetGrant,
 };
-use crate::echo::Echoes;
-use crate::metrics::Metrics;
-use crate::publish::{SOURCE_NAMESPACE_LABEL, is_copy_elsewhere};
-use crate::reconcile::{Cache, Clock, Context, error_policy, reconcile};
+use crate::operator::echo::Echoes;
+use crate::operator::publish::{SOURCE_NAMESPACE_LABEL, is_copy_elsewhere};
+use crate::operator::reconcile::{Cache, Clock, Context, error_policy, reconcile};
+use crate::runtime::metrics::Metrics;
 
 /// Options for [`run`].
 pub struct Options {
@@ -29,9 +29,9 @@ pub struct Options {
     /// Namespace-only mode (needs `namespace`): no fan-out, no watch or read outside it.
     pub namespace_only: bool,
     /// The cluster admin's floors under every schedule and quota of sets per namespace.
-    pub floors: crate::reconcile::Floors,
+    pub floors: crate::operator::reconcile::Floors,
     /// The issuer URL each set may claim (`--public-url`, `--issuer`): its `Discovery` condition.
-    pub issuers: Arc<crate::issuer::Issuers>,
+    pub issuers: Arc<crate::core::issuer::Issuers>,
 }
 
 /// Why the controller could not start.
@@ -204,10 +204,10 @@ pub async fn run(
     // label. Metadata only, and only what keyturn reads of it (an object that merely carries
     // keyturn's labels costs a few hundred bytes, whatever it holds, I11); the copies outside
     // their set's namespace are kept for fan-out to read instead of a LIST per reconcile, their
-    // data read only for a live set's own copies ([`crate::reconcile::CopyData`]); a set's own
+    // data read only for a live set's own copies ([`crate::operator::reconcile::CopyData`]); a set's own
     // JWKS ConfigMap is read with a GET and not kept.
     let ctx_echoes: Arc<Echoes> = Default::default();
-    let copy_data: Arc<crate::reconcile::CopyData> = Default::default();
+    let copy_data: Arc<crate::operator::reconcile::CopyData> = Default::default();
     let (copies, copy_events) = if opts.namespace_only {
         (None, None)
     } else {
@@ -268,7 +268,7 @@ pub async fn run(
                 if let Some(c) = &ctx.copies {
                     c.complete().await?;
                 }
-                Ok::<_, crate::reconcile::Error>(())
+                Ok::<_, crate::operator::reconcile::Error>(())
             };
             if filled.await.is_ok() {
                 info!("watch caches filled");
@@ -336,7 +336,7 @@ pub async fn run(
                     .state()
                     .into_iter()
                     .filter(|s| {
-                        crate::consent::requested(s)
+                        crate::core::consent::requested(s)
                             && g.spec.from.iter().any(|f| {
                                 s.namespace().as_ref() == Some(&f.namespace)
                                     && f.name.as_ref().is_none_or(|n| *n == s.name_any())
@@ -416,7 +416,7 @@ pub fn slim_copy(c: &mut PartialObjectMeta<ConfigMap>) {
         l.retain(|k, _| k == MANAGED_BY_LABEL || k == SET_LABEL || k == SOURCE_NAMESPACE_LABEL);
     }
     if let Some(a) = m.annotations.as_mut() {
-        a.retain(|k, _| k == crate::publish::OWNER_UID_ANNOTATION);
+        a.retain(|k, _| k == crate::operator::publish::OWNER_UID_ANNOTATION);
     }
 }
 

@@ -8,12 +8,12 @@ use kube::ResourceExt;
 
 use super::read::Objects;
 use super::{Reason, Refusal};
-use crate::consent::{self, FanOut};
-use crate::crd::{IMPORT_ANNOTATION, SigningKeySet};
-use crate::keys::KeyPair;
-use crate::plan::{self, Observed, Settings};
-use crate::publish;
-use crate::state::{KeyState, STATE_KEY, SetState};
+use crate::core::consent::{self, FanOut};
+use crate::core::crd::{IMPORT_ANNOTATION, SigningKeySet};
+use crate::core::keys::KeyPair;
+use crate::core::plan::{self, Observed, Settings};
+use crate::core::state::{KeyState, STATE_KEY, SetState};
+use crate::operator::publish;
 
 /// A set keyturn can act on.
 #[derive(Debug)]
@@ -76,8 +76,8 @@ pub fn within_floors(settings: &Settings, floors: &Floors) -> Result<(), Refusal
                 Reason::InvalidSpec,
                 format!(
                     "{field}: {} is below this cluster's floor of {} (keyturn {flag}, set by the cluster admin); lengthen it",
-                    crate::duration::format(got),
-                    crate::duration::format(min)
+                    crate::core::duration::format(got),
+                    crate::core::duration::format(min)
                 ),
             ));
         }
@@ -200,7 +200,7 @@ pub fn check(
             s.data
                 .as_ref()
                 .and_then(|d| d.get(STATE_KEY))
-                .ok_or(crate::state::StateError::Missing)
+                .ok_or(crate::core::state::StateError::Missing)
                 .and_then(|b| SetState::from_bytes(&b.0))
                 .map_err(|e| {
                     Refusal::new(
@@ -267,7 +267,7 @@ fn import(sks: &SigningKeySet, objects: &Objects) -> Result<Option<KeyPair>, Ref
         .as_ref()
         .and_then(|d| d.get(&key))
         .ok_or_else(|| refuse(format!("{name} has no data key {key:?}")))?;
-    crate::import::private_key(sks.spec.algorithm, &bytes.0, spec.key_id.as_deref())
+    crate::core::import::private_key(sks.spec.algorithm, &bytes.0, spec.key_id.as_deref())
         .map(Some)
         .map_err(|e| refuse(format!("{name} {key}: {e}")))
 }
@@ -306,7 +306,7 @@ fn verification(
         return Ok(None); // not read (cannot happen after `read`)
     };
     let mut keys: Vec<(
-        crate::import::VerificationKey,
+        crate::core::import::VerificationKey,
         chrono::DateTime<chrono::Utc>,
     )> = vec![];
     for (i, (src, text)) in sks.spec.verification_keys.iter().zip(texts).enumerate() {
@@ -314,7 +314,7 @@ fn verification(
         let text = text
             .as_ref()
             .map_err(|why| refuse(format!("{field}: {why}")))?;
-        let found = crate::import::public_keys(text.as_bytes(), src.algorithm)
+        let found = crate::core::import::public_keys(text.as_bytes(), src.algorithm)
             .map_err(|why| refuse(format!("{field} ({}): {why}", src.key)))?;
         for k in found {
             let mine = own.iter().find(|(kid, _)| *kid == k.kid);
@@ -377,7 +377,7 @@ fn revoked_published(sks: &SigningKeySet, copies: &BTreeMap<String, ConfigMap>) 
                 && c.data
                     .as_ref()
                     .and_then(|d| d.get(&sks.jwks_key()))
-                    .and_then(|t| crate::jwks::kids(t.as_bytes()).ok())
+                    .and_then(|t| crate::core::jwks::kids(t.as_bytes()).ok())
                     .is_some_and(|kids| kids.iter().any(|k| revoked.contains(k)))
         })
 }
@@ -407,7 +407,7 @@ fn published_everywhere(
 ) -> Option<Vec<String>> {
     let own = copies.get(&sks.namespace().unwrap_or_default())?;
     let text = own.data.as_ref()?.get(&sks.jwks_key())?;
-    let kids = crate::jwks::kids(text.as_bytes()).ok()?;
+    let kids = crate::core::jwks::kids(text.as_bytes()).ok()?;
     if own.data.as_ref().is_none_or(|d| d.len() != 1)
         || publish::jwks_bytes(state, &kids).as_deref() != Some(text.as_bytes())
     {
@@ -437,7 +437,7 @@ fn lagging_kids(
             copies
                 .get(t)
                 .and_then(|c| c.data.as_ref()?.get(&sks.jwks_key()).cloned())
-                .and_then(|text| crate::jwks::kids(text.as_bytes()).ok())
+                .and_then(|text| crate::core::jwks::kids(text.as_bytes()).ok())
                 .unwrap_or_default()
         })
         .collect();
@@ -464,7 +464,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::reconcile::fixtures::{active_state, set, written};
+    use crate::operator::reconcile::fixtures::{active_state, set, written};
 
     fn refused(sks: &SigningKeySet, o: &Objects) -> Refusal {
         check(sks, o, None, false).unwrap_err()
@@ -482,7 +482,7 @@ mod tests {
         )
         .unwrap();
         assert!(within_floors(&c.settings, &Floors::default()).is_ok());
-        let d = |s: &str| Some(crate::duration::parse(s).unwrap());
+        let d = |s: &str| Some(crate::core::duration::parse(s).unwrap());
         for (floors, field, flag) in [
             (
                 Floors {
@@ -689,15 +689,16 @@ mod tests {
     fn a_published_pending_key_that_a_copy_lacks_is_lagging() {
         let sks = set(json!({}));
         let mut st = active_state();
-        let kp = crate::keys::KeyPair::generate(crate::crd::Algorithm::EdDSA, None).unwrap();
+        let kp =
+            crate::core::keys::KeyPair::generate(crate::core::crd::Algorithm::EdDSA, None).unwrap();
         st = plan::with_new_key(
             Some(&st),
             &kp,
             plan::GenerateReason::Scheduled,
             None,
-            crate::reconcile::fixtures::t0(),
+            crate::operator::reconcile::fixtures::t0(),
         );
-        st.keys[1].published_at = Some(crate::reconcile::fixtures::t0());
+        st.keys[1].published_at = Some(crate::operator::reconcile::fixtures::t0());
         // The JWKS written holds only the active key.
         let one = SetState {
             keys: vec![st.keys[0].clone()],
@@ -731,7 +732,8 @@ mod tests {
     #[test]
     fn a_new_set_imports_its_first_key_only_from_a_secret_that_consents() {
         let sks = set(json!({"algorithm": "EdDSA", "import": {"secretName": "legacy"}}));
-        let kp = crate::keys::KeyPair::generate(crate::crd::Algorithm::EdDSA, None).unwrap();
+        let kp =
+            crate::core::keys::KeyPair::generate(crate::core::crd::Algorithm::EdDSA, None).unwrap();
         let pem = kp.to_pkcs8_pem();
         let with = |src: Result<Secret, String>| Objects {
             import_source: Some(src),
@@ -775,7 +777,8 @@ mod tests {
         let sks = set(
             json!({"verificationKeys": [{"configMapName": "old", "key": "jwks.json", "until": until}]}),
         );
-        let old = crate::keys::KeyPair::generate(crate::crd::Algorithm::ES256, None).unwrap();
+        let old =
+            crate::core::keys::KeyPair::generate(crate::core::crd::Algorithm::ES256, None).unwrap();
         let jwks = json!({"keys": [old.public_jwk()]}).to_string();
         let st = active_state();
         let mut o = written(&sks, &st);
@@ -787,7 +790,7 @@ mod tests {
         assert!(c.verification_refused.is_none());
 
         // Recorded for this generation: nothing new.
-        let recorded = plan::with_verification(&st, &v, crate::reconcile::fixtures::t0());
+        let recorded = plan::with_verification(&st, &v, crate::operator::reconcile::fixtures::t0());
         let mut o2 = written(&sks, &recorded);
         o2.verification_sources = None;
         let c = check(&sks, &o2, None, false).unwrap();

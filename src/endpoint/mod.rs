@@ -40,11 +40,11 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
-use crate::metrics::Metrics;
-use crate::plan;
-use crate::publish::PUBLIC_STATE_ANNOTATION;
-use crate::state::{PublicState, SetState};
+use crate::core::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
+use crate::core::plan;
+use crate::core::state::{PublicState, SetState};
+use crate::operator::publish::PUBLIC_STATE_ANNOTATION;
+use crate::runtime::metrics::Metrics;
 
 /// Media type of a JWK Set (RFC 7517 §8.5).
 pub const JWKS_CONTENT_TYPE: &str = "application/jwk-set+json";
@@ -153,7 +153,7 @@ struct AppState {
     states: States,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    issuers: Arc<crate::issuer::Issuers>,
+    issuers: Arc<crate::core::issuer::Issuers>,
 }
 
 /// Everything [`serve`] needs.
@@ -162,7 +162,7 @@ pub struct Config {
     pub namespace: Option<String>,
     /// The issuer URL each set may claim, and the public port's base URL as clients reach
     /// it (`jwks_uri` in discovery).
-    pub issuers: Arc<crate::issuer::Issuers>,
+    pub issuers: Arc<crate::core::issuer::Issuers>,
     /// Server limits, per port.
     pub limits: Limits,
 }
@@ -177,9 +177,10 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> std::io::Result<()> {
-    let sets_api: Api<SigningKeySet> = crate::controller::scoped(&client, cfg.namespace.as_deref());
+    let sets_api: Api<SigningKeySet> =
+        crate::operator::controller::scoped(&client, cfg.namespace.as_deref());
     let secrets_api: Api<PartialObjectMeta<Secret>> =
-        crate::controller::scoped(&client, cfg.namespace.as_deref());
+        crate::operator::controller::scoped(&client, cfg.namespace.as_deref());
     let sets: Sets = Arc::default();
     let states: States = Arc::default();
     let (sets_synced, mut sets_rx) = tokio::sync::watch::channel(false);
@@ -345,7 +346,7 @@ async fn read_missing(
     while let Some((ns, name)) = missing.recv().await {
         let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let meta = match api
-            .get_metadata_opt(&crate::crd::internal_secret_name(&name))
+            .get_metadata_opt(&crate::core::crd::internal_secret_name(&name))
             .await
         {
             Ok(Some(m)) => m,
@@ -377,7 +378,7 @@ fn state_key(s: &PartialObjectMeta<Secret>) -> Option<(String, String)> {
     let labels = s.labels();
     let set = labels.get(SET_LABEL)?;
     (labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
-        && s.name_any() == crate::crd::internal_secret_name(set))
+        && s.name_any() == crate::core::crd::internal_secret_name(set))
     .then(|| (s.namespace().unwrap_or_default(), set.clone()))
 }
 
@@ -557,7 +558,7 @@ fn lookup(state: &AppState, ns: &str, name: &str, now: DateTime<Utc>) -> Result<
     ))?;
     let bytes = jwks_document(public, settings, now)
         .ok_or((StatusCode::NOT_FOUND, "JWKS not published yet"))?;
-    if let Err(e) = crate::jwks::validate(&bytes) {
+    if let Err(e) = crate::core::jwks::validate(&bytes) {
         // Cannot happen for a state keyturn wrote; never serve what breaks the rules.
         tracing::error!(namespace = ns, name, error = %e, "refusing to serve a JWKS that breaks the rules");
         return Err((
@@ -585,7 +586,7 @@ fn jwks_document(public: &PublicState, s: &plan::Settings, now: DateTime<Utc>) -
         .filter(|r| r.published_at.is_some())
         .filter_map(|r| public.jwk(r))
         .collect();
-    (!keys.is_empty()).then(|| crate::jwks::assemble(keys))
+    (!keys.is_empty()).then(|| crate::core::jwks::assemble(keys))
 }
 
 /// `max-age` in seconds: at most `prePublish`, and never past the planner's next transition
@@ -669,13 +670,13 @@ async fn discovery(
     let base = match state.issuers.check(&ns, &name, &issuer) {
         Ok(()) => state.issuers.public_url().unwrap_or_default(),
         // 503: the endpoint is not configured for discovery at all.
-        Err(r @ crate::issuer::Refusal::NoPublicUrl) => {
+        Err(r @ crate::core::issuer::Refusal::NoPublicUrl) => {
             return error(StatusCode::SERVICE_UNAVAILABLE, &r.message(&issuer));
         }
         // 404: this set has no document here (its issuer is not the URL it is served under).
         Err(r) => return error(StatusCode::NOT_FOUND, &r.message(&issuer)),
     };
-    let mut algs: Vec<String> = crate::jwks::parse(&served.bytes)
+    let mut algs: Vec<String> = crate::core::jwks::parse(&served.bytes)
         .unwrap_or_default()
         .iter()
         .filter_map(|k| k.get("alg").and_then(|a| a.as_str()).map(str::to_string))
@@ -715,9 +716,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::Algorithm;
-    use crate::keys::KeyPair;
-    use crate::state::KeyRecord;
+    use crate::core::crd::Algorithm;
+    use crate::core::keys::KeyPair;
+    use crate::core::state::KeyRecord;
 
     #[test]
     fn names_are_checked() {
@@ -741,7 +742,7 @@ mod tests {
     }
 
     fn settings(pre: &str) -> plan::Settings {
-        let spec: crate::crd::SigningKeySetSpec = serde_json::from_value(
+        let spec: crate::core::crd::SigningKeySetSpec = serde_json::from_value(
             json!({"rotation": {"interval": "720h", "prePublish": pre, "overlap": "24h"}}),
         )
         .unwrap();
@@ -827,8 +828,11 @@ mod tests {
         );
         state.keys[0].published_at = Some(pending.created_at);
         let doc = jwks_document(&public(&state), &s, Utc::now()).unwrap();
-        assert_eq!(crate::jwks::kids(&doc).unwrap(), vec![pending.kid.clone()]);
-        crate::jwks::validate(&doc).unwrap();
+        assert_eq!(
+            crate::core::jwks::kids(&doc).unwrap(),
+            vec![pending.kid.clone()]
+        );
+        crate::core::jwks::validate(&doc).unwrap();
     }
 
     #[test]
@@ -847,11 +851,14 @@ mod tests {
         let now: DateTime<Utc> = "2026-01-10T13:00:00Z".parse().unwrap();
         let kids = [active.kid, pending.kid, retired.kid];
         let doc = jwks_document(&public(&state), &s, now).unwrap();
-        assert_eq!(crate::jwks::kids(&doc).unwrap(), kids);
-        assert_eq!(Some(doc), crate::publish::jwks_bytes(&state, &kids));
+        assert_eq!(crate::core::jwks::kids(&doc).unwrap(), kids);
+        assert_eq!(
+            Some(doc),
+            crate::operator::publish::jwks_bytes(&state, &kids)
+        );
         // Nothing private is kept: the records lost their private keys and parsed trees.
         let mut signing = state.clone();
-        signing.keys[1].private_pem = Some(crate::state::Sensitive::new(
+        signing.keys[1].private_pem = Some(crate::core::state::Sensitive::new(
             KeyPair::generate(Algorithm::ES256, None)
                 .unwrap()
                 .to_pkcs8_pem(),

@@ -4,7 +4,7 @@
 //!    copies, and for fan-out the namespaces and grants).
 //! 2. [`check`] (pure): the settings, the consented fan-out, the stored state and what is
 //!    observed, or a [`Refusal`] that carries its reason and retry.
-//! 3. plan + [`apply`]: the planner ([`crate::plan`]) picks one step at a time, the applier
+//! 3. plan + [`apply`]: the planner ([`crate::core::plan`]) picks one step at a time, the applier
 //!    writes it (one method per step; the JWKS copies through [`fanout`]), until idle.
 //! 4. [`status`] (pure, `now` passed in) and [`report`]: the status patch, Events, metrics.
 //!
@@ -32,10 +32,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tracing::{debug, warn};
 
-use crate::consent;
-use crate::crd::{ROTATE_ANNOTATION, SigningKeySet};
-use crate::metrics::Metrics;
-use crate::publish::WriteError;
+use crate::core::consent;
+use crate::core::crd::{ROTATE_ANNOTATION, SigningKeySet};
+use crate::operator::publish::WriteError;
+use crate::runtime::metrics::Metrics;
 
 pub use check::Floors;
 pub use fanout::{CopyData, FINALIZER};
@@ -66,7 +66,7 @@ pub struct Context {
     /// deleted.
     pub namespaces: Option<Cache<kube::core::PartialObjectMeta<Namespace>>>,
     /// Every SigningKeySetGrant (cluster-wide mode): consent to fan-out.
-    pub grants: Option<Cache<crate::crd::SigningKeySetGrant>>,
+    pub grants: Option<Cache<crate::core::crd::SigningKeySetGrant>>,
     /// The metadata of keyturn-labelled ConfigMaps in namespaces other than their set's
     /// (cluster-wide mode): JWKS copies, and anything that merely carries the labels.
     pub copies: Option<Cache<kube::core::PartialObjectMeta<ConfigMap>>>,
@@ -78,7 +78,7 @@ pub struct Context {
     /// The cluster admin's floors and quota.
     pub floors: Floors,
     /// The issuer URL each set may claim in discovery (its `Discovery` condition).
-    pub issuers: Arc<crate::issuer::Issuers>,
+    pub issuers: Arc<crate::core::issuer::Issuers>,
     /// The fair queue of key generation.
     pub keygen: keygen::KeyGen,
     /// Consecutive failed reconciles per set, for [`error_policy`]'s backoff.
@@ -86,7 +86,7 @@ pub struct Context {
     /// The status keyturn last wrote to each set, until the watch shows it.
     pub written: WrittenStatus,
     /// keyturn's own writes whose watch events must not start another reconcile.
-    pub echoes: Arc<crate::echo::Echoes>,
+    pub echoes: Arc<crate::operator::echo::Echoes>,
 }
 
 impl Context {
@@ -156,7 +156,7 @@ pub struct WrittenStatus(Mutex<HashMap<(String, String), Written>>);
 struct Written {
     uid: String,
     from_version: String,
-    status: crate::crd::SigningKeySetStatus,
+    status: crate::core::crd::SigningKeySetStatus,
 }
 
 impl WrittenStatus {
@@ -179,7 +179,7 @@ impl WrittenStatus {
     }
 
     /// Records that `status` was patched onto `sks` (the version it was decided from).
-    fn wrote(&self, sks: &SigningKeySet, status: &crate::crd::SigningKeySetStatus) {
+    fn wrote(&self, sks: &SigningKeySet, status: &crate::core::crd::SigningKeySetStatus) {
         if let (Some(uid), Some(from_version)) = (sks.uid(), sks.metadata.resource_version.clone())
         {
             let w = Written {
@@ -254,7 +254,7 @@ pub enum Error {
     Kube(#[from] kube::Error),
     /// Key generation failed.
     #[error(transparent)]
-    Key(#[from] crate::keys::KeyError),
+    Key(#[from] crate::core::keys::KeyError),
     /// A write's precondition failed because the watch cache it was decided from lagged
     /// (the object changed, appeared or went since): not a failure, the set is reconciled
     /// again from the newer cache.
@@ -578,11 +578,11 @@ pub(crate) mod fixtures {
     use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 
     use super::read::Objects;
-    use crate::crd::{Algorithm, SigningKeySet};
-    use crate::keys::KeyPair;
-    use crate::plan::{self, GenerateReason};
-    use crate::publish;
-    use crate::state::SetState;
+    use crate::core::crd::{Algorithm, SigningKeySet};
+    use crate::core::keys::KeyPair;
+    use crate::core::plan::{self, GenerateReason};
+    use crate::core::state::SetState;
+    use crate::operator::publish;
 
     /// `identity/auth` with `spec`, as read from the API server (uid, generation).
     pub fn set(spec: serde_json::Value) -> SigningKeySet {

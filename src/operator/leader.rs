@@ -11,7 +11,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
+use crate::runtime::metrics::Metrics;
 
 /// Name of the Lease the replicas compete for.
 pub const LEASE_NAME: &str = "keyturn-leader";

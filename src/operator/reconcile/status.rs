@@ -10,12 +10,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use super::Refusal;
-use crate::consent::{self, FanOut};
-use crate::crd::{KeyStatus, SigningKeySet, SigningKeySetStatus};
-use crate::issuer::Issuers;
-use crate::plan::{self, Settings};
-use crate::publish;
-use crate::state::{KeyState, SetState};
+use crate::core::consent::{self, FanOut};
+use crate::core::crd::{KeyStatus, SigningKeySet, SigningKeySetStatus};
+use crate::core::issuer::Issuers;
+use crate::core::plan::{self, Settings};
+use crate::core::state::{KeyState, SetState};
+use crate::operator::publish;
 
 /// Condition type saying whether every namespace the spec asks for consented.
 pub const FAN_OUT_CONDITION: &str = "FanOut";
@@ -275,8 +275,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::reconcile::fixtures::{active_state, set, t0};
-    use crate::reconcile::{Reason, Refusal};
+    use crate::operator::reconcile::fixtures::{active_state, set, t0};
+    use crate::operator::reconcile::{Reason, Refusal};
 
     fn settings() -> Settings {
         plan::validate(&set(json!({})).spec, None).unwrap()

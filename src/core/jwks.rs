@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
-use crate::keys::thumbprint;
+use crate::core::keys::thumbprint;
 
 /// The smallest RSA modulus a published key may have (RFC 7518 §3.3: 2048 bits).
 pub const MIN_RSA_BITS: u32 = 2048;
@@ -200,8 +200,8 @@ pub fn validate(bytes: &[u8]) -> Result<(), JwksError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::Algorithm;
-    use crate::keys::KeyPair;
+    use crate::core::crd::Algorithm;
+    use crate::core::keys::KeyPair;
     use serde_json::json;
 
     /// How many keys per algorithm the property tests generate. EC coordinates have a

@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::state::{KeyState, SetState};
+use crate::core::state::{KeyState, SetState};
 
 /// Label set naming one SigningKeySet.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -291,11 +291,12 @@ mod tests {
         m.set_leader(true);
         m.http("jwks");
         m.published();
-        let kp = crate::keys::KeyPair::generate(crate::crd::Algorithm::EdDSA, None).unwrap();
-        let st = crate::plan::with_new_key(
+        let kp =
+            crate::core::keys::KeyPair::generate(crate::core::crd::Algorithm::EdDSA, None).unwrap();
+        let st = crate::core::plan::with_new_key(
             None,
             &kp,
-            crate::plan::GenerateReason::First,
+            crate::core::plan::GenerateReason::First,
             None,
             chrono::Utc::now(),
         );

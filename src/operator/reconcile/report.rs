@@ -10,10 +10,10 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::{Context, Error, Refusal, status};
-use crate::consent::FanOut;
-use crate::crd::{FIELD_MANAGER, SigningKeySet, SigningKeySetStatus};
-use crate::plan::{Settings, Transition};
-use crate::state::SetState;
+use crate::core::consent::FanOut;
+use crate::core::crd::{FIELD_MANAGER, SigningKeySet, SigningKeySetStatus};
+use crate::core::plan::{Settings, Transition};
+use crate::core::state::SetState;
 
 /// Patches the status (server-side apply) unless it is what the set already has.
 pub async fn write_status(
@@ -40,7 +40,7 @@ pub async fn write_status(
         .await?;
     ctx.written.wrote(sks, &status);
     ctx.echoes.wrote(&stored);
-    crate::fault::wrote();
+    crate::operator::fault::wrote();
     ctx.metrics.write("status");
     Ok(())
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::crd::Algorithm;
+use crate::core::crd::Algorithm;
 
 /// Data key of the state document in the internal Secret.
 pub const STATE_KEY: &str = "state.json";
@@ -224,8 +224,8 @@ impl SetState {
                 why: why.into(),
             };
             let rules = match r.state() {
-                KeyState::Verification => crate::jwks::validate_key,
-                _ => crate::jwks::validate_own_key,
+                KeyState::Verification => crate::core::jwks::validate_key,
+                _ => crate::core::jwks::validate_own_key,
             };
             rules(&r.public_jwk).map_err(|e| bad(&format!("public JWK: {e}")))?;
             if r.public_jwk.get("kid").and_then(Value::as_str) != Some(r.kid.as_str()) {
@@ -236,7 +236,7 @@ impl SetState {
             }
             match (&r.private_pem, r.state()) {
                 (Some(pem), _) => {
-                    let kp = crate::keys::KeyPair::from_pkcs8_pem(r.alg, pem.expose())
+                    let kp = crate::core::keys::KeyPair::from_pkcs8_pem(r.alg, pem.expose())
                         .map_err(|e| bad(&e.to_string()))?;
                     if kp.kid() != r.kid {
                         return Err(bad("private key does not match kid"));
@@ -265,7 +265,7 @@ pub struct PublicState {
     /// Every record, its private key dropped and its `public_jwk` left `null`: the JWK is in
     /// `jwks`, at the same index.
     pub state: SetState,
-    /// Each record's public JWK, serialized by [`crate::jwks::serialize_key`].
+    /// Each record's public JWK, serialized by [`crate::core::jwks::serialize_key`].
     pub jwks: Vec<Box<str>>,
 }
 
@@ -282,8 +282,8 @@ impl PublicState {
         for r in &mut state.keys {
             r.private_pem = None;
             let rules = match r.state() {
-                KeyState::Verification => crate::jwks::validate_key,
-                _ => crate::jwks::validate_own_key,
+                KeyState::Verification => crate::core::jwks::validate_key,
+                _ => crate::core::jwks::validate_own_key,
             };
             rules(&r.public_jwk).map_err(|e| StateError::Record {
                 kid: r.kid.clone(),
@@ -295,7 +295,7 @@ impl PublicState {
                     why: "public JWK kid differs from record kid".into(),
                 });
             }
-            jwks.push(crate::jwks::serialize_key(&r.public_jwk.take()).into_boxed_str());
+            jwks.push(crate::core::jwks::serialize_key(&r.public_jwk.take()).into_boxed_str());
         }
         // Held for as long as the set lives, once per set: no spare capacity.
         state.keys.shrink_to_fit();

@@ -12,8 +12,8 @@ use rsa::pkcs1::{DecodeRsaPrivateKey as _, DecodeRsaPublicKey as _};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
-use crate::crd::Algorithm;
-use crate::keys::{Inner, KeyPair, Public, public_members, public_of, thumbprint};
+use crate::core::crd::Algorithm;
+use crate::core::keys::{Inner, KeyPair, Public, public_members, public_of, thumbprint};
 
 /// Why a private key could not be imported. Messages never contain key bytes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -185,7 +185,7 @@ fn private_pem(alg: Algorithm, block: &Block<'_>) -> Result<KeyPair, ImportError
     let inner = match block.label {
         "PRIVATE KEY" => {
             return KeyPair::from_pkcs8_pem(alg, block.text).map_err(|e| match e {
-                crate::keys::KeyError::BadPem { .. } => match pkcs8_family(block.text) {
+                crate::core::keys::KeyError::BadPem { .. } => match pkcs8_family(block.text) {
                     Some(found) => wrong(found, alg),
                     None => invalid("PKCS#8"),
                 },
@@ -229,7 +229,7 @@ fn private_pem(alg: Algorithm, block: &Block<'_>) -> Result<KeyPair, ImportError
 fn finish(alg: Algorithm, inner: Inner) -> Result<KeyPair, ImportError> {
     let inner = match inner {
         Inner::Rsa(k) => {
-            crate::keys::checked_rsa(*k).map_err(|e| ImportError::Invalid(e.to_string()))?
+            crate::core::keys::checked_rsa(*k).map_err(|e| ImportError::Invalid(e.to_string()))?
         }
         other => other,
     };
@@ -238,7 +238,7 @@ fn finish(alg: Algorithm, inner: Inner) -> Result<KeyPair, ImportError> {
 
 /// base64url member `name` of a private JWK, decoded; wiped on drop.
 fn member(m: &Map<String, Value>, name: &str) -> Result<Zeroizing<Vec<u8>>, ImportError> {
-    crate::jwks::b64_member(m, name)
+    crate::core::jwks::b64_member(m, name)
         .map(Zeroizing::new)
         .map_err(|why| ImportError::Invalid(format!("its JWK: {why}")))
 }
@@ -408,7 +408,7 @@ fn public_pem(block: &Block<'_>, hint: Option<Algorithm>) -> Result<Verification
 
 fn public_jwk(v: &Value, hint: Option<Algorithm>) -> Result<VerificationKey, String> {
     let m = v.as_object().ok_or("is not a JSON object")?;
-    for p in crate::jwks::PRIVATE_MEMBERS {
+    for p in crate::core::jwks::PRIVATE_MEMBERS {
         if m.contains_key(p) {
             return Err(format!(
                 "has the private member {p:?}; list public keys only"
@@ -420,7 +420,7 @@ fn public_jwk(v: &Value, hint: Option<Algorithm>) -> Result<VerificationKey, Str
     {
         return Err("its \"use\" is not \"sig\"".into());
     }
-    let key = crate::keys::public_from_jwk(m)?;
+    let key = crate::core::keys::public_from_jwk(m)?;
     let given: Map<String, Value> = public_members(&key);
     for (name, value) in &given {
         if m.get(name) != Some(value) {
@@ -480,7 +480,7 @@ fn finish_public(
     m.insert("alg".into(), json!(alg.as_str()));
     m.insert("use".into(), json!("sig"));
     let jwk = Value::Object(m);
-    crate::jwks::validate_key(&jwk)?;
+    crate::core::jwks::validate_key(&jwk)?;
     Ok(VerificationKey { kid, alg, jwk })
 }
 
@@ -707,7 +707,7 @@ mod tests {
         assert_eq!(algs, [Algorithm::EdDSA, Algorithm::ES384, Algorithm::RS512]);
         for k in &keys {
             assert_eq!(Some(k.kid.clone()), thumbprint(k.jwk.as_object().unwrap()));
-            crate::jwks::validate_key(&k.jwk).unwrap();
+            crate::core::jwks::validate_key(&k.jwk).unwrap();
         }
     }
 

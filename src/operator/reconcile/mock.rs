@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::fixtures::{set, t0};
 use super::{Context, reconcile};
-use crate::metrics::Metrics;
+use crate::runtime::metrics::Metrics;
 
 /// One request the fake answered.
 #[derive(Clone, Debug)]
@@ -213,8 +213,8 @@ fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
             metadata: c.metadata,
             ..Default::default()
         };
-        crate::controller::slim_copy(&mut m);
-        crate::publish::is_copy_elsewhere(&m.metadata).then_some(m)
+        crate::operator::controller::slim_copy(&mut m);
+        crate::operator::publish::is_copy_elsewhere(&m.metadata).then_some(m)
     });
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(async move {
@@ -297,7 +297,7 @@ where
 }
 
 /// The set as the fake holds it (with whatever status was written).
-fn stored_set(fake: &Arc<Mutex<Fake>>) -> crate::crd::SigningKeySet {
+fn stored_set(fake: &Arc<Mutex<Fake>>) -> crate::core::crd::SigningKeySet {
     serde_json::from_value(fake.lock().unwrap().objects[SET_PATH].clone()).unwrap()
 }
 
@@ -347,7 +347,7 @@ fn event_reasons(calls: &[Call]) -> Vec<String> {
         .collect()
 }
 
-fn ready(s: &crate::crd::SigningKeySet) -> (String, String) {
+fn ready(s: &crate::core::crd::SigningKeySet) -> (String, String) {
     let c = &s.status.as_ref().unwrap().conditions[0];
     assert_eq!(c.type_, "Ready");
     (c.status.clone(), c.reason.clone())

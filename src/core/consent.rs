@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
-use crate::crd::{SigningKeySet, SigningKeySetGrant};
+use crate::core::crd::{SigningKeySet, SigningKeySetGrant};
 
 /// Where a set's JWKS goes, and where it would go but may not.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

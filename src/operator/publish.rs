@@ -11,9 +11,11 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::crd::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
-use crate::keys::KeyPair;
-use crate::state::{KeyRecord, STATE_KEY, SetState};
+use crate::core::crd::{
+    FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet,
+};
+use crate::core::keys::KeyPair;
+use crate::core::state::{KeyRecord, STATE_KEY, SetState};
 
 /// Why a write did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +33,7 @@ pub enum WriteError {
         name: String,
     },
     /// The API server refused or failed the write. Its message is shown only when it cannot
-    /// quote key material ([`crate::keys::redact_encoded`]).
+    /// quote key material ([`crate::core::keys::redact_encoded`]).
     #[error("writing {kind} {name}: {}", api_message(.source))]
     Api {
         /// Object kind.
@@ -68,7 +70,7 @@ pub fn api_message(e: &kube::Error) -> String {
         kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
         other => other.to_string(),
     };
-    crate::keys::redact_encoded(&text).into_owned()
+    crate::core::keys::redact_encoded(&text).into_owned()
 }
 
 /// Label on JWKS copies naming the SigningKeySet's namespace.
@@ -271,7 +273,7 @@ pub fn jwks_bytes(state: &SetState, kids: &[String]) -> Option<Vec<u8>> {
                 .map(|r| r.public_jwk.clone())
         })
         .collect();
-    Some(crate::jwks::to_bytes(&keys?))
+    Some(crate::core::jwks::to_bytes(&keys?))
 }
 
 /// The JWKS ConfigMap object in `namespace`.
@@ -338,7 +340,7 @@ where
             };
             match api.create(&pp, &desired).await {
                 Ok(o) => {
-                    crate::fault::wrote();
+                    crate::operator::fault::wrote();
                     Ok(Some(o))
                 }
                 // Created meanwhile: by another keyturn replica (a race to retry) or by
@@ -382,7 +384,7 @@ where
                 .patch(&name, &pp, &Patch::Merge(&patch))
                 .await
                 .map_err(api_err)?;
-            crate::fault::wrote();
+            crate::operator::fault::wrote();
             Ok(Some(o))
         }
     }
@@ -552,9 +554,9 @@ mod tests {
     #[test]
     fn an_ed25519_key_stored_in_the_v2_form_is_written_in_the_v1_form() {
         use ed25519_dalek::pkcs8::EncodePrivateKey as _;
-        let kp = KeyPair::generate(crate::crd::Algorithm::EdDSA, None).unwrap();
+        let kp = KeyPair::generate(crate::core::crd::Algorithm::EdDSA, None).unwrap();
         // What keyturn stored before: ed25519-dalek's own encoding, PKCS#8 v2.
-        let seed = crate::keys::tests_support::ed25519_seed(&kp);
+        let seed = crate::core::keys::tests_support::ed25519_seed(&kp);
         let v2 = ed25519_dalek::SigningKey::from_bytes(&seed)
             .to_pkcs8_pem(pkcs8::LineEnding::LF)
             .unwrap();
@@ -567,7 +569,7 @@ mod tests {
             kid: kp.kid().into(),
             alg: kp.alg(),
             public_jwk: kp.public_jwk(),
-            private_pem: Some(crate::state::Sensitive::new(v2)),
+            private_pem: Some(crate::core::state::Sensitive::new(v2)),
             created_at: chrono::Utc::now(),
             published_at: None,
             activated_at: None,

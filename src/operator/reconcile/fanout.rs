@@ -15,9 +15,9 @@ use tracing::info;
 
 use super::read::Objects;
 use super::{Context, Error};
-use crate::consent::{self, FanOut};
-use crate::crd::SigningKeySet;
-use crate::publish::{self, WriteError};
+use crate::core::consent::{self, FanOut};
+use crate::core::crd::SigningKeySet;
+use crate::operator::publish::{self, WriteError};
 
 /// The finalizer a set with copies in other namespaces carries.
 pub const FINALIZER: &str = "keyturn.dev/jwks-copies";
@@ -300,7 +300,7 @@ async fn set_finalizer(sks: &SigningKeySet, ctx: &Context, present: bool) -> Res
         Err(kube::Error::Api(e)) if e.code == 404 && !present => return Ok(()),
         Err(e) => return Err(e.into()),
     }
-    crate::fault::wrote();
+    crate::operator::fault::wrote();
     ctx.metrics.write("finalizer");
     Ok(())
 }

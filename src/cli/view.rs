@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use crate::crd::SigningKeySet;
+use crate::core::crd::SigningKeySet;
 
 fn parse(t: &Option<String>) -> Option<DateTime<Utc>> {
     t.as_ref()?.parse().ok()

@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::crd::{Algorithm, SigningKeySetSpec};
-use crate::duration;
-use crate::state::{KeyRecord, KeyState, SetState};
+use crate::core::crd::{Algorithm, SigningKeySetSpec};
+use crate::core::duration;
+use crate::core::state::{KeyRecord, KeyState, SetState};
 
 /// The spec after validation, with defaults applied and durations parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,16 +83,16 @@ pub fn validate(
         None => None,
         Some(t) => {
             let life = dur("spec.maxTokenLifetime", t)?;
-            let margin = duration::parse(crate::crd::TOKEN_LIFETIME_MARGIN)
+            let margin = duration::parse(crate::core::crd::TOKEN_LIFETIME_MARGIN)
                 .expect("the margin is a valid duration");
             if overlap < life + margin {
                 return Err(SpecError {
                     field: "spec.rotation.overlap",
                     why: format!(
                         "must be at least spec.maxTokenLifetime plus {} ({} < {t} + {}): a token signed just before its key retires must verify until it expires",
-                        crate::crd::TOKEN_LIFETIME_MARGIN,
+                        crate::core::crd::TOKEN_LIFETIME_MARGIN,
                         spec.rotation.overlap,
-                        crate::crd::TOKEN_LIFETIME_MARGIN
+                        crate::core::crd::TOKEN_LIFETIME_MARGIN
                     ),
                 });
             }
@@ -106,10 +106,13 @@ pub fn validate(
                 why: format!("only applies to RSA algorithms, not {}", spec.algorithm),
             });
         }
-        if !crate::crd::RSA_KEY_SIZES.contains(&bits) {
+        if !crate::core::crd::RSA_KEY_SIZES.contains(&bits) {
             return Err(SpecError {
                 field: "spec.rsaKeySize",
-                why: format!("must be {}, got {bits}", crate::crd::rsa_key_sizes_text()),
+                why: format!(
+                    "must be {}, got {bits}",
+                    crate::core::crd::rsa_key_sizes_text()
+                ),
             });
         }
     }
@@ -157,7 +160,7 @@ pub struct Verification {
     /// The set's `metadata.generation` they were read for.
     pub generation: i64,
     /// Each key with the time it leaves the JWKS; kids unique and none of the set's own.
-    pub keys: Vec<(crate::import::VerificationKey, DateTime<Utc>)>,
+    pub keys: Vec<(crate::core::import::VerificationKey, DateTime<Utc>)>,
 }
 
 /// Why a key is generated.
@@ -631,7 +634,7 @@ pub fn with_verification(state: &SetState, v: &Verification, now: DateTime<Utc>)
 /// The state after storing a freshly generated key (the `Generate` step's write).
 pub fn with_new_key(
     state: Option<&SetState>,
-    kp: &crate::keys::KeyPair,
+    kp: &crate::core::keys::KeyPair,
     reason: GenerateReason,
     rotate_token: Option<String>,
     now: DateTime<Utc>,
@@ -641,7 +644,7 @@ pub fn with_new_key(
         kid: kp.kid().to_string(),
         alg: kp.alg(),
         public_jwk: kp.public_jwk(),
-        private_pem: Some(crate::state::Sensitive::new(kp.to_pkcs8_pem())),
+        private_pem: Some(crate::core::state::Sensitive::new(kp.to_pkcs8_pem())),
         created_at: now,
         published_at: None,
         activated_at: None,
@@ -656,7 +659,7 @@ pub fn with_new_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::KeyPair;
+    use crate::core::keys::KeyPair;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -1543,7 +1546,7 @@ mod tests {
                     let mut jwk = kp.public_jwk();
                     jwk["kid"] = serde_json::json!(format!("legacy-{}", &kp.kid()[..6]));
                     let text = jwk.to_string();
-                    let k = crate::import::public_keys(text.as_bytes(), None)
+                    let k = crate::core::import::public_keys(text.as_bytes(), None)
                         .unwrap()
                         .remove(0);
                     (k, *until)

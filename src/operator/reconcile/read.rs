@@ -9,9 +9,9 @@ use kube::ResourceExt;
 use kube::api::{Api, GetParams};
 
 use super::{Context, Error, fanout};
-use crate::consent;
-use crate::crd::{SigningKeySet, SigningKeySetGrant};
-use crate::publish;
+use crate::core::consent;
+use crate::core::crd::{SigningKeySet, SigningKeySetGrant};
+use crate::operator::publish;
 
 /// What exists now for one set. The applier keeps it current as it writes.
 #[derive(Clone, Debug, Default)]
@@ -130,8 +130,8 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
     let recorded = o
         .internal
         .as_ref()
-        .and_then(|s| s.data.as_ref()?.get(crate::state::STATE_KEY))
-        .and_then(|b| crate::state::verification_generation(&b.0));
+        .and_then(|s| s.data.as_ref()?.get(crate::core::state::STATE_KEY))
+        .and_then(|b| crate::core::state::verification_generation(&b.0));
     if !sks.spec.verification_keys.is_empty() && recorded != sks.metadata.generation {
         let mut texts = vec![];
         let mut read = Sources::default();
@@ -208,7 +208,7 @@ async fn source_text(
     secrets: &Api<Secret>,
     cms: &Api<ConfigMap>,
     sks: &SigningKeySet,
-    src: &crate::crd::VerificationKeySource,
+    src: &crate::core::crd::VerificationKeySource,
     read: &mut Sources,
 ) -> Result<Result<String, String>, Error> {
     let (kind, name) = match (&src.config_map_name, &src.secret_name) {
@@ -240,7 +240,7 @@ async fn source_text(
             data.ok_or_else(|| {
                 format!(
                     "{kind} {ns}/{name} does not exist or does not consent: keyturn reads a verification source only when it carries the annotation {}: {} (added by someone who may write it)",
-                    crate::crd::VERIFICATION_ANNOTATION,
+                    crate::core::crd::VERIFICATION_ANNOTATION,
                     sks.name_any()
                 )
             }),
@@ -281,7 +281,7 @@ where
 pub fn consents(meta: &ObjectMeta, set: &str) -> bool {
     meta.annotations
         .as_ref()
-        .and_then(|a| a.get(crate::crd::VERIFICATION_ANNOTATION))
+        .and_then(|a| a.get(crate::core::crd::VERIFICATION_ANNOTATION))
         .is_some_and(|v| v.split(',').any(|n| n.trim() == set))
 }
 

@@ -15,16 +15,16 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::crd::Algorithm;
+use crate::core::crd::Algorithm;
 
 /// Default RSA modulus size.
-pub const DEFAULT_RSA_BITS: u32 = crate::crd::RSA_KEY_SIZES[0];
+pub const DEFAULT_RSA_BITS: u32 = crate::core::crd::RSA_KEY_SIZES[0];
 
 /// Why key material could not be made or read. Messages never contain key bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The RSA size is not one keyturn generates.
-    #[error("unsupported RSA key size {0}: use {sizes}", sizes = crate::crd::rsa_key_sizes_text())]
+    #[error("unsupported RSA key size {0}: use {sizes}", sizes = crate::core::crd::rsa_key_sizes_text())]
     RsaSize(u32),
     /// The PEM could not be parsed as a PKCS#8 private key of the expected algorithm.
     #[error("stored private key is not a valid PKCS#8 {alg} key")]
@@ -33,7 +33,7 @@ pub enum KeyError {
         alg: Algorithm,
     },
     /// The RSA key is smaller than the JWKS rules allow.
-    #[error("stored RSA key has {0} bits; at least {min} are required", min = crate::jwks::MIN_RSA_BITS)]
+    #[error("stored RSA key has {0} bits; at least {min} are required", min = crate::core::jwks::MIN_RSA_BITS)]
     RsaTooSmall(usize),
     /// The RSA key's parts do not agree (a corrupt or forged key).
     #[error("the RSA key is not internally consistent")]
@@ -152,7 +152,7 @@ impl KeyPair {
         let inner = match alg {
             a if a.is_rsa() => {
                 let bits = rsa_bits.unwrap_or(DEFAULT_RSA_BITS);
-                if !crate::crd::RSA_KEY_SIZES.contains(&bits) {
+                if !crate::core::crd::RSA_KEY_SIZES.contains(&bits) {
                     return Err(KeyError::RsaSize(bits));
                 }
                 let key = rsa::PrivateKey::new(&mut getrandom::SysRng, bits as usize)
@@ -325,10 +325,10 @@ impl KeyPair {
 }
 
 /// An RSA private key keyturn accepts, however it was read: at least
-/// [`crate::jwks::MIN_RSA_BITS`] and internally consistent.
+/// [`crate::core::jwks::MIN_RSA_BITS`] and internally consistent.
 pub(crate) fn checked_rsa(key: rsa::PrivateKey) -> Result<Inner, KeyError> {
     let bits = key.size() * 8;
-    if bits < crate::jwks::MIN_RSA_BITS as usize {
+    if bits < crate::core::jwks::MIN_RSA_BITS as usize {
         return Err(KeyError::RsaTooSmall(bits));
     }
     key.validate().map_err(|_| KeyError::RsaInconsistent)?;
@@ -368,7 +368,7 @@ impl Public {
 /// The key members of a public JWK loaded through its crypto library: RSA (`n` without a
 /// leading zero octet, `e`), EC P-256/P-384 (a point on the curve), OKP Ed25519.
 pub(crate) fn public_from_jwk(m: &Map<String, Value>) -> Result<Public, String> {
-    let member = |name: &str| crate::jwks::b64_member(m, name);
+    let member = |name: &str| crate::core::jwks::b64_member(m, name);
     let kty = m.get("kty").and_then(Value::as_str).unwrap_or_default();
     let crv = m.get("crv").and_then(Value::as_str).unwrap_or_default();
     let point = |x: Vec<u8>, y: Vec<u8>| [&[4u8][..], &x, &y].concat();

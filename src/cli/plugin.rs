@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::crd::SigningKeySet;
+use crate::core::crd::SigningKeySet;
 
 /// The outcome of `verify`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -114,7 +114,7 @@ fn place(v: &mut Verdict, set: &SigningKeySet, now: DateTime<Utc>) {
         return;
     };
     v.state = Some(k.state.clone());
-    let settings = crate::plan::validate(&set.spec, None).ok();
+    let settings = crate::core::plan::validate(&set.spec, None).ok();
     let parse = |t: &Option<String>| t.as_ref().and_then(|t| t.parse::<DateTime<Utc>>().ok());
     let next = parse(&status.next_rotation_time);
     let (until, at_least) = match (k.state.as_str(), &settings) {
@@ -132,13 +132,13 @@ fn place(v: &mut Verdict, set: &SigningKeySet, now: DateTime<Utc>) {
             "the signature verifies; key {} is {}; its tokens verify at least until {u} ({})",
             v.kid,
             k.state,
-            crate::view::relative(until.unwrap_or(now), now)
+            crate::cli::view::relative(until.unwrap_or(now), now)
         ),
         (Some(u), false) => format!(
             "the signature verifies; key {} is {}; its tokens verify until {u} ({}), when it leaves the JWKS",
             v.kid,
             k.state,
-            crate::view::relative(until.unwrap_or(now), now)
+            crate::cli::view::relative(until.unwrap_or(now), now)
         ),
         (None, _) => format!("the signature verifies; key {} is {}", v.kid, k.state),
     };
@@ -149,8 +149,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::crd::Algorithm;
-    use crate::keys::KeyPair;
+    use crate::core::crd::Algorithm;
+    use crate::core::keys::KeyPair;
 
     fn sign(kp: &KeyPair, kid: &str) -> String {
         let pem = kp.to_pkcs8_pem();
@@ -181,7 +181,7 @@ mod tests {
         let now: DateTime<Utc> = "2026-12-01T00:00:00Z".parse().unwrap();
         for alg in Algorithm::ALL {
             let kp = KeyPair::generate(alg, None).unwrap();
-            let jwks = crate::jwks::to_bytes(&[kp.public_jwk()]);
+            let jwks = crate::core::jwks::to_bytes(&[kp.public_jwk()]);
             let set =
                 set_with(json!([{"kid": kp.kid(), "algorithm": alg.as_str(), "state": "Active"}]));
             let v = verify(&sign(&kp, kp.kid()), &jwks, &set, now);
@@ -198,7 +198,7 @@ mod tests {
     fn tampered_unknown_kid_and_retired_tokens() {
         let now: DateTime<Utc> = "2026-12-01T00:00:00Z".parse().unwrap();
         let kp = KeyPair::generate(Algorithm::ES256, None).unwrap();
-        let jwks = crate::jwks::to_bytes(&[kp.public_jwk()]);
+        let jwks = crate::core::jwks::to_bytes(&[kp.public_jwk()]);
         let set = set_with(
             json!([{"kid": kp.kid(), "algorithm": "ES256", "state": "Retired",
             "removeAt": "2026-12-01T03:00:00Z"}]),
