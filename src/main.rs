@@ -306,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 client,
                 opts,
                 Some(metrics),
-                keyturn::operator::leader::Shutdown::on_signals(),
+                keyturn::runtime::shutdown::Shutdown::on_signals(),
             )
             .await?;
             tracing::info!("keyturn signer stopped");
@@ -354,7 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "keyturn".into());
             let metrics = Arc::new(keyturn::runtime::metrics::Metrics::new());
             let health = Arc::new(keyturn::endpoint::Health::default());
-            let shutdown = keyturn::operator::leader::Shutdown::on_signals();
+            let shutdown = keyturn::runtime::shutdown::Shutdown::on_signals();
             let public = tokio::net::TcpListener::bind(a.http_addr)
                 .await
                 .with_context(|| format!("binding the HTTP endpoint to {}", a.http_addr))?;

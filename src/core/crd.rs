@@ -531,3 +531,13 @@ impl SigningKeySetGrant {
             .any(|f| f.accepts(namespace, name, copy_name))
     }
 }
+
+/// keyturn's finalizer on a SigningKeySet with copies in other namespaces (ownerReferences
+/// cannot cross namespaces): it removes them before the set goes.
+pub const FINALIZER: &str = "keyturn.dev/jwks-copies";
+
+/// True when `sks` carries keyturn's finalizer.
+pub fn has_finalizer(sks: &SigningKeySet) -> bool {
+    use kube::ResourceExt;
+    sks.finalizers().iter().any(|f| f == FINALIZER)
+}

@@ -13,7 +13,8 @@ use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 use crate::core::crd::Algorithm;
-use crate::core::keys::{Inner, KeyPair, Public, public_members, public_of, thumbprint};
+use crate::core::jwks::thumbprint;
+use crate::core::keys::{Inner, KeyPair, Public, public_members, public_of};
 
 /// Why a private key could not be imported. Messages never contain key bytes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
-use crate::core::keys::thumbprint;
+use sha2::{Digest, Sha256};
 
 /// The smallest RSA modulus a published key may have (RFC 7518 §3.3: 2048 bits).
 pub const MIN_RSA_BITS: u32 = 2048;
@@ -195,6 +195,29 @@ pub fn validate(bytes: &[u8]) -> Result<(), JwksError> {
         }
     }
     Ok(())
+}
+
+/// RFC 7638 JWK thumbprint (SHA-256, base64url) of a public JWK. Only the required members
+/// of its `kty` take part; `None` when a required member is missing or `kty` is unknown.
+pub fn thumbprint(jwk: &Map<String, Value>) -> Option<String> {
+    let kty = jwk.get("kty")?.as_str()?;
+    let required: &[&str] = match kty {
+        "RSA" => &["e", "kty", "n"],
+        "EC" => &["crv", "kty", "x", "y"],
+        "OKP" => &["crv", "kty", "x"],
+        _ => return None,
+    };
+    // serde_json's Map is a BTreeMap (no `preserve_order`): members come out in
+    // lexicographic order, compact, as RFC 7638 §3.3 requires.
+    let mut canonical = Map::new();
+    for name in required {
+        canonical.insert(
+            (*name).into(),
+            Value::String(jwk.get(*name)?.as_str()?.to_string()),
+        );
+    }
+    let bytes = serde_json::to_vec(&Value::Object(canonical)).ok()?;
+    Some(URL_SAFE_NO_PAD.encode(Sha256::digest(&bytes)))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::core::crd::Algorithm;
+use crate::core::jwks::thumbprint;
 
 /// Default RSA modulus size.
 pub const DEFAULT_RSA_BITS: u32 = crate::core::crd::RSA_KEY_SIZES[0];
@@ -470,29 +471,6 @@ pub(crate) fn public_members(key: &Public) -> Map<String, Value> {
         }
     }
     m
-}
-
-/// RFC 7638 JWK thumbprint (SHA-256, base64url) of a public JWK. Only the required members
-/// of its `kty` take part; `None` when a required member is missing or `kty` is unknown.
-pub fn thumbprint(jwk: &Map<String, Value>) -> Option<String> {
-    let kty = jwk.get("kty")?.as_str()?;
-    let required: &[&str] = match kty {
-        "RSA" => &["e", "kty", "n"],
-        "EC" => &["crv", "kty", "x", "y"],
-        "OKP" => &["crv", "kty", "x"],
-        _ => return None,
-    };
-    // serde_json's Map is a BTreeMap (no `preserve_order`): members come out in
-    // lexicographic order, compact, as RFC 7638 §3.3 requires.
-    let mut canonical = Map::new();
-    for name in required {
-        canonical.insert(
-            (*name).into(),
-            Value::String(jwk.get(*name)?.as_str()?.to_string()),
-        );
-    }
-    let bytes = serde_json::to_vec(&Value::Object(canonical)).ok()?;
-    Some(b64(&Sha256::digest(&bytes)))
 }
 
 #[cfg(test)]

@@ -9,5 +9,6 @@ pub mod import;
 pub mod issuer;
 pub mod jwks;
 pub mod keys;
+pub mod objects;
 pub mod plan;
 pub mod state;

@@ -41,9 +41,9 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::core::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
+use crate::core::objects::PUBLIC_STATE_ANNOTATION;
 use crate::core::plan;
 use crate::core::state::{PublicState, SetState};
-use crate::operator::publish::PUBLIC_STATE_ANNOTATION;
 use crate::runtime::metrics::Metrics;
 
 /// Media type of a JWK Set (RFC 7517 §8.5).
@@ -177,10 +177,9 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> std::io::Result<()> {
-    let sets_api: Api<SigningKeySet> =
-        crate::operator::controller::scoped(&client, cfg.namespace.as_deref());
+    let sets_api: Api<SigningKeySet> = crate::runtime::scoped(&client, cfg.namespace.as_deref());
     let secrets_api: Api<PartialObjectMeta<Secret>> =
-        crate::operator::controller::scoped(&client, cfg.namespace.as_deref());
+        crate::runtime::scoped(&client, cfg.namespace.as_deref());
     let sets: Sets = Arc::default();
     let states: States = Arc::default();
     let (sets_synced, mut sets_rx) = tokio::sync::watch::channel(false);
@@ -852,10 +851,7 @@ mod tests {
         let kids = [active.kid, pending.kid, retired.kid];
         let doc = jwks_document(&public(&state), &s, now).unwrap();
         assert_eq!(crate::core::jwks::kids(&doc).unwrap(), kids);
-        assert_eq!(
-            Some(doc),
-            crate::operator::publish::jwks_bytes(&state, &kids)
-        );
+        assert_eq!(Some(doc), crate::core::objects::jwks_bytes(&state, &kids));
         // Nothing private is kept: the records lost their private keys and parsed trees.
         let mut signing = state.clone();
         signing.keys[1].private_pem = Some(crate::core::state::Sensitive::new(

@@ -15,10 +15,11 @@ use tracing::{debug, info, warn};
 use crate::core::crd::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet, SigningKeySetGrant,
 };
+use crate::core::objects::{SOURCE_NAMESPACE_LABEL, is_copy_elsewhere};
 use crate::operator::echo::Echoes;
-use crate::operator::publish::{SOURCE_NAMESPACE_LABEL, is_copy_elsewhere};
 use crate::operator::reconcile::{Cache, Clock, Context, error_policy, reconcile};
 use crate::runtime::metrics::Metrics;
+use crate::runtime::scoped;
 
 /// Options for [`run`].
 pub struct Options {
@@ -53,17 +54,6 @@ pub enum StartError {
         #[source]
         source: kube::Error,
     },
-}
-
-/// An API for `K` in one namespace, or in every namespace.
-pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// Lists once everything the process will watch, so that a missing CRD or RBAC rule fails
@@ -416,7 +406,7 @@ pub fn slim_copy(c: &mut PartialObjectMeta<ConfigMap>) {
         l.retain(|k, _| k == MANAGED_BY_LABEL || k == SET_LABEL || k == SOURCE_NAMESPACE_LABEL);
     }
     if let Some(a) = m.annotations.as_mut() {
-        a.retain(|k, _| k == crate::operator::publish::OWNER_UID_ANNOTATION);
+        a.retain(|k, _| k == crate::core::objects::OWNER_UID_ANNOTATION);
     }
 }
 

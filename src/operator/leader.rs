@@ -1,6 +1,6 @@
-//! Leader election and shutdown: only the Lease holder runs the controller (and so writes);
-//! every replica serves HTTP. SIGTERM/SIGINT stop the controller after in-flight reconciles,
-//! release the Lease, and end the process.
+//! Leader election: only the Lease holder runs the controller (and so writes); every replica
+//! serves HTTP. On shutdown ([`Shutdown`]) the controller stops after in-flight reconciles,
+//! releases the Lease, and the process ends.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::runtime::metrics::Metrics;
+use crate::runtime::shutdown::Shutdown;
 
 /// Name of the Lease the replicas compete for.
 pub const LEASE_NAME: &str = "keyturn-leader";
@@ -24,52 +24,6 @@ pub struct Election {
     pub identity: String,
     /// Lease duration in seconds: a dead holder is replaced within this time.
     pub duration_secs: u64,
-}
-
-/// A shutdown signal every part of the process can wait on: SIGTERM, SIGINT, or a part
-/// that failed and asks the rest to stop ([`Shutdown::request`]).
-#[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>, Arc<watch::Sender<bool>>);
-
-impl Shutdown {
-    /// Listens for SIGTERM and SIGINT.
-    pub fn on_signals() -> Shutdown {
-        let (tx, rx) = watch::channel(false);
-        let tx = Arc::new(tx);
-        let shutdown = Shutdown(rx, tx.clone());
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing a SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM: shutting down"),
-                _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
-            }
-            let _ = tx.send(true);
-        });
-        shutdown
-    }
-
-    /// Asks every part of the process to stop.
-    pub fn request(&self) {
-        let _ = self.1.send(true);
-    }
-
-    /// Resolves once shutdown was requested.
-    pub async fn wait(mut self) {
-        let _ = self.0.wait_for(|s| *s).await;
-    }
-
-    /// True once shutdown was requested.
-    pub fn requested(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// A signal for tests and embedders: stops when `request` is called.
-    pub fn manual() -> Shutdown {
-        let (tx, rx) = watch::channel(false);
-        Shutdown(rx, Arc::new(tx))
-    }
 }
 
 /// Attempts to start leader election (1 s, 2 s, 4 s, 8 s apart) before the process gives up

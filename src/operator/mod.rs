@@ -5,5 +5,5 @@ pub mod controller;
 pub mod echo;
 pub mod fault;
 pub mod leader;
-pub mod publish;
 pub mod reconcile;
+pub mod write;

@@ -538,7 +538,7 @@ pub async fn run(
     client: kube::Client,
     opts: Options,
     metrics_listener: Option<tokio::net::TcpListener>,
-    shutdown: crate::operator::leader::Shutdown,
+    shutdown: crate::runtime::shutdown::Shutdown,
 ) -> Result<(), SignerError> {
     let metrics = Arc::new(SignerMetrics::new());
     let served = Served::new(metrics.clone());

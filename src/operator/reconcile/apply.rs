@@ -1,6 +1,6 @@
 //! Stage 3, plan + apply: the planner ([`crate::core::plan::plan`]) names one step at a time and
 //! the [`Applier`] writes it, one method per step, until the planner is idle. Every write is
-//! guarded (field manager, resourceVersion) in [`crate::operator::publish::write`]; the JWKS copies go
+//! guarded (field manager, resourceVersion) in [`crate::operator::write::write`]; the JWKS copies go
 //! through [`super::fanout`].
 
 use std::collections::BTreeSet;
@@ -15,9 +15,10 @@ use super::read::Objects;
 use super::{Context, Error, Reason, Refusal, fanout, report};
 use crate::core::crd::{Algorithm, SigningKeySet};
 use crate::core::keys::KeyPair;
+use crate::core::objects;
 use crate::core::plan::{self, GenerateReason, Observed, Plan, Settings, Step};
 use crate::core::state::SetState;
-use crate::operator::publish;
+use crate::operator::write;
 
 /// Steps one reconcile takes at most; a plan that has not settled by then is picked up again
 /// a second later (each step is one write, so this only bounds one reconcile's length).
@@ -239,7 +240,7 @@ impl<'a> Applier<'a> {
         let state = obs.state.as_ref().ok_or(Error::Invariant(
             "the plan publishes before any key is stored".into(),
         ))?;
-        let bytes = publish::jwks_bytes(state, kids).ok_or(Error::Invariant(
+        let bytes = objects::jwks_bytes(state, kids).ok_or(Error::Invariant(
             "the plan publishes a key that is not stored".into(),
         ))?;
         if bytes.len() > MAX_OBJECT_BYTES {
@@ -274,7 +275,7 @@ impl<'a> Applier<'a> {
             .objects
             .signing
             .as_ref()
-            .is_some_and(|s| publish::revoked_from(&s.metadata).any(|k| k == kid))
+            .is_some_and(|s| objects::revoked_from(&s.metadata).any(|k| k == kid))
         {
             return Ok(Some(Refusal::new(
                 Reason::InvalidSpec,
@@ -293,7 +294,7 @@ impl<'a> Applier<'a> {
             .ok_or(Error::Invariant(format!(
                 "the plan signs with key {kid}, which is not stored"
             )))?;
-        let desired = publish::signing_secret(self.sks, rec).ok_or(Error::Invariant(format!(
+        let desired = objects::signing_secret(self.sks, rec).ok_or(Error::Invariant(format!(
             "key {kid} has no usable private key for the signing Secret"
         )))?;
         self.confirm_internal().await?;
@@ -308,7 +309,7 @@ impl<'a> Applier<'a> {
             .objects
             .internal
             .as_ref()
-            .and_then(|s| s.annotations().get(publish::PUBLIC_STATE_ANNOTATION));
+            .and_then(|s| s.annotations().get(objects::PUBLIC_STATE_ANNOTATION));
         held.map(String::as_bytes) == Some(state.public_bytes().as_slice())
     }
 
@@ -322,7 +323,7 @@ impl<'a> Applier<'a> {
             .signing
             .as_ref()
             .map(|s| {
-                publish::revoked_from(&s.metadata)
+                objects::revoked_from(&s.metadata)
                     .map(String::from)
                     .collect()
             })
@@ -335,7 +336,7 @@ impl<'a> Applier<'a> {
         {
             revoked.push(String::from_utf8_lossy(&held.0).into_owned());
         }
-        self.write_secret(Slot::Signing, publish::unsigned_secret(self.sks, revoked))
+        self.write_secret(Slot::Signing, objects::unsigned_secret(self.sks, revoked))
             .await?;
         warn!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), "a revoked key was taken out of the signing Secret; nothing signs until its replacement does");
         Ok(())
@@ -343,7 +344,7 @@ impl<'a> Applier<'a> {
 
     /// [`Step::Store`] (and a new key): the internal Secret holds `state`.
     async fn store(&mut self, state: &SetState) -> Result<(), Error> {
-        self.write_secret(Slot::Internal, publish::internal_secret(self.sks, state))
+        self.write_secret(Slot::Internal, objects::internal_secret(self.sks, state))
             .await
     }
 
@@ -364,7 +365,7 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// Writes one of the set's Secrets (guarded by [`publish::write`]) and keeps what the
+    /// Writes one of the set's Secrets (guarded by [`write::write`]) and keeps what the
     /// API server answered as the current object. A write refused because the object is not
     /// as it was read (the watch cache lagged) is [`Error::Stale`].
     async fn write_secret(&mut self, slot: Slot, desired: Secret) -> Result<(), Error> {
@@ -372,12 +373,12 @@ impl<'a> Applier<'a> {
             Slot::Internal => (&mut self.objects.internal, "internal_secret"),
             Slot::Signing => (&mut self.objects.signing, "signing_secret"),
         };
-        let written = match publish::write(
+        let written = match write::write(
             &self.secrets,
             current.as_ref(),
             desired,
-            |m| publish::is_owned(m, self.sks),
-            publish::same_secret,
+            |m| objects::is_owned(m, self.sks),
+            objects::same_secret,
         )
         .await
         {
@@ -412,7 +413,7 @@ enum Slot {
 fn state_fits(sks: &SigningKeySet, next: &SetState) -> Result<(), Refusal> {
     let size = next.to_bytes().len();
     let public = next.public_bytes().len();
-    if size <= MAX_OBJECT_BYTES && public <= publish::MAX_PUBLIC_STATE_BYTES {
+    if size <= MAX_OBJECT_BYTES && public <= objects::MAX_PUBLIC_STATE_BYTES {
         return Ok(());
     }
     Err(too_many_keys(sks, next.keys.len()))
@@ -422,7 +423,7 @@ fn state_fits(sks: &SigningKeySet, next: &SetState) -> Result<(), Refusal> {
 /// annotation's.
 fn room(state: &SetState) -> usize {
     let data = MAX_OBJECT_BYTES.saturating_sub(state.to_bytes().len());
-    let public = publish::MAX_PUBLIC_STATE_BYTES.saturating_sub(state.public_bytes().len());
+    let public = objects::MAX_PUBLIC_STATE_BYTES.saturating_sub(state.public_bytes().len());
     data.min(public)
 }
 
@@ -444,7 +445,7 @@ fn too_many_keys(sks: &SigningKeySet, keys: usize) -> Refusal {
             "another key would not fit Secret {}/{} ({keys} keys; it holds at most {MAX_OBJECT_BYTES} bytes of keys and {} of public keys). The current key keeps signing (a revoked one does not). Shorten spec.rotation.overlap, rotate less often, or revoke old keys.",
             sks.namespace().unwrap_or_default(),
             sks.internal_secret_name(),
-            publish::MAX_PUBLIC_STATE_BYTES,
+            objects::MAX_PUBLIC_STATE_BYTES,
         ),
     )
 }
@@ -512,7 +513,7 @@ mod tests {
     fn a_state_too_large_for_a_secret_is_refused_with_a_reason() {
         let sks = set(serde_json::json!({}));
         let mut n = 100;
-        while retired(n).public_bytes().len() <= publish::MAX_PUBLIC_STATE_BYTES {
+        while retired(n).public_bytes().len() <= objects::MAX_PUBLIC_STATE_BYTES {
             n *= 2;
         }
         let r = state_fits(&sks, &retired(n)).unwrap_err();
@@ -526,7 +527,7 @@ mod tests {
         // Exactly as many keys as the public-state annotation holds fit (a retired record is
         // all public, so that limit binds before the Secret's), one more does not.
         let per_key = retired(2).public_bytes().len() - retired(1).public_bytes().len();
-        let fits = (publish::MAX_PUBLIC_STATE_BYTES - retired(0).public_bytes().len()) / per_key;
+        let fits = (objects::MAX_PUBLIC_STATE_BYTES - retired(0).public_bytes().len()) / per_key;
         assert!(retired(fits).to_bytes().len() <= MAX_OBJECT_BYTES);
         assert!(state_fits(&sks, &retired(fits)).is_ok());
         assert!(state_fits(&sks, &retired(fits + 1)).is_err());

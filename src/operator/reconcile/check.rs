@@ -11,9 +11,9 @@ use super::{Reason, Refusal};
 use crate::core::consent::{self, FanOut};
 use crate::core::crd::{IMPORT_ANNOTATION, SigningKeySet};
 use crate::core::keys::KeyPair;
+use crate::core::objects;
 use crate::core::plan::{self, Observed, Settings};
 use crate::core::state::{KeyState, STATE_KEY, SetState};
-use crate::operator::publish;
 
 /// A set keyturn can act on.
 #[derive(Debug)]
@@ -158,7 +158,7 @@ pub fn check(
         ),
     ] {
         if let Some(meta) = meta
-            && !publish::is_owned(meta, sks)
+            && !objects::is_owned(meta, sks)
         {
             return Err(Refusal::new(
                 Reason::ForeignObject,
@@ -373,7 +373,7 @@ fn revoked_published(sks: &SigningKeySet, copies: &BTreeMap<String, ConfigMap>) 
     let revoked = &sks.spec.revoked_key_ids;
     !revoked.is_empty()
         && copies.values().any(|c| {
-            publish::is_owned_copy(&c.metadata, sks)
+            objects::is_owned_copy(&c.metadata, sks)
                 && c.data
                     .as_ref()
                     .and_then(|d| d.get(&sks.jwks_key()))
@@ -392,7 +392,7 @@ fn held_kid(signing: Option<&Secret>) -> Option<String> {
 /// whatever else stops the set (I10), even when the set is refused before any plan.
 pub fn holds_revoked(sks: &SigningKeySet, objects: &Objects) -> bool {
     objects.signing.as_ref().is_some_and(|sec| {
-        publish::is_owned(&sec.metadata, sks)
+        objects::is_owned(&sec.metadata, sks)
             && held_kid(Some(sec)).is_some_and(|k| sks.spec.revoked_key_ids.contains(&k))
     })
 }
@@ -409,7 +409,7 @@ fn published_everywhere(
     let text = own.data.as_ref()?.get(&sks.jwks_key())?;
     let kids = crate::core::jwks::kids(text.as_bytes()).ok()?;
     if own.data.as_ref().is_none_or(|d| d.len() != 1)
-        || publish::jwks_bytes(state, &kids).as_deref() != Some(text.as_bytes())
+        || objects::jwks_bytes(state, &kids).as_deref() != Some(text.as_bytes())
     {
         return None;
     }
@@ -418,7 +418,7 @@ fn published_everywhere(
         .all(|t| {
             copies
                 .get(t)
-                .is_some_and(|c| publish::is_owned_copy(&c.metadata, sks) && c.data == own.data)
+                .is_some_and(|c| objects::is_owned_copy(&c.metadata, sks) && c.data == own.data)
         })
         .then_some(kids)
 }
@@ -455,7 +455,7 @@ fn signing_kid(state: &SetState, signing: Option<&Secret>) -> Option<String> {
     let sec = signing?;
     let kid = String::from_utf8_lossy(&sec.data.as_ref()?.get("kid")?.0).to_string();
     let rec = state.keys.iter().find(|r| r.kid == kid)?;
-    (publish::signing_data(rec).as_ref() == sec.data.as_ref()).then_some(kid)
+    (objects::signing_data(rec).as_ref() == sec.data.as_ref()).then_some(kid)
 }
 
 #[cfg(test)]
@@ -705,7 +705,7 @@ mod tests {
             ..st.clone()
         };
         let mut o = written(&sks, &one);
-        o.internal = Some(publish::internal_secret(&sks, &st));
+        o.internal = Some(objects::internal_secret(&sks, &st));
         let c = check(&sks, &o, None, false).unwrap();
         assert_eq!(c.observed.lagging, BTreeSet::from([kp.kid().to_string()]));
     }

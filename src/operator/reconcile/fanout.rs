@@ -16,11 +16,9 @@ use tracing::info;
 use super::read::Objects;
 use super::{Context, Error};
 use crate::core::consent::{self, FanOut};
-use crate::core::crd::SigningKeySet;
-use crate::operator::publish::{self, WriteError};
-
-/// The finalizer a set with copies in other namespaces carries.
-pub const FINALIZER: &str = "keyturn.dev/jwks-copies";
+use crate::core::crd::{FINALIZER, SigningKeySet, has_finalizer};
+use crate::core::objects;
+use crate::operator::write::{self, WriteError};
 
 /// The data of keyturn's own JWKS copies in other namespaces, by (namespace, name), with the
 /// resourceVersion it was seen at: the copies' watch holds metadata only (an object that
@@ -68,11 +66,6 @@ impl CopyData {
 /// Copies written at once.
 const PUBLISH_CONCURRENCY: usize = 16;
 
-/// True when the set carries keyturn's finalizer.
-pub fn has_finalizer(sks: &SigningKeySet) -> bool {
-    sks.finalizers().iter().any(|f| f == FINALIZER)
-}
-
 /// Writes `bytes` as the JWKS in every target (concurrently), keeping `copies` current.
 /// Returns the copies that could not be written, as `namespace: error`, or
 /// [`Error::Stale`] when a copy's write failed its precondition because the cache it was
@@ -94,13 +87,13 @@ pub async fn publish(
             .map(|t| {
                 let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &t);
                 async move {
-                    let desired = publish::jwks_config_map(sks, &t, bytes);
-                    let r = publish::write(
+                    let desired = objects::jwks_config_map(sks, &t, bytes);
+                    let r = write::write(
                         &api,
                         current.get(&t),
                         desired,
-                        |m| publish::is_owned_copy(m, sks),
-                        publish::same_config_map,
+                        |m| objects::is_owned_copy(m, sks),
+                        objects::same_config_map,
                     )
                     .await;
                     (t, r)
@@ -203,7 +196,7 @@ async fn remove_copies(
         .copies
         .iter()
         .filter(|(cns, c)| {
-            **cns != ns && gone(cns.as_str()) && publish::is_owned_copy(&c.metadata, sks)
+            **cns != ns && gone(cns.as_str()) && objects::is_owned_copy(&c.metadata, sks)
         })
         .map(|(cns, c)| (cns.clone(), c.clone()))
         .collect();
@@ -225,7 +218,7 @@ pub async fn finalize(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Erro
     // Metadata only: labelled objects that are not the set's copies cost nothing to skip.
     for c in ctx
         .copies_api()
-        .list_metadata(&ListParams::default().labels(&publish::copies_selector(sks)))
+        .list_metadata(&ListParams::default().labels(&objects::copies_selector(sks)))
         .await?
     {
         let cns = c.namespace().unwrap_or_default();
@@ -233,7 +226,7 @@ pub async fn finalize(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Erro
         // nothing (anyone who can read a copy can copy it onto an object of their own, I4).
         if cns == own
             || c.metadata.name.as_deref() != Some(sks.config_map_name().as_str())
-            || !publish::is_owned_copy(&c.metadata, sks)
+            || !objects::is_owned_copy(&c.metadata, sks)
         {
             continue;
         }

@@ -214,7 +214,7 @@ fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
             ..Default::default()
         };
         crate::operator::controller::slim_copy(&mut m);
-        crate::operator::publish::is_copy_elsewhere(&m.metadata).then_some(m)
+        crate::core::objects::is_copy_elsewhere(&m.metadata).then_some(m)
     });
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(async move {

@@ -34,11 +34,12 @@ use tracing::{debug, warn};
 
 use crate::core::consent;
 use crate::core::crd::{ROTATE_ANNOTATION, SigningKeySet};
-use crate::operator::publish::WriteError;
+use crate::operator::write::WriteError;
 use crate::runtime::metrics::Metrics;
 
+pub use crate::core::crd::FINALIZER;
 pub use check::Floors;
-pub use fanout::{CopyData, FINALIZER};
+pub use fanout::CopyData;
 pub use status::{FAN_OUT_CONDITION, derive_status};
 
 /// A source of the current time; tests and benchmarks may inject their own.
@@ -580,9 +581,9 @@ pub(crate) mod fixtures {
     use super::read::Objects;
     use crate::core::crd::{Algorithm, SigningKeySet};
     use crate::core::keys::KeyPair;
+    use crate::core::objects;
     use crate::core::plan::{self, GenerateReason};
     use crate::core::state::SetState;
-    use crate::operator::publish;
 
     /// `identity/auth` with `spec`, as read from the API server (uid, generation).
     pub fn set(spec: serde_json::Value) -> SigningKeySet {
@@ -613,11 +614,11 @@ pub(crate) mod fixtures {
     /// The objects keyturn writes for `state`: internal Secret, signing Secret, JWKS.
     pub fn written(sks: &SigningKeySet, state: &SetState) -> Objects {
         let kids: Vec<String> = state.keys.iter().map(|k| k.kid.clone()).collect();
-        let bytes = publish::jwks_bytes(state, &kids).unwrap();
-        let jwks: ConfigMap = publish::jwks_config_map(sks, "identity", &bytes);
-        let signing: Secret = publish::signing_secret(sks, &state.keys[0]).unwrap();
+        let bytes = objects::jwks_bytes(state, &kids).unwrap();
+        let jwks: ConfigMap = objects::jwks_config_map(sks, "identity", &bytes);
+        let signing: Secret = objects::signing_secret(sks, &state.keys[0]).unwrap();
         Objects {
-            internal: Some(publish::internal_secret(sks, state)),
+            internal: Some(objects::internal_secret(sks, state)),
             signing: Some(signing),
             jwks: Some(jwks.clone()),
             copies: [("identity".to_string(), jwks)].into(),

@@ -8,10 +8,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, GetParams};
 
-use super::{Context, Error, fanout};
+use super::{Context, Error};
 use crate::core::consent;
 use crate::core::crd::{SigningKeySet, SigningKeySetGrant};
-use crate::operator::publish;
+use crate::core::objects;
 
 /// What exists now for one set. The applier keeps it current as it writes.
 #[derive(Clone, Debug, Default)]
@@ -85,7 +85,7 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
             .collect();
     }
     // In namespace-only mode there are no copies elsewhere to read (nor to write or remove).
-    if (fan_out || fanout::has_finalizer(sks)) && !ctx.namespace_only {
+    if (fan_out || crate::core::crd::has_finalizer(sks)) && !ctx.namespace_only {
         let Some(copies) = &ctx.copies else {
             return Err(Error::Invariant(
                 "fan-out needs the JWKS copies' watch cache".into(),
@@ -97,9 +97,9 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
             if let Some(cns) = c.namespace()
                 && cns != ns
                 && c.metadata.name.as_ref() == Some(&name)
-                && publish::is_labelled_copy(&c.metadata, sks)
+                && objects::is_labelled_copy(&c.metadata, sks)
             {
-                if publish::is_owned_copy(&c.metadata, sks) {
+                if objects::is_owned_copy(&c.metadata, sks) {
                     owned.push((cns, c.metadata.clone()));
                 } else {
                     // In the way, not the set's: its metadata is all that is needed to leave it
@@ -172,7 +172,7 @@ async fn copy_data(
                     // Kept only when it is still the set's own copy (another object may have
                     // taken the name since the watch reported it): anything else is in the
                     // way, with its metadata only (I11).
-                    if publish::is_owned_copy(&c.metadata, sks) {
+                    if objects::is_owned_copy(&c.metadata, sks) {
                         ctx.copy_data.put(&c);
                         (cns, c)
                     } else {

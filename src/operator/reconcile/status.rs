@@ -13,9 +13,9 @@ use super::Refusal;
 use crate::core::consent::{self, FanOut};
 use crate::core::crd::{KeyStatus, SigningKeySet, SigningKeySetStatus};
 use crate::core::issuer::Issuers;
+use crate::core::objects;
 use crate::core::plan::{self, Settings};
 use crate::core::state::{KeyState, SetState};
-use crate::operator::publish;
 
 /// Condition type saying whether every namespace the spec asks for consented.
 pub const FAN_OUT_CONDITION: &str = "FanOut";
@@ -224,7 +224,7 @@ pub fn published_namespaces(
     copies: &BTreeMap<String, ConfigMap>,
     targets: &BTreeSet<String>,
 ) -> Vec<String> {
-    let current = published.and_then(|k| publish::jwks_bytes(state, k));
+    let current = published.and_then(|k| objects::jwks_bytes(state, k));
     targets
         .iter()
         .filter(|t| {
