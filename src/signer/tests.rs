@@ -355,8 +355,24 @@ fn the_state_file_round_trips_privately_and_refuses_going_back() {
         e.contains("holds SigningKeySet default/other, not kube-system/sa"),
         "{e}"
     );
+    // Another layout: a whole document of this set, but of a layout version this keyturn does
+    // not know (a bare `{"version":2}` would fail as "not a state file" first).
+    let newer = StateFile {
+        version: c2.doc.version + 1,
+        ..c2.doc.clone()
+    };
+    file::write(&o.state_file, &newer).unwrap();
+    let e = sync::load(&o).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "layout version {} is not supported",
+            c2.doc.version + 1
+        )),
+        "{e}"
+    );
     std::fs::write(&o.state_file, b"{\"version\":2}").unwrap();
-    assert!(sync::load(&o).is_err());
+    let e = sync::load(&o).unwrap_err().to_string();
+    assert!(e.contains("not a keyturn signer state file"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

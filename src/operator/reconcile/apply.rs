@@ -524,11 +524,28 @@ mod tests {
             r.message
         );
         assert!(r.message.contains(&format!("({n} keys;")), "{}", r.message);
-        // Exactly as many keys as the public-state annotation holds fit (a retired record is
-        // all public, so that limit binds before the Secret's), one more does not.
-        let per_key = retired(2).public_bytes().len() - retired(1).public_bytes().len();
-        let fits = (objects::MAX_PUBLIC_STATE_BYTES - retired(0).public_bytes().len()) / per_key;
-        assert!(retired(fits).to_bytes().len() <= MAX_OBJECT_BYTES);
+        // The boundary, measured on the object the applier would write (not on what
+        // state_fits computes): the largest state whose internal Secret's public-state
+        // annotation and state data are within the limits is stored, one key more is not.
+        let written_sizes = |n: usize| {
+            let secret = objects::internal_secret(&sks, &retired(n));
+            let annotation = secret.metadata.annotations.as_ref().unwrap()
+                [objects::PUBLIC_STATE_ANNOTATION]
+                .len();
+            let data = secret.data.as_ref().unwrap()[crate::core::state::STATE_KEY]
+                .0
+                .len();
+            (annotation, data)
+        };
+        let within = |n: usize| {
+            let (annotation, data) = written_sizes(n);
+            annotation <= objects::MAX_PUBLIC_STATE_BYTES && data <= MAX_OBJECT_BYTES
+        };
+        let mut fits = 1;
+        while within(fits + 1) {
+            fits += 1;
+        }
+        assert!(fits > 100, "only {fits} retired keys fit");
         assert!(state_fits(&sks, &retired(fits)).is_ok());
         assert!(state_fits(&sks, &retired(fits + 1)).is_err());
     }

@@ -656,17 +656,36 @@ mod tests {
         let mut o = written(&sks, &active_state());
         o.internal = None;
         assert_eq!(refused(&sks, &o).reason, Reason::InternalStateMissing);
-        let mut o = written(&sks, &active_state());
+        // A state whose layout version holds the private key: a parser error that quoted its
+        // input would carry the key (checked below on serde's own message).
+        let state = active_state();
+        let pem = state.keys[0]
+            .private_pem
+            .as_ref()
+            .unwrap()
+            .expose()
+            .to_string();
+        let mut doc = serde_json::to_value(&state).unwrap();
+        doc["version"] = json!(pem);
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let raw = serde_json::from_slice::<SetState>(&bytes).unwrap_err().to_string();
+        assert!(raw.contains("PRIVATE"), "the input would leak unhandled: {raw}");
+        let mut o = written(&sks, &state);
         o.internal
             .as_mut()
             .unwrap()
             .data
             .as_mut()
             .unwrap()
-            .insert(STATE_KEY.into(), ByteString(b"{not json".to_vec()));
+            .insert(STATE_KEY.into(), ByteString(bytes));
         let r = refused(&sks, &o);
         assert_eq!(r.reason, Reason::InternalStateCorrupt);
-        assert!(!r.message.contains("PRIVATE"), "{}", r.message);
+        let body: String = pem.lines().nth(1).unwrap().chars().take(24).collect();
+        assert!(
+            !r.message.contains("PRIVATE") && !r.message.contains(&body),
+            "{}",
+            r.message
+        );
     }
 
     #[test]
