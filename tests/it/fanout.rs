@@ -170,7 +170,7 @@ async fn a_foreign_configmap_blocks_activation_and_is_never_touched() {
         )
         .await
         .unwrap();
-    let _op = support::Operator::start(&src);
+    let op = support::Operator::start(&src);
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
     let obj: SigningKeySet = serde_json::from_value(json!({
         "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
@@ -203,7 +203,12 @@ async fn a_foreign_configmap_blocks_activation_and_is_never_touched() {
     assert!(msg.contains(&other) && msg.contains("not managed"), "{msg}");
     // No key signs while one copy cannot hold it: I1 wins over the schedule.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &src);
-    tokio::time::sleep(Duration::from_secs(4)).await; // twice prePublish: an activation would have happened
+    // Past prePublish after the refusal (the key was stored before it), and once the operator
+    // has looked at the set again, nothing signs.
+    support::wait_until(chrono::Utc::now() + chrono::Duration::seconds(2)).await;
+    let poked = support::poke(&sets, "blk").await;
+    op.wait_reconciled_after("blk", poked, Duration::from_secs(30))
+        .await;
     assert!(
         secrets.get_opt("blk-signing-key").await.unwrap().is_none(),
         "a key signs before every copy has it"

@@ -134,6 +134,20 @@ async fn garbage_in_own_secrets_is_reported_and_no_published_key_vanishes() {
         .await;
     }
     let mut before = BTreeMap::new();
+    // When the last of them would have had its next key sign, as the schedule said.
+    let mut due = chrono::Utc::now();
+    for (name, _) in &cases {
+        let t = sets
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.next_rotation_time);
+        let t = chrono::DateTime::parse_from_rfc3339(&t.expect("a Ready set says when it rotates"))
+            .unwrap()
+            .to_utc();
+        due = due.max(t);
+    }
     for (name, mutate) in &cases {
         let cm = cms.get(&format!("{name}-jwks")).await.unwrap();
         before.insert(name.to_string(), kids_of(&cm));
@@ -168,8 +182,14 @@ async fn garbage_in_own_secrets_is_reported_and_no_published_key_vanishes() {
         let (_, _, msg) = ready_condition(&s).unwrap();
         assert!(!msg.contains("PRIVATE KEY"), "{name}: {msg}");
     }
-    // Past a rotation's due time, every key that was published still is.
-    tokio::time::sleep(Duration::from_secs(10)).await; // > interval: a rotation would have removed or added keys
+    // Past every set's next activation, and once the operator has looked at each again (poked:
+    // a corrupt state is retried every 5 minutes), every key that was published still is.
+    support::wait_until(due).await;
+    for (name, _) in &cases {
+        let poked = support::poke(&sets, name).await;
+        op.wait_reconciled_after(name, poked, Duration::from_secs(30))
+            .await;
+    }
     for (name, _) in &cases {
         let cm = cms.get(&format!("{name}-jwks")).await.unwrap();
         for kid in &before[*name] {

@@ -675,6 +675,16 @@ async fn foreign_objects_with_the_target_name_are_left_byte_identical() {
     op.assert_running();
 }
 
+/// `status.nextRotationTime` of a Ready set: when its next key becomes Active.
+async fn next_rotation(sets: &Api<SigningKeySet>, name: &str) -> chrono::DateTime<chrono::Utc> {
+    let s = sets.get(name).await.unwrap();
+    let t = s
+        .status
+        .and_then(|st| st.next_rotation_time)
+        .expect("a Ready set says when it rotates");
+    chrono::DateTime::parse_from_rfc3339(&t).unwrap().to_utc()
+}
+
 #[tokio::test]
 async fn corrupted_internal_secret_is_reported_and_no_published_key_is_dropped() {
     let client = support::client().await;
@@ -694,6 +704,8 @@ async fn corrupted_internal_secret_is_reported_and_no_published_key_is_dropped()
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
     let cm_before = cms.get("auth-jwks").await.unwrap();
     let signing_before = secrets.get("auth-signing-key").await.unwrap();
+    // When the next key would sign, as the schedule said before the state was broken.
+    let due = next_rotation(&sets, "auth").await;
     // Truncate the state document, as a bad restore or a bug elsewhere might.
     let internal = secrets.get("auth-keyturn-keys").await.unwrap();
     let state = internal.data.as_ref().unwrap()["state.json"].0.clone();
@@ -709,8 +721,12 @@ async fn corrupted_internal_secret_is_reported_and_no_published_key_is_dropped()
     let msg = wait_not_ready(&sets, "auth", "InternalStateCorrupt").await;
     assert!(msg.contains("auth-keyturn-keys"), "{msg}");
     assert!(!msg.contains("PRIVATE"), "{msg}");
-    // Past the time a rotation was due, nothing published has changed.
-    tokio::time::sleep(Duration::from_secs(25)).await; // longer than interval: a rotation would have happened
+    // Past the instant the next key would have signed, and once the operator has looked at the
+    // set again (its retry is 5 minutes away: poked), nothing published has changed.
+    support::wait_until(due).await;
+    let poked = support::poke(&sets, "auth").await;
+    op.wait_reconciled_after("auth", poked, Duration::from_secs(30))
+        .await;
     let cm_after = cms.get("auth-jwks").await.unwrap();
     assert_eq!(cm_after.data, cm_before.data, "published JWKS untouched");
     assert_eq!(

@@ -668,8 +668,13 @@ mod tests {
         let mut doc = serde_json::to_value(&state).unwrap();
         doc["version"] = json!(pem);
         let bytes = serde_json::to_vec(&doc).unwrap();
-        let raw = serde_json::from_slice::<SetState>(&bytes).unwrap_err().to_string();
-        assert!(raw.contains("PRIVATE"), "the input would leak unhandled: {raw}");
+        let raw = serde_json::from_slice::<SetState>(&bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            raw.contains("PRIVATE"),
+            "the input would leak unhandled: {raw}"
+        );
         let mut o = written(&sks, &state);
         o.internal
             .as_mut()

@@ -42,7 +42,10 @@ pub fn check_jwks(bytes: &[u8]) -> Result<(), String> {
     let mut kids = std::collections::BTreeSet::new();
     for k in keys {
         let o = k.as_object().ok_or("a key that is not an object")?;
-        let kid = o.get("kid").and_then(|v| v.as_str()).ok_or("a key without kid")?;
+        let kid = o
+            .get("kid")
+            .and_then(|v| v.as_str())
+            .ok_or("a key without kid")?;
         if !kids.insert(kid.to_string()) {
             return Err(format!("kid {kid} twice"));
         }

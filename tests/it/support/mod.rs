@@ -59,6 +59,32 @@ pub static CLUSTER_ROLES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_n
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Makes the operator look at the set `name` now, whatever its retry says (an annotation
+/// keyturn does not read); returns when it was written.
+pub async fn poke(
+    sets: &Api<keyturn::core::crd::SigningKeySet>,
+    name: &str,
+) -> chrono::DateTime<chrono::Utc> {
+    let at = chrono::Utc::now();
+    sets.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"test.keyturn.dev/poke": at.to_rfc3339()}}}),
+        ),
+    )
+    .await
+    .expect("poke the set");
+    at
+}
+
+/// Waits until the wall clock is past `t` (an instant of the schedule), however far.
+pub async fn wait_until(t: chrono::DateTime<chrono::Utc>) {
+    if let Ok(d) = (t - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(d + Duration::from_millis(200)).await;
+    }
+}
+
 /// Creates a fresh namespace for one test, `kt-<prefix>-<pid>-<n>`.
 pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -345,6 +371,36 @@ impl Operator {
     /// The operator's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until this operator has finished a reconcile of the set `set` that it logged
+    /// after `after` (its `reconciled` debug line): proof that it looked at the set again,
+    /// where a sleep would pass just as well with the operator stuck.
+    pub async fn wait_reconciled_after(
+        &self,
+        set: &str,
+        after: chrono::DateTime<chrono::Utc>,
+        timeout: Duration,
+    ) {
+        wait_for(
+            &format!("the operator to reconcile {set} after {after}"),
+            timeout,
+            || async {
+                self.log_text()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .any(|l| {
+                        l["fields"]["message"] == "reconciled"
+                            && l["fields"]["set"] == set
+                            && l["timestamp"]
+                                .as_str()
+                                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                                .is_some_and(|t| t > after)
+                    })
+                    .then_some(())
+            },
+        )
+        .await
     }
 
     /// Panics when the process has exited (a crash or a crash loop).
