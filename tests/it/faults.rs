@@ -34,9 +34,14 @@ async fn two_replicas_without_leader_election_never_break_an_invariant() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=keyturn");
     let mut observed = observe(cms, cfg, secrets).await;
-    // Both replicas reconcile everything: every write races the other's.
-    let mut a = support::Operator::start_as("a", &ns, support::kubeconfig_path(), &[]);
-    let mut b = support::Operator::start_as("b", &ns, support::kubeconfig_path(), &[]);
+    // Both replicas reconcile everything: every write races the other's. Each under a name of
+    // its own, so that the audit log shows the conflicts they met.
+    let since = chrono::Utc::now();
+    let users = [format!("race-a-{ns}"), format!("race-b-{ns}")];
+    let mut a =
+        support::Operator::start_as("a", &ns, support::impersonating_kubeconfig(&users[0]), &[]);
+    let mut b =
+        support::Operator::start_as("b", &ns, support::impersonating_kubeconfig(&users[1]), &[]);
     for (name, alg) in [("one", "ES256"), ("two", "EdDSA")] {
         support::try_create_set(&client, &ns, name, json!({"algorithm": alg, "rotation": {"interval": "5s", "prePublish": "2s", "overlap": "2s"}}))
             .await
@@ -70,7 +75,18 @@ async fn two_replicas_without_leader_election_never_break_an_invariant() {
             signers.len()
         );
     }
-    // Conflicts were met and handled as retries, not as foreign objects.
+    // Conflicts were met (the API server refused a write decided from what the other replica
+    // had just changed: 409)...
+    let conflicts = users
+        .iter()
+        .flat_map(|u| support::audit_writes(u, since))
+        .filter(|e| e["responseStatus"]["code"] == 409)
+        .count();
+    assert!(
+        conflicts > 0,
+        "the replicas never raced (no 409 in the audit log)"
+    );
+    // ...and handled as retries, not as foreign objects.
     let logs = a.log_text() + &b.log_text();
     assert!(
         !logs.contains("ForeignObject"),
