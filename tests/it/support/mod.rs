@@ -253,14 +253,13 @@ impl Operator {
             .unwrap_or_else(|_| std::env::temp_dir());
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("operator-{namespace}.log"));
-        let http_port = free_port();
         let mut op = Operator {
             child: None,
             log,
             namespace: namespace.into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            http_port,
-            metrics_port: free_port(),
+            http_port: 0,
+            metrics_port: 0,
             kubeconfig: kubeconfig_path(),
         };
         op.spawn();
@@ -273,6 +272,7 @@ impl Operator {
             .append(true)
             .open(&self.log)
             .unwrap();
+        let offset = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let child = Command::new(env!("CARGO_BIN_EXE_keyturn"))
             .args([
                 "run",
@@ -281,10 +281,13 @@ impl Operator {
                 "--log-format",
                 "json",
             ])
-            .args(["--http-addr", &format!("127.0.0.1:{}", self.http_port)])
+            // Ports bound by keyturn itself (no port picked here and freed first, which another
+            // process could take meanwhile) and read back from its log.
             .args([
+                "--http-addr",
+                "127.0.0.1:0",
                 "--metrics-addr",
-                &format!("127.0.0.1:{}", self.metrics_port),
+                "127.0.0.1:0",
             ])
             .args(&self.extra)
             .env("KUBECONFIG", &self.kubeconfig)
@@ -294,6 +297,43 @@ impl Operator {
             .spawn()
             .expect("start keyturn");
         self.child = Some(child);
+        self.read_ports(offset);
+    }
+
+    /// Reads the ports this start bound from its `HTTP endpoints listening` log line (after
+    /// `offset` in the log), waiting for it while the process runs; a process that exits
+    /// first (a test of a failed start) leaves them 0.
+    fn read_ports(&mut self, offset: usize) {
+        let port = |v: &serde_json::Value| {
+            v.as_str()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse::<u16>().ok())
+                .unwrap_or(0)
+        };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            let text = std::fs::read(&self.log).unwrap_or_default();
+            let found = String::from_utf8_lossy(&text[offset.min(text.len())..])
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|l| l["fields"]["message"] == "HTTP endpoints listening");
+            if let Some(l) = found {
+                (self.http_port, self.metrics_port) =
+                    (port(&l["fields"]["public"]), port(&l["fields"]["admin"]));
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && c.try_wait().unwrap().is_some()
+            {
+                (self.http_port, self.metrics_port) = (0, 0);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "keyturn did not say which ports it listens on within 60 s; log:\n{}",
+            tail(&self.log, 40)
+        );
     }
 
     /// Starts the operator with its own name (log file), kubeconfig and arguments.
@@ -307,8 +347,8 @@ impl Operator {
             log: dir.join(format!("operator-{namespace}-{label}.log")),
             namespace: namespace.into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            http_port: free_port(),
-            metrics_port: free_port(),
+            http_port: 0,
+            metrics_port: 0,
             kubeconfig,
         };
         op.spawn();
