@@ -17,7 +17,9 @@ use crate::core::crd::{
 };
 use crate::core::objects::{SOURCE_NAMESPACE_LABEL, is_copy_elsewhere};
 use crate::operator::echo::Echoes;
-use crate::operator::reconcile::{Cache, Clock, Context, error_policy, reconcile};
+use crate::operator::reconcile::{
+    Cache, Clock, ClusterCaches, Context, Scope, error_policy, reconcile,
+};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::scoped;
 
@@ -227,11 +229,14 @@ pub async fn run(
         client,
         clock,
         metrics,
-        namespace_only: opts.namespace_only,
-        scope: opts.namespace.clone(),
-        namespaces,
-        grants,
-        copies,
+        scope: match (namespaces, grants, copies) {
+            (Some(namespaces), Some(grants), Some(copies)) => Scope::Cluster(ClusterCaches {
+                namespaces,
+                grants,
+                copies,
+            }),
+            _ => Scope::NamespaceOnly(opts.namespace.clone().unwrap_or_default()),
+        },
         copy_data,
         sets: Some(store.clone()),
         floors: opts.floors.clone(),
@@ -249,14 +254,10 @@ pub async fn run(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let filled = async {
-                if let Some(c) = &ctx.namespaces {
-                    c.complete().await?;
-                }
-                if let Some(c) = &ctx.grants {
-                    c.complete().await?;
-                }
-                if let Some(c) = &ctx.copies {
-                    c.complete().await?;
+                if let Some(c) = ctx.scope.cluster() {
+                    c.namespaces.complete().await?;
+                    c.grants.complete().await?;
+                    c.copies.complete().await?;
                 }
                 Ok::<_, crate::operator::reconcile::Error>(())
             };

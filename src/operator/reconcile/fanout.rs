@@ -140,7 +140,7 @@ pub async fn publish(
 
 /// Before any copy is written elsewhere, the set carries the finalizer that removes them.
 pub async fn hold_copies(sks: &SigningKeySet, ctx: &Context) -> Result<(), Error> {
-    if consent::requested(sks) && !ctx.namespace_only && !has_finalizer(sks) {
+    if consent::requested(sks) && !ctx.scope.namespace_only() && !has_finalizer(sks) {
         set_finalizer(sks, ctx, true).await?;
     }
     Ok(())
@@ -170,7 +170,7 @@ pub async fn release_withdrawn(
     ctx: &Context,
     objects: &mut Objects,
 ) -> Result<(), Error> {
-    if ctx.namespace_only || !consent::requested(sks) {
+    if ctx.scope.namespace_only() || !consent::requested(sks) {
         // Without fan-out asked for, the copies left go on the next full reconcile (or by the
         // finalizer); grants were not read.
         return Ok(());

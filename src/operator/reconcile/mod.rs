@@ -59,18 +59,8 @@ pub struct Context {
     pub clock: Clock,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
-    /// Namespace-only mode: never read or write outside the set's namespace (no fan-out).
-    pub namespace_only: bool,
-    /// The one namespace this controller watches, if any.
-    pub scope: Option<String>,
-    /// Every namespace's metadata (cluster-wide mode): fan-out targets, and a namespace being
-    /// deleted.
-    pub namespaces: Option<Cache<kube::core::PartialObjectMeta<Namespace>>>,
-    /// Every SigningKeySetGrant (cluster-wide mode): consent to fan-out.
-    pub grants: Option<Cache<crate::core::crd::SigningKeySetGrant>>,
-    /// The metadata of keyturn-labelled ConfigMaps in namespaces other than their set's
-    /// (cluster-wide mode): JWKS copies, and anything that merely carries the labels.
-    pub copies: Option<Cache<kube::core::PartialObjectMeta<ConfigMap>>>,
+    /// Where this operator reads and writes, with the watch caches that scope needs.
+    pub scope: Scope,
     /// The data of the live sets' own copies, by version (read once, kept by keyturn's writes).
     pub copy_data: Arc<fanout::CopyData>,
     /// Every SigningKeySet the controller watches (the quota of sets per namespace counts
@@ -93,9 +83,9 @@ pub struct Context {
 impl Context {
     /// True when `ns` is being deleted: its sets are going away, not broken.
     pub fn namespace_terminating(&self, ns: &str) -> bool {
-        self.namespaces
-            .as_ref()
-            .and_then(|c| c.store.get(&ObjectRef::new(ns)))
+        self.scope
+            .cluster()
+            .and_then(|c| c.namespaces.store.get(&ObjectRef::new(ns)))
             // A namespace is Terminating exactly when it has a deletionTimestamp.
             .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
     }
@@ -109,10 +99,47 @@ impl Context {
     /// Where JWKS copies are looked for: every namespace, or (namespace-only) none but the
     /// sets' own.
     fn copies_api(&self) -> Api<ConfigMap> {
-        match (self.namespace_only, &self.scope) {
-            (true, Some(ns)) => Api::namespaced(self.client.clone(), ns),
-            _ => Api::all(self.client.clone()),
+        match &self.scope {
+            Scope::NamespaceOnly(ns) => Api::namespaced(self.client.clone(), ns),
+            Scope::Cluster(_) => Api::all(self.client.clone()),
         }
+    }
+}
+
+/// Where the operator reads and writes. Fan-out needs every namespace, every grant and
+/// keyturn's copies elsewhere, so those caches exist exactly in [`Scope::Cluster`]: a reconcile
+/// cannot reach for a cache its install does not have.
+pub enum Scope {
+    /// Copies may go to any namespace that consents (sets watched in every namespace, or in
+    /// the one `--namespace` names).
+    Cluster(ClusterCaches),
+    /// `--namespace-only`: nothing outside this namespace is read or written (no fan-out).
+    NamespaceOnly(String),
+}
+
+/// The cluster-wide watch caches of [`Scope::Cluster`].
+pub struct ClusterCaches {
+    /// Every namespace's metadata: fan-out targets, and a namespace being deleted.
+    pub namespaces: Cache<kube::core::PartialObjectMeta<Namespace>>,
+    /// Every SigningKeySetGrant: consent to fan-out.
+    pub grants: Cache<crate::core::crd::SigningKeySetGrant>,
+    /// The metadata of keyturn-labelled ConfigMaps in namespaces other than their set's: JWKS
+    /// copies, and anything that merely carries the labels.
+    pub copies: Cache<kube::core::PartialObjectMeta<ConfigMap>>,
+}
+
+impl Scope {
+    /// The cluster-wide caches, unless the install is namespace-only.
+    pub fn cluster(&self) -> Option<&ClusterCaches> {
+        match self {
+            Scope::Cluster(c) => Some(c),
+            Scope::NamespaceOnly(_) => None,
+        }
+    }
+
+    /// True in namespace-only mode.
+    pub fn namespace_only(&self) -> bool {
+        matches!(self, Scope::NamespaceOnly(_))
     }
 }
 
@@ -450,7 +477,7 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
     let mut objects = read::read(sks, ctx).await?;
     let token = sks.annotations().get(ROTATE_ANNOTATION).cloned();
     let sets = ctx.sets.as_ref().map(|s| s.state()).unwrap_or_default();
-    let checked = match check::check(sks, &objects, token, ctx.namespace_only)
+    let checked = match check::check(sks, &objects, token, ctx.scope.namespace_only())
         .and_then(|c| check::within_floors(&c.settings, &ctx.floors).map(|()| c))
         .and_then(|c| {
             check::within_quota(

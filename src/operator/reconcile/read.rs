@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, GetParams};
 
-use super::{Context, Error};
+use super::{ClusterCaches, Context, Error};
 use crate::core::consent;
 use crate::core::crd::{SigningKeySet, SigningKeySetGrant};
 use crate::core::objects;
@@ -62,13 +62,10 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
         ..Default::default()
     };
     let fan_out = consent::requested(sks);
-    if fan_out && !ctx.namespace_only {
-        let (Some(namespaces), Some(grants)) = (&ctx.namespaces, &ctx.grants) else {
-            return Err(Error::Invariant(
-                "fan-out needs the namespace and grant watch caches".into(),
-            ));
-        };
-        o.namespaces = namespaces
+    let cluster = ctx.scope.cluster();
+    if fan_out && let Some(c) = cluster {
+        o.namespaces = c
+            .namespaces
             .complete()
             .await?
             .iter()
@@ -77,7 +74,8 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
                 ..Default::default()
             })
             .collect();
-        o.grants = grants
+        o.grants = c
+            .grants
             .complete()
             .await?
             .iter()
@@ -85,12 +83,9 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
             .collect();
     }
     // In namespace-only mode there are no copies elsewhere to read (nor to write or remove).
-    if (fan_out || crate::core::crd::has_finalizer(sks)) && !ctx.namespace_only {
-        let Some(copies) = &ctx.copies else {
-            return Err(Error::Invariant(
-                "fan-out needs the JWKS copies' watch cache".into(),
-            ));
-        };
+    if (fan_out || crate::core::crd::has_finalizer(sks))
+        && let Some(ClusterCaches { copies, .. }) = cluster
+    {
         let name = sks.config_map_name();
         let mut owned = vec![];
         for c in copies.complete().await? {
