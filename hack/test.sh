@@ -146,8 +146,9 @@ stage_docs() {
   "$KEYTURN_TEST_VERIFIERS/bin/promtool" check rules charts/keyturn/files/alerts.yaml
   "$KEYTURN_TEST_VERIFIERS/bin/promtool" test rules tests/monitoring/alerts-test.yaml
 
-  step "krew packaging of kubectl keyturn (hack/krew-manifest, with the debug build)"
-  cargo build --quiet --bin kubectl-keyturn
+  step "krew packaging of kubectl keyturn (hack/krew-manifest, with the debug build the tests use)"
+  # Built as the tests build it (with the dev-dependencies' features): no second build.
+  cargo test --quiet --test it --no-run
   KEYTURN_PLUGIN_BIN="$ROOT/target/debug/kubectl-keyturn" "$ROOT/hack/krew-manifest" v0.0.0-test http://127.0.0.1/krew >/dev/null
   local krew="$ROOT/target/krew" sha unpacked
   sha="$(sha256sum "$krew/kubectl-keyturn-v0.0.0-test-linux-amd64.tar.gz" | cut -d' ' -f1)"

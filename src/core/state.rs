@@ -206,55 +206,82 @@ impl SetState {
     /// Parses and checks the internal Secret's document: every record's private key must
     /// parse, match its kid and algorithm, and agree with the public JWK.
     pub fn from_bytes(bytes: &[u8]) -> Result<SetState, StateError> {
-        let state: SetState = serde_json::from_slice(bytes).map_err(|e| {
-            // serde_json errors quote no input, only line/column and a category.
-            StateError::Parse(format!(
-                "{} at line {} column {}",
-                classify(&e),
-                e.line(),
-                e.column()
-            ))
-        })?;
-        if state.version != STATE_VERSION {
-            return Err(StateError::Version(state.version));
-        }
-        for r in &state.keys {
-            let bad = |why: &str| StateError::Record {
-                kid: r.kid.clone(),
-                why: why.into(),
-            };
-            let rules = match r.state() {
-                KeyState::Verification => crate::core::jwks::validate_key,
-                _ => crate::core::jwks::validate_own_key,
-            };
-            rules(&r.public_jwk).map_err(|e| bad(&format!("public JWK: {e}")))?;
-            if r.public_jwk.get("kid").and_then(Value::as_str) != Some(r.kid.as_str()) {
-                return Err(bad("public JWK kid differs from record kid"));
-            }
-            if r.public_jwk.get("alg").and_then(Value::as_str) != Some(r.alg.as_str()) {
-                return Err(bad("public JWK alg differs from record alg"));
-            }
-            match (&r.private_pem, r.state()) {
-                (Some(pem), _) => {
-                    let kp = crate::core::keys::KeyPair::from_pkcs8_pem(r.alg, pem.expose())
-                        .map_err(|e| bad(&e.to_string()))?;
-                    if kp.kid() != r.kid {
-                        return Err(bad("private key does not match kid"));
-                    }
-                }
-                (None, KeyState::Pending | KeyState::Active) => {
-                    return Err(bad("private key missing for a Pending or Active key"));
-                }
-                (None, KeyState::Retired | KeyState::Verification) => {}
-            }
-            if r.state() == KeyState::Verification
-                && (r.private_pem.is_some() || r.activated_at.is_some() || r.retired_at.is_some())
-            {
-                return Err(bad("a verification-only key has a private key or signed"));
-            }
-        }
-        Ok(state)
+        parse(bytes, Mode::Full)
     }
+}
+
+/// How much of a stored state a reader takes: all of it (the operator), or its public part
+/// (readers that never sign: every private key dropped and wiped as it is read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Full,
+    Public,
+}
+
+/// The one parser of the state document, for both readers: the same syntax errors (position
+/// and category, never content), the same layout version, the same rules for every record's
+/// public part; the private keys are checked in [`Mode::Full`] and dropped in
+/// [`Mode::Public`].
+fn parse(bytes: &[u8], mode: Mode) -> Result<SetState, StateError> {
+    let mut state: SetState = serde_json::from_slice(bytes).map_err(|e| {
+        // serde_json errors quote no input, only line/column and a category.
+        StateError::Parse(format!(
+            "{} at line {} column {}",
+            classify(&e),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if state.version != STATE_VERSION {
+        return Err(StateError::Version(state.version));
+    }
+    for r in &mut state.keys {
+        if mode == Mode::Public {
+            r.private_pem = None;
+        }
+        check_record(r, mode)?;
+    }
+    Ok(state)
+}
+
+/// The rules one stored record must meet; the private key's only in [`Mode::Full`].
+fn check_record(r: &KeyRecord, mode: Mode) -> Result<(), StateError> {
+    let bad = |why: &str| StateError::Record {
+        kid: r.kid.clone(),
+        why: why.into(),
+    };
+    let rules = match r.state() {
+        KeyState::Verification => crate::core::jwks::validate_key,
+        _ => crate::core::jwks::validate_own_key,
+    };
+    rules(&r.public_jwk).map_err(|e| bad(&format!("public JWK: {e}")))?;
+    if r.public_jwk.get("kid").and_then(Value::as_str) != Some(r.kid.as_str()) {
+        return Err(bad("public JWK kid differs from record kid"));
+    }
+    if r.public_jwk.get("alg").and_then(Value::as_str) != Some(r.alg.as_str()) {
+        return Err(bad("public JWK alg differs from record alg"));
+    }
+    if r.state() == KeyState::Verification
+        && (r.private_pem.is_some() || r.activated_at.is_some() || r.retired_at.is_some())
+    {
+        return Err(bad("a verification-only key has a private key or signed"));
+    }
+    if mode == Mode::Full {
+        match (&r.private_pem, r.state()) {
+            (Some(pem), _) => {
+                let kp = crate::core::keys::KeyPair::from_pkcs8_pem(r.alg, pem.expose())
+                    .map_err(|e| bad(&e.to_string()))?;
+                if kp.kid() != r.kid {
+                    return Err(bad("private key does not match kid"));
+                }
+            }
+            (None, KeyState::Pending | KeyState::Active) => {
+                return Err(bad("private key missing for a Pending or Active key"));
+            }
+            (None, KeyState::Retired | KeyState::Verification) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The public part of a stored state, kept compact by readers that serve keys and never sign
@@ -273,30 +300,12 @@ impl PublicState {
     /// Parses a stored state's public part: every record without its private key (dropped
     /// and wiped here), each public JWK checked and then kept serialized.
     pub fn from_bytes(bytes: &[u8]) -> Result<PublicState, StateError> {
-        let mut state: SetState = serde_json::from_slice(bytes)
-            .map_err(|e| StateError::Parse(format!("{} at line {}", classify(&e), e.line())))?;
-        if state.version != STATE_VERSION {
-            return Err(StateError::Version(state.version));
-        }
-        let mut jwks = Vec::with_capacity(state.keys.len());
-        for r in &mut state.keys {
-            r.private_pem = None;
-            let rules = match r.state() {
-                KeyState::Verification => crate::core::jwks::validate_key,
-                _ => crate::core::jwks::validate_own_key,
-            };
-            rules(&r.public_jwk).map_err(|e| StateError::Record {
-                kid: r.kid.clone(),
-                why: format!("public JWK: {e}"),
-            })?;
-            if r.public_jwk.get("kid").and_then(Value::as_str) != Some(r.kid.as_str()) {
-                return Err(StateError::Record {
-                    kid: r.kid.clone(),
-                    why: "public JWK kid differs from record kid".into(),
-                });
-            }
-            jwks.push(crate::core::jwks::serialize_key(&r.public_jwk.take()).into_boxed_str());
-        }
+        let mut state = parse(bytes, Mode::Public)?;
+        let jwks = state
+            .keys
+            .iter_mut()
+            .map(|r| crate::core::jwks::serialize_key(&r.public_jwk.take()).into_boxed_str())
+            .collect();
         // Held for as long as the set lives, once per set: no spare capacity.
         state.keys.shrink_to_fit();
         Ok(PublicState { state, jwks })
@@ -326,5 +335,106 @@ fn classify(e: &serde_json::Error) -> &'static str {
         Category::Syntax => "syntax error",
         Category::Data => "unexpected data",
         Category::Eof => "truncated document",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::crd::Algorithm;
+    use crate::core::keys::KeyPair;
+
+    fn record(kp: &KeyPair, active: bool) -> KeyRecord {
+        let t = chrono::Utc::now();
+        KeyRecord {
+            kid: kp.kid().into(),
+            alg: kp.alg(),
+            public_jwk: kp.public_jwk(),
+            private_pem: Some(Sensitive::new(kp.to_pkcs8_pem())),
+            created_at: t,
+            published_at: Some(t),
+            activated_at: active.then_some(t),
+            retired_at: None,
+            manual: false,
+            verify_until: None,
+        }
+    }
+
+    fn state(records: Vec<KeyRecord>) -> SetState {
+        let mut s = SetState::new();
+        s.keys = records;
+        s
+    }
+
+    /// Both readers apply the same rules to a record's public part: a public JWK whose alg
+    /// is not the record's (an RSA key published as RS256, recorded as PS256: each valid for
+    /// the key) is refused by each (the public reader used to let it through).
+    #[test]
+    fn both_readers_refuse_a_record_whose_jwk_alg_differs() {
+        let kp = KeyPair::generate(Algorithm::RS256, Some(2048)).unwrap();
+        let mut r = record(&kp, true);
+        r.alg = Algorithm::PS256;
+        let s = state(vec![r]);
+        for e in [
+            SetState::from_bytes(&s.to_bytes()).unwrap_err(),
+            PublicState::from_bytes(&s.public_bytes()).unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("alg differs"), "{e}");
+        }
+    }
+
+    /// The public reader never keeps a private key, even from a full document, and needs none;
+    /// the full reader requires one for a key that may sign.
+    #[test]
+    fn the_public_reader_drops_private_keys_and_the_full_one_requires_them() {
+        let kp = KeyPair::generate(Algorithm::EdDSA, None).unwrap();
+        let s = state(vec![record(&kp, true)]);
+        let public = PublicState::from_bytes(&s.to_bytes()).unwrap();
+        assert!(public.state.keys.iter().all(|r| r.private_pem.is_none()));
+        assert_eq!(public.jwks.len(), 1);
+        assert!(public.jwks[0].contains(kp.kid()));
+        assert!(!format!("{public:?}").contains("PRIVATE"));
+        let e = SetState::from_bytes(&s.public_bytes()).unwrap_err();
+        assert!(e.to_string().contains("private key missing"), "{e}");
+        assert_eq!(SetState::from_bytes(&s.to_bytes()).unwrap(), s);
+    }
+
+    /// Both readers report a syntax error by position and category, never by content, and
+    /// refuse an unknown layout.
+    #[test]
+    fn both_readers_report_errors_alike_and_refuse_other_layouts() {
+        let kp = KeyPair::generate(Algorithm::ES256, None).unwrap();
+        let s = state(vec![record(&kp, true)]);
+        let mut doc = serde_json::to_value(&s).unwrap();
+        doc["version"] = serde_json::json!(kp.to_pkcs8_pem().as_str());
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let full = SetState::from_bytes(&bytes).unwrap_err().to_string();
+        let public = PublicState::from_bytes(&bytes).unwrap_err().to_string();
+        assert_eq!(full, public);
+        assert!(full.contains("unexpected data at line 1 column"), "{full}");
+        assert!(!full.contains("PRIVATE"), "{full}");
+        doc["version"] = serde_json::json!(STATE_VERSION + 1);
+        let newer = serde_json::to_vec(&doc).unwrap();
+        assert!(matches!(
+            SetState::from_bytes(&newer),
+            Err(StateError::Version(_))
+        ));
+        assert!(matches!(
+            PublicState::from_bytes(&newer),
+            Err(StateError::Version(_))
+        ));
+    }
+
+    /// A record whose private key is another key's is refused by the full reader.
+    #[test]
+    fn a_private_key_that_is_not_the_records_is_refused() {
+        let (a, b) = (
+            KeyPair::generate(Algorithm::ES256, None).unwrap(),
+            KeyPair::generate(Algorithm::ES256, None).unwrap(),
+        );
+        let mut r = record(&a, true);
+        r.private_pem = Some(Sensitive::new(b.to_pkcs8_pem()));
+        let e = SetState::from_bytes(&state(vec![r]).to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("does not match kid"), "{e}");
     }
 }

@@ -541,6 +541,63 @@ mod tests {
         c
     }
 
+    fn named(name: &str, keep: bool) -> ConfigMap {
+        let mut c = ConfigMap::default();
+        c.metadata.name = Some(name.into());
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.labels = Some([("keep".to_string(), keep.to_string())].into());
+        c
+    }
+
+    fn names(c: &Cache<ConfigMap>) -> Vec<String> {
+        let mut n: Vec<String> = c.store.state().iter().map(|o| o.name_any()).collect();
+        n.sort();
+        n
+    }
+
+    /// The cache a reconcile reads: complete only after the first full list (an empty cache
+    /// never reads as "no object"); objects `keep` refuses never in it, and leaving it when
+    /// they stop being kept; deletions and a relist (which drops what the watch missed)
+    /// applied; every event passed on after the cache holds it.
+    #[tokio::test]
+    async fn cached_follows_lists_changes_deletions_and_relists() {
+        use watcher::Event::*;
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let (cache, events) = cached(rx, |c: &ConfigMap| {
+            c.labels().get("keep").map(String::as_str) == Some("true")
+        });
+        let mut events = std::pin::pin!(events);
+        let mut step = async |ev: watcher::Event<ConfigMap>| {
+            tx.unbounded_send(Ok(ev)).unwrap();
+            events.next().await.unwrap().unwrap()
+        };
+        step(Init).await;
+        step(InitApply(named("a", true))).await;
+        step(InitApply(named("foreign", false))).await;
+        let pending = tokio::time::timeout(std::time::Duration::ZERO, cache.complete()).await;
+        assert!(pending.is_err(), "complete before the list is");
+        assert!(matches!(step(InitDone).await, InitDone));
+        let all = cache.complete().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(names(&cache), ["a"]);
+
+        // A change passed on once stored; an object no longer kept leaves.
+        let ev = step(Apply(named("b", true))).await;
+        assert!(matches!(ev, Apply(ref o) if o.name_any() == "b"));
+        assert_eq!(names(&cache), ["a", "b"]);
+        step(Apply(named("a", false))).await;
+        assert_eq!(names(&cache), ["b"]);
+        step(Delete(named("b", true))).await;
+        assert!(names(&cache).is_empty());
+
+        // A relist: `c` only; `d`, deleted while the watch was down, is not brought back.
+        step(Apply(named("d", true))).await;
+        step(Init).await;
+        step(InitApply(named("c", true))).await;
+        step(InitDone).await;
+        assert_eq!(names(&cache), ["c"]);
+    }
+
     #[test]
     fn a_configmap_maps_to_its_set_by_label_within_scope() {
         let labelled = cm(&[(SET_LABEL, "auth"), (SOURCE_NAMESPACE_LABEL, "identity")]);

@@ -167,7 +167,7 @@ impl<'a> Applier<'a> {
             }
         }
         if !applied.settled {
-            warn!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), "plan did not settle; will retry");
+            warn!("plan did not settle; will retry");
         } else if let Some(st) = obs.state.as_ref()
             && !self.public_state_current(st)
         {
@@ -224,7 +224,7 @@ impl<'a> Applier<'a> {
             return Ok(Some(refusal));
         }
         self.store(&next).await?;
-        info!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), kid = %kp.kid(), alg = %alg, ?reason, imported = was_imported, "stored new key");
+        info!(kid = %kp.kid(), alg = %alg, ?reason, imported = was_imported, "stored new key");
         obs.state = Some(next);
         Ok(None)
     }
@@ -262,7 +262,12 @@ impl<'a> Applier<'a> {
             revoking,
         )
         .await?;
-        info!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), keys = kids.len(), copies = self.targets.len(), failed = failures.len(), "published JWKS");
+        info!(
+            keys = kids.len(),
+            copies = self.targets.len(),
+            failed = failures.len(),
+            "published JWKS"
+        );
         Ok(Ok(failures))
     }
 
@@ -299,7 +304,7 @@ impl<'a> Applier<'a> {
         )))?;
         self.confirm_internal().await?;
         self.write_secret(Slot::Signing, desired).await?;
-        info!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), kid = %kid, "signing Secret holds key");
+        info!(kid = %kid, "signing Secret holds key");
         Ok(None)
     }
 
@@ -338,7 +343,9 @@ impl<'a> Applier<'a> {
         }
         self.write_secret(Slot::Signing, objects::unsigned_secret(self.sks, revoked))
             .await?;
-        warn!(set = %self.sks.name_any(), namespace = self.sks.namespace().unwrap_or_default(), "a revoked key was taken out of the signing Secret; nothing signs until its replacement does");
+        warn!(
+            "a revoked key was taken out of the signing Secret; nothing signs until its replacement does"
+        );
         Ok(())
     }
 

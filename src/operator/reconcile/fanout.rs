@@ -202,7 +202,7 @@ async fn remove_copies(
         .collect();
     for (cns, c) in stale {
         delete_copy(ctx, &cns, &c.metadata).await?;
-        info!(set = %sks.name_any(), namespace = %ns, from = %cns, "removed JWKS copy from a namespace that is no longer a target");
+        info!(from = %cns, "removed JWKS copy from a namespace that is no longer a target");
         objects.copies.remove(&cns);
     }
     Ok(())
@@ -233,7 +233,7 @@ pub async fn finalize(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Erro
         delete_copy(ctx, &cns, &c.metadata).await?;
     }
     set_finalizer(sks, ctx, false).await?;
-    info!(set = %sks.name_any(), namespace = %own, "removed JWKS copies; finalizer released");
+    info!("removed JWKS copies; finalizer released");
     Ok(Action::await_change())
 }
 

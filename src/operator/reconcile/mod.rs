@@ -30,7 +30,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::core::consent;
 use crate::core::crd::{ROTATE_ANNOTATION, SigningKeySet};
@@ -425,6 +425,16 @@ impl Refusal {
 /// Reconciles one SigningKeySet. A broken internal rule or a write the API server refuses
 /// for good ends as `Ready=False` with an Event, never as a panic or a silent retry.
 pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // One span per reconcile: every log line of it carries the set (no field added by hand).
+    let span = tracing::info_span!(
+        "reconcile",
+        set = %sks.name_any(),
+        namespace = %sks.namespace().unwrap_or_default()
+    );
+    reconcile_set(sks, ctx).instrument(span).await
+}
+
+async fn reconcile_set(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let sks = ctx.written.latest(sks);
     let refusal = match run(&sks, &ctx).await {
         Ok(action) => {
@@ -470,7 +480,7 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
     if ctx.namespace_terminating(&sks.namespace().unwrap_or_default()) {
         // Its Secrets are being deleted under it; the set goes next (and, with copies
         // elsewhere, is finalized above).
-        debug!(set = %sks.name_any(), "namespace is being deleted; nothing to do");
+        debug!("namespace is being deleted; nothing to do");
         return Ok(Action::await_change());
     }
 

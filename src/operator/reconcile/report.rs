@@ -55,7 +55,10 @@ pub async fn refuse(
     at: Option<(&SetState, &Settings)>,
 ) -> Result<Action, Error> {
     if ctx.going_away(sks) {
-        debug!(set = %sks.name_any(), reason = refusal.reason.as_str(), "not reporting: the set is going away");
+        debug!(
+            reason = refusal.reason.as_str(),
+            "not reporting: the set is going away"
+        );
         return Ok(Action::await_change());
     }
     let reason = refusal.reason.as_str();
@@ -68,7 +71,7 @@ pub async fn refuse(
         })
     });
     if !already {
-        warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason, message = %refusal.message, "not ready");
+        warn!(reason, message = %refusal.message, "not ready");
         publish_event(
             sks,
             ctx,
@@ -96,7 +99,7 @@ pub async fn fan_out_changed(
     spread: &FanOut,
 ) {
     if newly_false(sks, current) {
-        warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = %current.reason, denied = ?spread.denied, "fan-out refused");
+        warn!(reason = %current.reason, denied = ?spread.denied, "fan-out refused");
         publish_event(
             sks,
             ctx,
@@ -122,7 +125,7 @@ fn newly_false(sks: &SigningKeySet, current: &Condition) -> bool {
 /// A Warning Event and a log line when the set's discovery document stops being served.
 pub async fn discovery_changed(sks: &SigningKeySet, ctx: &Context, current: &Condition) {
     if newly_false(sks, current) {
-        warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = %current.reason, "discovery not served");
+        warn!(reason = %current.reason, "discovery not served");
         publish_event(
             sks,
             ctx,
@@ -142,7 +145,7 @@ pub async fn discovery_changed(sks: &SigningKeySet, ctx: &Context, current: &Con
 pub async fn announce(sks: &SigningKeySet, ctx: &Context, transitions: &[Transition]) {
     for t in transitions {
         let (type_, reason, mut note) = describe(t);
-        info!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason, "{note}");
+        info!(reason, "{note}");
         ctx.metrics.transition(reason);
         match t {
             Transition::Published(k) if transitions.contains(&Transition::Activated(k.clone())) => {
