@@ -58,18 +58,6 @@ async fn configmap_writer(client: &Client, ns: &str) -> Api<ConfigMap> {
     Api::namespaced(c, ns)
 }
 
-/// A tenant of `ns` who may do anything with SigningKeySets there and nothing else.
-async fn set_writer(client: &Client, ns: &str) -> Client {
-    support::restricted_with(
-        client,
-        ns,
-        "tenant",
-        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]}]),
-    )
-    .await
-    .0
-}
-
 /// Revokes `kid` of `src/auth` (the set's owner does it, with the admin client here: it is
 /// not the attacker).
 async fn revoke(client: &Client, src: &str, kid: &str) {
@@ -293,7 +281,7 @@ async fn a_grant_withdrawn_while_the_set_is_refused_removes_the_copy() {
     let dst = format!("{src}-copies");
     namespace(&client, &dst).await;
     let grant = support::grant(&client, &dst, &src, "auth").await;
-    let tenant = set_writer(&client, &src).await;
+    let tenant = support::set_writer(&client, &src).await;
     let _op = support::Operator::start(&src);
     support::create_set(
         &client,
@@ -344,7 +332,7 @@ async fn a_copy_cannot_take_a_name_the_grant_did_not_list() {
     let dst = format!("{src}-copies");
     namespace(&client, &dst).await;
     support::grant_all(&client, &dst, &src, &["auth-jwks"]).await;
-    let tenant = set_writer(&client, &src).await;
+    let tenant = support::set_writer(&client, &src).await;
     let _op = support::Operator::start(&src);
     let _op_dst = support::Operator::start(&dst);
     let tenant_sets: Api<SigningKeySet> = Api::namespaced(tenant, &src);
@@ -408,7 +396,7 @@ async fn a_huge_namespace_selector_is_refused_at_apply_time() {
     let client = support::client().await;
     support::ensure_crd(&client).await;
     let ns = support::fresh_namespace(&client, "selector").await;
-    let tenant = set_writer(&client, &ns).await;
+    let tenant = support::set_writer(&client, &ns).await;
     let labels: serde_json::Map<String, serde_json::Value> =
         (0..33).map(|i| (format!("l{i}"), json!("on"))).collect();
     let expressions: Vec<serde_json::Value> = (0..17)
@@ -499,7 +487,7 @@ spec:
     let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &src);
     support::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
     let attacker = configmap_writer(&client, &dst).await;
-    let tenant = set_writer(&client, &src).await;
+    let tenant = support::set_writer(&client, &src).await;
     let real = attacker.get("auth-jwks").await.unwrap();
     let decoy: ConfigMap = serde_json::from_value(json!({
         "metadata": {"name": "zz1", "labels": real.labels(), "annotations": real.annotations()},

@@ -534,13 +534,7 @@ async fn a_set_cannot_claim_another_sets_issuer() {
         json!({"issuer": "https://auth.example.test"}),
     )
     .await;
-    let (tenant, _) = support::restricted_with(
-        &client,
-        &ns,
-        "tenant",
-        json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]}]),
-    )
-    .await;
+    let tenant = support::set_writer(&client, &ns).await;
     let tenant_sets: Api<SigningKeySet> = Api::namespaced(tenant, &ns);
     let default_of_auth = format!("https://keys.example.test/{ns}/auth");
     let own = format!("https://keys.example.test/{ns}/mine");

@@ -541,6 +541,18 @@ pub async fn restricted_with(
     identity
 }
 
+/// A tenant of `ns` who may do anything with SigningKeySets there and nothing else.
+pub async fn set_writer(client: &Client, ns: &str) -> Client {
+    restricted_with(
+        client,
+        ns,
+        "tenant",
+        serde_json::json!([{"apiGroups": ["keyturn.dev"], "resources": ["signingkeysets"], "verbs": ["*"]}]),
+    )
+    .await
+    .0
+}
+
 /// Grants `rules` (RBAC PolicyRules as JSON) in namespace `in_ns` to ServiceAccount
 /// `sa_ns/sa` with a Role and RoleBinding named `name`.
 pub async fn allow(
