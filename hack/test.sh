@@ -12,7 +12,7 @@
 #                              README.md and docs/ (hack/check-docs) against a real plane
 #   hack/test.sh node          the demo (hack/demo.sh), the real node end to end (hack/e2e-node:
 #                              kubelet, containerd, runc, CNI, kube-proxy) and the node demo
-#   hack/test.sh [all]         all of them, the signer's beside the others: what CI runs
+#   hack/test.sh [all]         all of them, the signer's beside it and docs: what CI runs
 #
 # Test dependencies that are not Rust crates (the plane, npm/PyPI/Go/Maven packages, Helm,
 # promtool) are installed by the scripts this one calls, and cached under ~/.cache/keyturn.
@@ -214,9 +214,8 @@ case "$STAGE" in
     start_signer
     stage_it
     stage_docs
-    # The signer's ~11 minutes are mostly waiting: they end inside the node stage.
-    stage_node
     finish_signer
+    stage_node
     ;;
 esac
 printf '    (%s: %ds)\n\nhack/test.sh %s passed in %ds\n' "$CURRENT" $((SECONDS - STARTED)) "$STAGE" "$SECONDS"
