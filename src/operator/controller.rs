@@ -18,7 +18,7 @@ use crate::core::crd::{
 use crate::core::objects::{SOURCE_NAMESPACE_LABEL, is_copy_elsewhere};
 use crate::operator::echo::Echoes;
 use crate::operator::reconcile::{
-    Cache, Clock, ClusterCaches, Context, Scope, error_policy, reconcile,
+    Cache, Clock, ClusterCaches, Context, Memory, Policy, Scope, error_policy, reconcile,
 };
 use crate::runtime::metrics::Metrics;
 use crate::runtime::scoped;
@@ -237,14 +237,16 @@ pub async fn run(
             }),
             _ => Scope::NamespaceOnly(opts.namespace.clone().unwrap_or_default()),
         },
-        copy_data,
         sets: Some(store.clone()),
-        floors: opts.floors.clone(),
-        issuers: opts.issuers.clone(),
-        keygen: Default::default(),
-        backoff: Default::default(),
-        written: Default::default(),
-        echoes: ctx_echoes,
+        policy: Policy {
+            floors: opts.floors.clone(),
+            issuers: opts.issuers.clone(),
+        },
+        memory: Memory {
+            copy_data,
+            echoes: ctx_echoes,
+            ..Default::default()
+        },
     });
     info!(namespace = ?opts.namespace, "keyturn controller starting");
     {
@@ -284,8 +286,11 @@ pub async fn run(
         .trigger_backoff(EachWatchBacksOff);
     let scope = opts.namespace.clone();
     // keyturn's own objects, metadata only (the reconcile reads what it needs), minus echoes.
-    let mut controller =
-        controller.owns_stream(owned_events(secrets, owned.clone(), ctx.echoes.clone()));
+    let mut controller = controller.owns_stream(owned_events(
+        secrets,
+        owned.clone(),
+        ctx.memory.echoes.clone(),
+    ));
     if opts.namespace_only {
         // Everything keyturn writes lives in the watched namespace. Mapped by label, as in
         // cluster-wide mode, not by ownerReference: a ConfigMap with keyturn's labels that is
@@ -296,7 +301,7 @@ pub async fn run(
             owned_events(
                 scoped::<PartialObjectMeta<ConfigMap>>(&client_for_watch, scope.as_deref()),
                 owned.clone(),
-                ctx.echoes.clone(),
+                ctx.memory.echoes.clone(),
             ),
             move |cm| set_of_configmap(&cm, scope.as_deref()),
         );
@@ -441,7 +446,7 @@ impl SetEvents {
         match &ev {
             watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
                 let k = key(s);
-                ctx.written.forget(&k.0, &k.1);
+                ctx.memory.written.forget(&k.0, &k.1);
                 if matches!(ev, watcher::Event::InitApply(_))
                     && let Some(l) = self.listed.as_mut()
                 {
@@ -464,10 +469,10 @@ impl SetEvents {
         }
         match ev {
             watcher::Event::Delete(s) => {
-                ctx.echoes.forget(&s);
+                ctx.memory.echoes.forget(&s);
                 None
             }
-            ev => touched(ev, &ctx.echoes),
+            ev => touched(ev, &ctx.memory.echoes),
         }
     }
 }
@@ -520,8 +525,8 @@ where
 /// A set is gone: its metric series and its error streak go too.
 fn forget_set(ctx: &Context, namespace: &str, name: &str) {
     ctx.metrics.forget_set(namespace, name);
-    ctx.backoff.forget(namespace, name);
-    ctx.written.forget(namespace, name);
+    ctx.memory.backoff.forget(namespace, name);
+    ctx.memory.written.forget(namespace, name);
 }
 
 #[cfg(test)]

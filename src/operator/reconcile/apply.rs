@@ -211,6 +211,7 @@ impl<'a> Applier<'a> {
                 let urgent = reason == GenerateReason::Revocation;
                 let ns = self.sks.namespace().unwrap_or_default();
                 self.ctx
+                    .memory
                     .keygen
                     .run(&ns, urgent, move || KeyPair::generate(alg, rsa_bits))
                     .await
@@ -396,7 +397,7 @@ impl<'a> Applier<'a> {
             Ok(w) => w,
         };
         if let Some(o) = written {
-            self.ctx.echoes.wrote(&o);
+            self.ctx.memory.echoes.wrote(&o);
             *current = Some(o);
             self.ctx.metrics.write(object);
             if let Slot::Internal = slot {

@@ -109,9 +109,9 @@ pub async fn publish(
         match r {
             Ok(Some(o)) => {
                 wrote += 1;
-                ctx.echoes.wrote(&o);
+                ctx.memory.echoes.wrote(&o);
                 if t != own {
-                    ctx.copy_data.put(&o);
+                    ctx.memory.copy_data.put(&o);
                 }
                 copies.insert(t, o);
             }
@@ -249,7 +249,7 @@ async fn delete_copy(ctx: &Context, namespace: &str, copy: &ObjectMeta) -> Resul
         }),
         ..Default::default()
     };
-    ctx.copy_data.forget(copy);
+    ctx.memory.copy_data.forget(copy);
     match Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
         .delete(&name, &dp)
         .await

@@ -259,14 +259,9 @@ fn context(fake: Arc<Mutex<Fake>>) -> Arc<Context> {
             grants,
             copies,
         }),
-        copy_data: Default::default(),
         sets: None,
-        floors: Default::default(),
-        issuers: Default::default(),
-        keygen: Default::default(),
-        backoff: Default::default(),
-        written: Default::default(),
-        echoes: Default::default(),
+        policy: Default::default(),
+        memory: Default::default(),
     })
 }
 
@@ -473,9 +468,12 @@ async fn a_reconcile_from_a_cache_that_has_not_seen_the_status_patch_writes_noth
         after.metadata.resource_version,
         before.metadata.resource_version
     );
-    assert!(Arc::ptr_eq(&ctx.written.latest(after.clone()), &after));
+    assert!(Arc::ptr_eq(
+        &ctx.memory.written.latest(after.clone()),
+        &after
+    ));
     assert!(
-        Arc::ptr_eq(&ctx.written.latest(before.clone()), &before),
+        Arc::ptr_eq(&ctx.memory.written.latest(before.clone()), &before),
         "record dropped"
     );
 }
@@ -656,7 +654,7 @@ async fn a_copy_changed_behind_the_cache_fails_the_precondition_and_is_repaired_
     // data of the version it reports was read once and kept).
     let first: k8s_openapi::api::core::v1::ConfigMap =
         serde_json::from_value(fake.lock().unwrap().objects[COPY].clone()).unwrap();
-    ctx.copy_data.put(&first);
+    ctx.memory.copy_data.put(&first);
     tamper(&fake, r#"{"keys":[{"kty":"oct"}]}"#); // a second edit it has not seen
     calls(&fake);
     let err = reconcile(Arc::new(stored_set(&fake)), ctx)

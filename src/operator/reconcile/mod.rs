@@ -42,6 +42,31 @@ pub use check::Floors;
 pub use fanout::CopyData;
 pub use status::{FAN_OUT_CONDITION, derive_status};
 
+/// The cluster admin's rules, from `keyturn run`'s flags.
+#[derive(Default)]
+pub struct Policy {
+    /// Floors under every schedule and the quota of sets per namespace.
+    pub floors: Floors,
+    /// The issuer URL each set may claim in discovery (its `Discovery` condition).
+    pub issuers: Arc<crate::core::issuer::Issuers>,
+}
+
+/// What the controller remembers between reconciles (none of it is the truth: each is a
+/// cache or a courtesy that the API server's state overrides).
+#[derive(Default)]
+pub struct Memory {
+    /// The data of the live sets' own copies, by version (read once, kept by keyturn's writes).
+    pub copy_data: Arc<fanout::CopyData>,
+    /// The fair queue of key generation.
+    pub keygen: keygen::KeyGen,
+    /// Consecutive failed reconciles per set, for [`error_policy`]'s backoff.
+    pub backoff: Backoff,
+    /// The status keyturn last wrote to each set, until the watch shows it.
+    pub written: WrittenStatus,
+    /// keyturn's own writes whose watch events must not start another reconcile.
+    pub echoes: Arc<crate::operator::echo::Echoes>,
+}
+
 /// A source of the current time; tests and benchmarks may inject their own.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
@@ -61,23 +86,13 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Where this operator reads and writes, with the watch caches that scope needs.
     pub scope: Scope,
-    /// The data of the live sets' own copies, by version (read once, kept by keyturn's writes).
-    pub copy_data: Arc<fanout::CopyData>,
     /// Every SigningKeySet the controller watches (the quota of sets per namespace counts
     /// them); `None` in tests that have no controller.
     pub sets: Option<Store<SigningKeySet>>,
-    /// The cluster admin's floors and quota.
-    pub floors: Floors,
-    /// The issuer URL each set may claim in discovery (its `Discovery` condition).
-    pub issuers: Arc<crate::core::issuer::Issuers>,
-    /// The fair queue of key generation.
-    pub keygen: keygen::KeyGen,
-    /// Consecutive failed reconciles per set, for [`error_policy`]'s backoff.
-    pub backoff: Backoff,
-    /// The status keyturn last wrote to each set, until the watch shows it.
-    pub written: WrittenStatus,
-    /// keyturn's own writes whose watch events must not start another reconcile.
-    pub echoes: Arc<crate::operator::echo::Echoes>,
+    /// The cluster admin's rules, from the flags.
+    pub policy: Policy,
+    /// What the controller remembers between reconciles.
+    pub memory: Memory,
 }
 
 impl Context {
@@ -435,10 +450,10 @@ pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
 }
 
 async fn reconcile_set(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let sks = ctx.written.latest(sks);
+    let sks = ctx.memory.written.latest(sks);
     let refusal = match run(&sks, &ctx).await {
         Ok(action) => {
-            ctx.backoff.succeeded(&sks);
+            ctx.memory.backoff.succeeded(&sks);
             return Ok(action);
         }
         Err(Error::Invariant(why)) => Refusal::new(
@@ -447,11 +462,11 @@ async fn reconcile_set(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
         ),
         // A conflict is retried at once, quietly; one that lasts is someone else writing the
         // same object over and over, and says so instead of a debug line (I11).
-        Err(Error::Stale(what)) if ctx.backoff.streak(&sks) >= STALE_STREAK => Refusal::new(
+        Err(Error::Stale(what)) if ctx.memory.backoff.streak(&sks) >= STALE_STREAK => Refusal::new(
             Reason::WriteConflict,
             format!(
                 "{what} changed since the watch cache was read, {} times in a row: something else keeps writing it; keyturn retries",
-                ctx.backoff.streak(&sks) + 1
+                ctx.memory.backoff.streak(&sks) + 1
             ),
         ),
         Err(e) => match e.rejected_write() {
@@ -488,12 +503,12 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
     let token = sks.annotations().get(ROTATE_ANNOTATION).cloned();
     let sets = ctx.sets.as_ref().map(|s| s.state()).unwrap_or_default();
     let checked = match check::check(sks, &objects, token, ctx.scope.namespace_only())
-        .and_then(|c| check::within_floors(&c.settings, &ctx.floors).map(|()| c))
+        .and_then(|c| check::within_floors(&c.settings, &ctx.policy.floors).map(|()| c))
         .and_then(|c| {
             check::within_quota(
                 sks,
                 sets.iter().map(|s| &**s),
-                ctx.floors.max_sets_per_namespace,
+                ctx.policy.floors.max_sets_per_namespace,
             )
             .map(|()| c)
         }) {
@@ -564,7 +579,7 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
         report::fan_out_changed(sks, ctx, &fan_out, &checked.spread).await;
         st.conditions.push(fan_out);
     }
-    if let Some(discovery) = status::discovery_condition(sks, &ctx.issuers, now) {
+    if let Some(discovery) = status::discovery_condition(sks, &ctx.policy.issuers, now) {
         report::discovery_changed(sks, ctx, &discovery).await;
         st.conditions.push(discovery);
     }
@@ -599,12 +614,12 @@ pub fn error_policy(sks: Arc<SigningKeySet>, err: &Error, ctx: Arc<Context>) -> 
         // A lagging cache, not a failure: no alarm, and retried at once the first time (a
         // cache that stays behind still backs off).
         debug!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), error = %err, "reconciling again from a newer cache");
-        let n = ctx.backoff.failed(&sks);
+        let n = ctx.memory.backoff.failed(&sks);
         return Action::requeue(StdDuration::from_millis(100 << n.min(9)));
     }
     warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = err.reason(), error = %err, "reconcile failed");
     ctx.metrics.error(err.reason());
-    let n = ctx.backoff.failed(&sks);
+    let n = ctx.memory.backoff.failed(&sks);
     Action::requeue(StdDuration::from_secs((1u64 << n.min(6)).min(60)))
 }
 

@@ -158,7 +158,7 @@ async fn copy_data(
     let fetched: Vec<Result<Option<(String, ConfigMap)>, kube::Error>> =
         futures::stream::iter(owned)
             .map(|(cns, meta)| async move {
-                if let Some(c) = ctx.copy_data.get(&meta) {
+                if let Some(c) = ctx.memory.copy_data.get(&meta) {
                     return Ok(Some((cns, c)));
                 }
                 let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &cns);
@@ -168,7 +168,7 @@ async fn copy_data(
                     // taken the name since the watch reported it): anything else is in the
                     // way, with its metadata only (I11).
                     if objects::is_owned_copy(&c.metadata, sks) {
-                        ctx.copy_data.put(&c);
+                        ctx.memory.copy_data.put(&c);
                         (cns, c)
                     } else {
                         let metadata = c.metadata;

@@ -38,8 +38,8 @@ pub async fn write_status(
             &Patch::Apply(&patch),
         )
         .await?;
-    ctx.written.wrote(sks, &status);
-    ctx.echoes.wrote(&stored);
+    ctx.memory.written.wrote(sks, &status);
+    ctx.memory.echoes.wrote(&stored);
     crate::operator::fault::wrote();
     ctx.metrics.write("status");
     Ok(())
