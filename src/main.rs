@@ -295,6 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let metrics = tokio::net::TcpListener::bind(a.metrics_addr)
                 .await
                 .with_context(|| format!("binding /metrics to {}", a.metrics_addr))?;
+            tracing::info!(addr = %metrics.local_addr()?, "metrics listening");
             let opts = keyturn::signer::Options {
                 namespace: namespace.into(),
                 name: name.into(),

@@ -492,31 +492,48 @@ fn the_chart_is_published_as_an_oci_artifact() {
     .unwrap()
     .trim()
     .to_string();
-    let port = support::free_port();
-    let disk = std::env::temp_dir().join(format!("keyturn-chart-registry-{port}"));
+    // The registry binds a port of its own choosing (`:0`) and says which on stderr.
+    let disk = std::env::temp_dir().join(format!(
+        "keyturn-chart-registry-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    ));
     std::fs::create_dir_all(&disk).unwrap();
+    let said = disk.with_extension("log");
     let mut registry = Command::new(&crane)
         .args([
             "registry",
             "serve",
             "--address",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--disk",
             disk.to_str().unwrap(),
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&said).unwrap())
         .spawn()
         .expect("crane registry serve");
-    let addr = format!("127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&addr).is_err() {
+    let port = loop {
+        let text = std::fs::read_to_string(&said).unwrap_or_default();
+        if let Some(p) = text
+            .split("serving on port ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            break p;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "the registry did not start"
+            "the registry did not say its port: {text}"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    let addr = format!("127.0.0.1:{port}");
     let home = std::env::temp_dir().join("keyturn-helm-home");
     let publish = Command::new(root().join("hack/chart-publish"))
         .args([&addr, "--plain-http"])

@@ -61,8 +61,9 @@ impl Signer {
                     .to_string(),
                 "--refresh-hint".into(),
                 REFRESH_HINT.into(),
+                // Bound by the signer itself; its log says where (see `metrics`).
                 "--metrics-addr".into(),
-                format!("127.0.0.1:{}", support::free_port()),
+                "127.0.0.1:0".into(),
                 "--log-format".into(),
                 "json".into(),
             ],
@@ -93,12 +94,25 @@ impl Signer {
     }
 
     fn metrics(&self) -> String {
-        let port: u16 = self.args[self.args.len() - 3]
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        // The port the running process bound: the last `metrics listening` line of the log
+        // (each start appends one; until the newest has, the fetch fails and callers wait).
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let Some(port) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["fields"]["message"] == "metrics listening")
+            .filter_map(|l| {
+                l["fields"]["addr"]
+                    .as_str()?
+                    .rsplit(':')
+                    .next()?
+                    .parse::<u16>()
+                    .ok()
+            })
+            .next_back()
+        else {
+            return String::new();
+        };
         support::http_get(port, "/metrics")
             .map(|(_, b)| b)
             .unwrap_or_default()
