@@ -52,10 +52,6 @@ node_preflight() {
       die "a node is already running for $other (one per host: the kubelet's and containerd's fixed paths); stop it first: hack/control-plane stop $other"
     fi
   fi
-  local c
-  for c in ip nsenter iptables mount umount; do
-    command -v "$c" >/dev/null 2>&1 || die "the node needs '$c' (Debian: iproute2, util-linux, iptables)"
-  done
   grep -qw overlay /proc/filesystems || die "the node needs overlayfs (containerd's snapshotter): not in /proc/filesystems"
   local fstype
   fstype="$(stat -fc %T /sys/fs/cgroup)"
@@ -69,33 +65,28 @@ node_preflight() {
   done
 }
 
+# node_preflight_tools: the commands the node runs (hack/lib/node-build.sh installs them).
+node_preflight_tools() {
+  local c
+  for c in ip nsenter iptables mount umount; do
+    command -v "$c" >/dev/null 2>&1 || die "the node needs '$c' (Debian: iproute2, util-linux, iptables)"
+  done
+}
+
 gen_node_certs() { # gen_node_certs DIR
-  local d="$1/pki"
-  (
-    cd "$d"
-    umask 077
-    local name subj
-    for name in kubelet kube-proxy kube-scheduler apiserver-kubelet-client; do
-      case "$name" in
-        kubelet) subj="/O=system:nodes/CN=system:node:$NODE_NAME" ;;
-        kube-proxy) subj="/CN=system:kube-proxy" ;;
-        kube-scheduler) subj="/CN=system:kube-scheduler" ;;
-        apiserver-kubelet-client) subj="/O=system:masters/CN=kube-apiserver-kubelet-client" ;;
-      esac
-      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "$subj" \
-        -keyout "$name.key" -out "$name.csr" 2>/dev/null
-      printf 'extendedKeyUsage=clientAuth\n' >client.ext
-      openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
-        -extfile client.ext -out "$name.crt" 2>/dev/null
-    done
-    # The kubelet's serving certificate (the API server reaches it for logs and exec).
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$NODE_NAME" \
-      -keyout kubelet-serving.key -out kubelet-serving.csr 2>/dev/null
-    printf 'subjectAltName=IP:%s,DNS:%s\nextendedKeyUsage=serverAuth\n' "$NODE_IP" "$NODE_NAME" >serving.ext
-    openssl x509 -req -in kubelet-serving.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
-      -extfile serving.ext -out kubelet-serving.crt 2>/dev/null
-    rm -f ./*.csr ./*.ext ca.srl
-  )
+  local d="$1/pki" name subj
+  for name in kubelet kube-proxy kube-scheduler apiserver-kubelet-client; do
+    case "$name" in
+      kubelet) subj="/O=system:nodes/CN=system:node:$NODE_NAME" ;;
+      kube-proxy) subj="/CN=system:kube-proxy" ;;
+      kube-scheduler) subj="/CN=system:kube-scheduler" ;;
+      apiserver-kubelet-client) subj="/O=system:masters/CN=kube-apiserver-kubelet-client" ;;
+    esac
+    issue_cert "$d" "$name" "$subj" 'extendedKeyUsage=clientAuth'
+  done
+  # The kubelet's serving certificate (the API server reaches it for logs and exec).
+  issue_cert "$d" kubelet-serving "/CN=$NODE_NAME" \
+    "$(printf 'subjectAltName=IP:%s,DNS:%s\nextendedKeyUsage=serverAuth' "$NODE_IP" "$NODE_NAME")"
 }
 
 # node_netns DIR: the namespace, its loopback, the node IP and the pod bridge's sysctls.
@@ -147,17 +138,6 @@ node_proc() {
   for h in $(cgroup_hierarchies); do procs+=" $h$cg/daemons/cgroup.procs"; done
   start_proc "$name" "$dir" nsenter --net="/run/netns/$(node_ns_name "$dir")" -- \
     bash -c 'for f in '"$procs"'; do echo $$ >"$f"; done; exec "$@"' "$name" "$@"
-}
-
-wait_for() { # wait_for WHAT PIDNAME DIR TRIES CMD...
-  local what="$1" name="$2" dir="$3" tries="$4" i; shift 4
-  for i in $(seq 1 "$tries"); do
-    alive "$dir/$name.pid" || fail_component "$name" "$dir"
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.5
-  done
-  log "$what: not after $((tries / 2))s"
-  fail_component "$name" "$dir"
 }
 
 write_containerd_config() {
@@ -296,31 +276,32 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 YAML
 }
 
-# push_static_image DIR REF BINARY ENTRYPOINT...: an image whose only file is BINARY.
+# push_static_image DIR CRANE REF BINARY ENTRYPOINT...: an image whose only file is BINARY,
+# pushed with the crane at CRANE.
 push_static_image() {
-  local dir="$1" ref="$2" bin="$3"; shift 3
+  local dir="$1" crane="$2" ref="$3" bin="$4"; shift 4
   local work
   work="$(mktemp -d)"
   mkdir "$work/root"
   cp "$bin" "$work/root/$(basename "$bin")"
   tar --create --file "$work/layer.tar" --directory "$work/root" \
     --owner=0 --group=0 --numeric-owner --mode=0755 --mtime=@0 --sort=name "$(basename "$bin")"
-  in_ns "$dir" "$CRANE" append --oci-empty-base --new_layer "$work/layer.tar" --new_tag "$ref" >/dev/null 2>&1
+  in_ns "$dir" "$crane" append --oci-empty-base --new_layer "$work/layer.tar" --new_tag "$ref" >/dev/null 2>&1
   local ep
   ep="$(printf '%s,' "$@")"
-  in_ns "$dir" "$CRANE" mutate "$ref" --entrypoint "${ep%,}" --set-platform linux/amd64 --tag "$ref" >/dev/null 2>&1
+  in_ns "$dir" "$crane" mutate "$ref" --entrypoint "${ep%,}" --set-platform linux/amd64 --tag "$ref" >/dev/null 2>&1
   rm -rf "$work"
 }
 
 # node_start DIR API_PORT: after the plane is up inside the namespace.
 node_start() {
-  local dir="$1" api_port="$2" n="$1/node" i
-  CRANE="$("$ROOT/hack/image" --crane)"
+  local dir="$1" api_port="$2" n="$1/node" crane
+  crane="$("$ROOT/hack/image" --crane)"
   log "starting the image registry on $REGISTRY (inside the namespace)"
   mkdir -p "$n/registry"
-  node_proc registry "$dir" "$CRANE" registry serve --address "$REGISTRY" --disk "$n/registry"
-  wait_for "the registry" registry "$dir" 60 in_ns "$dir" curl -sf "http://$REGISTRY/v2/"
-  push_static_image "$dir" "$REGISTRY/pause:keyturn" "$NODE_BIN/pause" /pause
+  node_proc registry "$dir" "$crane" registry serve --address "$REGISTRY" --disk "$n/registry"
+  wait_ready "$dir" 30 registry -- in_ns "$dir" curl -sf "http://$REGISTRY/v2/"
+  push_static_image "$dir" "$crane" "$REGISTRY/pause:keyturn" "$NODE_BIN/pause" /pause
 
   write_containerd_config "$dir"
   # The shims' socket directory is fixed (/run/containerd/s, whatever `state` says): remove it
@@ -328,7 +309,7 @@ node_start() {
   [ -e /run/containerd ] || echo /run/containerd >>"$n/created-paths"
   log "starting containerd v$CONTAINERD_VERSION (runc v$RUNC_VERSION)"
   node_proc containerd "$dir" env PATH="$NODE_BIN:$PATH" "$NODE_BIN/containerd" --config "$n/containerd.toml"
-  wait_for "containerd" containerd "$dir" 120 "$NODE_BIN/ctr" --address "$n/containerd.sock" version
+  wait_ready "$dir" 60 containerd -- "$NODE_BIN/ctr" --address "$n/containerd.sock" version
 
   write_kubelet_config "$dir" "$api_port"
   # The kubelet's device-plugin socket directory is fixed (/var/lib/kubelet/device-plugins,
@@ -341,19 +322,15 @@ node_start() {
   log "starting kube-proxy v$K8S_VERSION (iptables)"
   node_proc kube-proxy "$dir" env PATH="$NODE_BIN:$PATH" "$NODE_BIN/kube-proxy" --config "$n/kube-proxy.yaml"
   # Healthy once it has programmed the Services' rules (Services are unreachable before).
-  wait_for "kube-proxy" kube-proxy "$dir" 240 in_ns "$dir" curl -sf http://127.0.0.1:10256/healthz
-  local kubectl=("$K8S_BIN/kubectl" --kubeconfig "$dir/kubeconfig")
-  for i in $(seq 1 240); do
-    alive "$dir/kubelet.pid" || fail_component kubelet "$dir"
-    alive "$dir/kube-proxy.pid" || fail_component kube-proxy "$dir"
-    if [ "$(in_ns "$dir" "${kubectl[@]}" get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]; then
-      log "node $NODE_NAME is Ready"
-      return 0
-    fi
-    sleep 0.5
-  done
-  log "node $NODE_NAME not Ready after 120s"
-  fail_component kubelet "$dir"
+  wait_ready "$dir" 120 kube-proxy -- in_ns "$dir" curl -sf http://127.0.0.1:10256/healthz
+  wait_ready "$dir" 120 kubelet,kube-proxy -- node_ready "$dir"
+  log "node $NODE_NAME is Ready"
+}
+
+# node_ready DIR: the node reports Ready.
+node_ready() {
+  [ "$(in_ns "$1" "$K8S_BIN/kubectl" --kubeconfig "$1/kubeconfig" get node "$NODE_NAME" \
+    -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
 
 # node_stop DIR: stop what node_start started and remove what it created, nothing else.
