@@ -88,6 +88,9 @@ stage_unit() {
 
   step "unit tests"
   cargo test --lib --bins
+
+  step "hack/check-docs-test (the docs runner's own parsing and matching)"
+  python3 "$ROOT/hack/check-docs-test"
 }
 
 # The plane the integration tests and the docs run against, with the API server's audit log
