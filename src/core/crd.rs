@@ -460,6 +460,35 @@ impl SigningKeySet {
     }
 }
 
+/// Where a SigningKeySet is: its namespace and name, both present. A reconcile takes it once
+/// from the set ([`SetRef::of`]) and hands it to every stage, which therefore never meets a
+/// set without a namespace; the controller's per-set memory is keyed by it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SetRef {
+    /// The set's namespace (where its Secrets and JWKS ConfigMap live).
+    pub namespace: String,
+    /// The set's name.
+    pub name: String,
+}
+
+impl SetRef {
+    /// The namespace and name of `sks`; `None` when either is missing (an object not read
+    /// from the API server, which gives every SigningKeySet both). The one home of that rule.
+    pub fn of(sks: &SigningKeySet) -> Option<SetRef> {
+        Some(SetRef {
+            namespace: sks.metadata.namespace.clone()?,
+            name: sks.metadata.name.clone()?,
+        })
+    }
+}
+
+/// `namespace/name`, as the set is named in messages.
+impl fmt::Display for SetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// Consent, written in a target namespace, for SigningKeySets elsewhere to publish a copy of
 /// their JWKS ConfigMap here (`spec.jwks.namespaces` / `namespaceSelector`). Without a grant
 /// keyturn writes nothing into a namespace other than the set's own. Only those who may create
@@ -540,4 +569,37 @@ pub const FINALIZER: &str = "keyturn.dev/jwks-copies";
 pub fn has_finalizer(sks: &SigningKeySet) -> bool {
     use kube::ResourceExt;
     sks.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(metadata: serde_json::Value) -> SigningKeySet {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "keyturn.dev/v1alpha1", "kind": "SigningKeySet",
+            "metadata": metadata, "spec": {}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_set_ref_needs_both_namespace_and_name() {
+        let r = SetRef::of(&set(
+            serde_json::json!({"name": "auth", "namespace": "identity"}),
+        ));
+        assert_eq!(
+            r,
+            Some(SetRef {
+                namespace: "identity".into(),
+                name: "auth".into()
+            })
+        );
+        assert_eq!(r.unwrap().to_string(), "identity/auth");
+        assert_eq!(SetRef::of(&set(serde_json::json!({"name": "auth"}))), None);
+        assert_eq!(
+            SetRef::of(&set(serde_json::json!({"namespace": "identity"}))),
+            None
+        );
+    }
 }

@@ -13,7 +13,7 @@ use kube::{Client, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::core::crd::{
-    MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet, SigningKeySetGrant,
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SetRef, SigningKeySet, SigningKeySetGrant,
 };
 use crate::core::objects::{SOURCE_NAMESPACE_LABEL, is_copy_elsewhere};
 use crate::operator::echo::Echoes;
@@ -357,7 +357,10 @@ pub async fn run(
                     // reconcile that was in flight has finished by now).
                     Err(kube::runtime::controller::Error::ObjectNotFound(r)) => {
                         debug!(set = %r.name, namespace = ?r.namespace, "set is gone");
-                        forget_set(&ctx, r.namespace.as_deref().unwrap_or_default(), &r.name);
+                        if let Some(namespace) = r.namespace.clone() {
+                            let name = r.name.clone();
+                            forget_set(&ctx, &SetRef { namespace, name });
+                        }
                     }
                     // error_policy has already logged it (or kept a teardown quiet).
                     Err(kube::runtime::controller::Error::ReconcilerFailed(e, r)) => {
@@ -430,7 +433,7 @@ pub fn slim(sks: &mut SigningKeySet) {
 struct SetEvents {
     ctx: Arc<Context>,
     /// The sets of a relist in progress.
-    listed: Option<std::collections::BTreeSet<(String, String)>>,
+    listed: Option<std::collections::BTreeSet<SetRef>>,
 }
 
 impl SetEvents {
@@ -442,29 +445,33 @@ impl SetEvents {
     /// deletion the watch missed).
     fn applied(&mut self, ev: watcher::Event<SigningKeySet>) -> Option<SigningKeySet> {
         let ctx = &self.ctx;
-        let key = |s: &SigningKeySet| (s.namespace().unwrap_or_default(), s.name_any());
         match &ev {
             watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                let k = key(s);
-                ctx.memory.written.forget(&k.0, &k.1);
-                if matches!(ev, watcher::Event::InitApply(_))
-                    && let Some(l) = self.listed.as_mut()
-                {
-                    l.insert(k);
+                if let Some(k) = SetRef::of(s) {
+                    ctx.memory.written.forget(&k);
+                    if matches!(ev, watcher::Event::InitApply(_))
+                        && let Some(l) = self.listed.as_mut()
+                    {
+                        l.insert(k);
+                    }
                 }
             }
             watcher::Event::Init => self.listed = Some(Default::default()),
             watcher::Event::InitDone => {
                 if let Some(l) = self.listed.take() {
-                    for (ns, name) in ctx.metrics.sets().into_iter().filter(|s| !l.contains(s)) {
-                        forget_set(ctx, &ns, &name);
+                    for (namespace, name) in ctx.metrics.sets() {
+                        let set = SetRef { namespace, name };
+                        if !l.contains(&set) {
+                            forget_set(ctx, &set);
+                        }
                     }
                 }
             }
             watcher::Event::Delete(s) => {
-                let (ns, name) = key(s);
-                debug!(set = %name, namespace = %ns, "set deleted; dropping its metric series");
-                forget_set(ctx, &ns, &name);
+                if let Some(set) = SetRef::of(s) {
+                    debug!(set = %set.name, namespace = %set.namespace, "set deleted; dropping its metric series");
+                    forget_set(ctx, &set);
+                }
             }
         }
         match ev {
@@ -523,10 +530,10 @@ where
 }
 
 /// A set is gone: its metric series and its error streak go too.
-fn forget_set(ctx: &Context, namespace: &str, name: &str) {
-    ctx.metrics.forget_set(namespace, name);
-    ctx.memory.backoff.forget(namespace, name);
-    ctx.memory.written.forget(namespace, name);
+fn forget_set(ctx: &Context, set: &SetRef) {
+    ctx.metrics.forget_set(&set.namespace, &set.name);
+    ctx.memory.backoff.forget(set);
+    ctx.memory.written.forget(set);
 }
 
 #[cfg(test)]

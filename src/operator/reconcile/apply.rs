@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::read::Objects;
 use super::{Context, Error, Reason, Refusal, fanout, report};
-use crate::core::crd::{Algorithm, SigningKeySet};
+use crate::core::crd::{Algorithm, SetRef, SigningKeySet};
 use crate::core::keys::KeyPair;
 use crate::core::objects;
 use crate::core::plan::{self, GenerateReason, Observed, Plan, Settings, Step};
@@ -54,6 +54,7 @@ pub struct Applied {
 
 /// Writes the planner's steps for one set.
 pub struct Applier<'a> {
+    set: &'a SetRef,
     sks: &'a SigningKeySet,
     ctx: &'a Context,
     objects: &'a mut Objects,
@@ -66,15 +67,18 @@ pub struct Applier<'a> {
 }
 
 impl<'a> Applier<'a> {
-    /// An applier over the objects `read` returned, for the consented targets.
+    /// An applier for the set `sks` at `set`, over the objects `read` returned, for the
+    /// consented targets.
     pub fn new(
+        set: &'a SetRef,
         sks: &'a SigningKeySet,
         ctx: &'a Context,
         objects: &'a mut Objects,
         targets: &'a BTreeSet<String>,
     ) -> Self {
-        let secrets = Api::namespaced(ctx.client.clone(), &sks.namespace().unwrap_or_default());
+        let secrets = Api::namespaced(ctx.client.clone(), &set.namespace);
         Applier {
+            set,
             sks,
             ctx,
             objects,
@@ -201,7 +205,7 @@ impl<'a> Applier<'a> {
         {
             // No room for such a key: refused before the generation (RSA-4096 takes a
             // blocking thread for up to seconds) instead of after it.
-            return Ok(Some(too_many_keys(self.sks, st.keys.len() + 1)));
+            return Ok(Some(too_many_keys(self.set, self.sks, st.keys.len() + 1)));
         }
         let kp = match imported {
             Some(kp) => kp,
@@ -209,17 +213,18 @@ impl<'a> Applier<'a> {
                 // A revocation's replacement is urgent: no storm of scheduled rotations, in
                 // this namespace or any other, delays it.
                 let urgent = reason == GenerateReason::Revocation;
-                let ns = self.sks.namespace().unwrap_or_default();
                 self.ctx
                     .memory
                     .keygen
-                    .run(&ns, urgent, move || KeyPair::generate(alg, rsa_bits))
+                    .run(&self.set.namespace, urgent, move || {
+                        KeyPair::generate(alg, rsa_bits)
+                    })
                     .await
                     .ok_or_else(|| Error::Invariant("key generation task failed".into()))??
             }
         };
         let next = plan::with_new_key(obs.state.as_ref(), &kp, reason, rotate_token, now);
-        if let Err(refusal) = state_fits(self.sks, &next) {
+        if let Err(refusal) = state_fits(self.set, self.sks, &next) {
             // The current key keeps signing; old keys leave after their overlap and make
             // room, or a revocation does.
             return Ok(Some(refusal));
@@ -255,6 +260,7 @@ impl<'a> Applier<'a> {
         }
         self.confirm_internal().await?;
         let failures = fanout::publish(
+            self.set,
             self.sks,
             self.ctx,
             self.targets,
@@ -418,13 +424,13 @@ enum Slot {
 /// `TooManyKeys` when the internal Secret could not hold `next` (every key not yet removed,
 /// with its public JWK). It fills up before the JWKS does: without this check the write
 /// would fail at the API server and be retried forever without a condition saying why.
-fn state_fits(sks: &SigningKeySet, next: &SetState) -> Result<(), Refusal> {
+fn state_fits(set: &SetRef, sks: &SigningKeySet, next: &SetState) -> Result<(), Refusal> {
     let size = next.to_bytes().len();
     let public = next.public_bytes().len();
     if size <= MAX_OBJECT_BYTES && public <= objects::MAX_PUBLIC_STATE_BYTES {
         return Ok(());
     }
-    Err(too_many_keys(sks, next.keys.len()))
+    Err(too_many_keys(set, sks, next.keys.len()))
 }
 
 /// Bytes the internal Secret can still take: under both its data limit and its public-state
@@ -446,12 +452,12 @@ fn max_record_bytes(alg: Algorithm, rsa_bits: Option<u32>) -> usize {
     }
 }
 
-fn too_many_keys(sks: &SigningKeySet, keys: usize) -> Refusal {
+fn too_many_keys(set: &SetRef, sks: &SigningKeySet, keys: usize) -> Refusal {
     Refusal::new(
         Reason::TooManyKeys,
         format!(
             "another key would not fit Secret {}/{} ({keys} keys; it holds at most {MAX_OBJECT_BYTES} bytes of keys and {} of public keys). The current key keeps signing (a revoked one does not). Shorten spec.rotation.overlap, rotate less often, or revoke old keys.",
-            sks.namespace().unwrap_or_default(),
+            set.namespace,
             sks.internal_secret_name(),
             objects::MAX_PUBLIC_STATE_BYTES,
         ),
@@ -462,7 +468,7 @@ fn too_many_keys(sks: &SigningKeySet, keys: usize) -> Refusal {
 mod tests {
     use super::*;
     use crate::core::state::KeyRecord;
-    use crate::operator::reconcile::fixtures::set;
+    use crate::operator::reconcile::fixtures::{at, set};
 
     /// A state of `n` retired Ed25519 keys (public JWK and times only, as after retirement).
     fn retired(n: usize) -> SetState {
@@ -514,7 +520,8 @@ mod tests {
 
     #[test]
     fn a_state_that_fits_a_secret_is_stored() {
-        assert!(state_fits(&set(serde_json::json!({})), &retired(100)).is_ok());
+        let sks = set(serde_json::json!({}));
+        assert!(state_fits(&at(&sks), &sks, &retired(100)).is_ok());
     }
 
     #[test]
@@ -524,7 +531,7 @@ mod tests {
         while retired(n).public_bytes().len() <= objects::MAX_PUBLIC_STATE_BYTES {
             n *= 2;
         }
-        let r = state_fits(&sks, &retired(n)).unwrap_err();
+        let r = state_fits(&at(&sks), &sks, &retired(n)).unwrap_err();
         assert_eq!(r.reason, Reason::TooManyKeys);
         assert!(
             r.message.contains("identity/auth-keyturn-keys"),
@@ -554,7 +561,7 @@ mod tests {
             fits += 1;
         }
         assert!(fits > 100, "only {fits} retired keys fit");
-        assert!(state_fits(&sks, &retired(fits)).is_ok());
-        assert!(state_fits(&sks, &retired(fits + 1)).is_err());
+        assert!(state_fits(&at(&sks), &sks, &retired(fits)).is_ok());
+        assert!(state_fits(&at(&sks), &sks, &retired(fits + 1)).is_err());
     }
 }

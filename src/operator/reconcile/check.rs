@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use super::read::Objects;
 use super::{Reason, Refusal};
 use crate::core::consent::{self, FanOut};
-use crate::core::crd::{IMPORT_ANNOTATION, SigningKeySet};
+use crate::core::crd::{IMPORT_ANNOTATION, SetRef, SigningKeySet};
 use crate::core::keys::KeyPair;
 use crate::core::objects;
 use crate::core::plan::{self, Observed, Settings};
@@ -85,21 +85,22 @@ pub fn within_floors(settings: &Settings, floors: &Floors) -> Result<(), Refusal
     Ok(())
 }
 
-/// `QuotaExceeded` when `sks` is not among the oldest `max` sets of its namespace (`sets`: every
-/// set the controller knows; those being deleted do not count).
+/// `QuotaExceeded` when `sks` (at `set`) is not among the oldest `max` sets of its namespace
+/// (`sets`: every set the controller knows; those being deleted do not count).
 pub fn within_quota<'a>(
+    set: &SetRef,
     sks: &SigningKeySet,
     sets: impl IntoIterator<Item = &'a SigningKeySet>,
     max: Option<usize>,
 ) -> Result<(), Refusal> {
     let Some(max) = max else { return Ok(()) };
-    let ns = sks.namespace();
+    let ns = &set.namespace;
     let order = |s: &SigningKeySet| (s.metadata.creation_timestamp.clone(), s.name_any());
     let mine = order(sks);
     let mut total = 0;
     let mut before = 0;
     for s in sets {
-        if s.namespace() != ns || s.metadata.deletion_timestamp.is_some() {
+        if s.metadata.namespace.as_ref() != Some(ns) || s.metadata.deletion_timestamp.is_some() {
             continue;
         }
         total += 1;
@@ -113,8 +114,7 @@ pub fn within_quota<'a>(
     Err(Refusal::new(
         Reason::QuotaExceeded,
         format!(
-            "namespace {} has {total} SigningKeySets and this cluster serves at most {max} per namespace (keyturn --max-sets-per-namespace, set by the cluster admin): the oldest {max} are served, this one is not. Delete one of them, or ask the cluster admin",
-            ns.unwrap_or_default()
+            "namespace {ns} has {total} SigningKeySets and this cluster serves at most {max} per namespace (keyturn --max-sets-per-namespace, set by the cluster admin): the oldest {max} are served, this one is not. Delete one of them, or ask the cluster admin"
         ),
     ))
 }
@@ -123,12 +123,13 @@ pub fn within_quota<'a>(
 /// the fan-out selector, and the internal state (missing while derived objects exist, or
 /// corrupt). `token` is the manual-rotation annotation's value.
 pub fn check(
+    set: &SetRef,
     sks: &SigningKeySet,
     objects: &Objects,
     token: Option<String>,
     namespace_only: bool,
 ) -> Result<Checked, Refusal> {
-    let ns = sks.namespace().unwrap_or_default();
+    let ns = &set.namespace;
     let settings = plan::validate(&sks.spec, token)
         .map_err(|e| Refusal::new(Reason::InvalidSpec, e.to_string()))?;
     if sks.secret_name() == sks.internal_secret_name() {
@@ -214,7 +215,7 @@ pub fn check(
         ),
     };
     let import = match state {
-        None => import(sks, objects)?,
+        None => import(set, sks, objects)?,
         Some(_) => None,
     };
     // The set's own keys: those stored, or the one being imported.
@@ -233,7 +234,7 @@ pub fn check(
             Ok(v) => (v, None),
             Err(r) => (None, Some(r)),
         };
-    let mut observed = observe(sks, state, objects, &spread.targets);
+    let mut observed = observe(set, sks, state, objects, &spread.targets);
     observed.verification = verification;
     Ok(Checked {
         settings,
@@ -247,18 +248,21 @@ pub fn check(
 /// The first key from `spec.import`'s Secret, when the set has none: the Secret must consent
 /// (annotation `keyturn.dev/import-into: <set>`) and hold one key that fits `spec.algorithm`
 /// (and `spec.import.keyId`). Nothing is generated instead while it does not.
-fn import(sks: &SigningKeySet, objects: &Objects) -> Result<Option<KeyPair>, Refusal> {
+fn import(
+    set: &SetRef,
+    sks: &SigningKeySet,
+    objects: &Objects,
+) -> Result<Option<KeyPair>, Refusal> {
     let (Some(spec), Some(source)) = (&sks.spec.import, &objects.import_source) else {
         return Ok(None);
     };
     let refuse = |why: String| Refusal::new(Reason::ImportFailed, format!("spec.import: {why}"));
     let secret = source.as_ref().map_err(|why| refuse(why.clone()))?;
-    let ns = sks.namespace().unwrap_or_default();
-    let name = format!("Secret {ns}/{}", spec.secret_name);
-    let set = sks.name_any();
-    if secret.annotations().get(IMPORT_ANNOTATION) != Some(&set) {
+    let name = format!("Secret {}/{}", set.namespace, spec.secret_name);
+    if secret.annotations().get(IMPORT_ANNOTATION) != Some(&set.name) {
         return Err(refuse(format!(
-            "{name} does not consent: keyturn imports a key only from a Secret annotated {IMPORT_ANNOTATION}: {set} (added by someone who may write it)"
+            "{name} does not consent: keyturn imports a key only from a Secret annotated {IMPORT_ANNOTATION}: {} (added by someone who may write it)",
+            set.name
         )));
     }
     let key = spec.key.clone().unwrap_or_else(|| "private.pem".into());
@@ -344,6 +348,7 @@ fn verification(
 /// The planner's input: the stored state, the keys every target's copy holds exactly, the
 /// Pending keys some copy lacks, and the key the signing Secret holds exactly.
 fn observe(
+    set: &SetRef,
     sks: &SigningKeySet,
     state: Option<SetState>,
     objects: &Objects,
@@ -357,7 +362,7 @@ fn observe(
         };
     };
     Observed {
-        published: published_everywhere(sks, &state, &objects.copies, targets),
+        published: published_everywhere(set, sks, &state, &objects.copies, targets),
         lagging: lagging_kids(sks, &state, &objects.copies, targets),
         signing: signing_kid(&state, objects.signing.as_ref()),
         signing_held,
@@ -400,12 +405,13 @@ pub fn holds_revoked(sks: &SigningKeySet, objects: &Objects) -> bool {
 /// The kids of the set's own JWKS when it is exactly what the state gives for them and every
 /// target's copy (keyturn's own) holds the same bytes: published means everywhere.
 fn published_everywhere(
+    set: &SetRef,
     sks: &SigningKeySet,
     state: &SetState,
     copies: &BTreeMap<String, ConfigMap>,
     targets: &BTreeSet<String>,
 ) -> Option<Vec<String>> {
-    let own = copies.get(&sks.namespace().unwrap_or_default())?;
+    let own = copies.get(&set.namespace)?;
     let text = own.data.as_ref()?.get(&sks.jwks_key())?;
     let kids = crate::core::jwks::kids(text.as_bytes()).ok()?;
     if own.data.as_ref().is_none_or(|d| d.len() != 1)
@@ -464,23 +470,19 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::operator::reconcile::fixtures::{active_state, set, written};
+    use crate::operator::reconcile::fixtures::{active_state, at, set, written};
 
     fn refused(sks: &SigningKeySet, o: &Objects) -> Refusal {
-        check(sks, o, None, false).unwrap_err()
+        check(&at(sks), sks, o, None, false).unwrap_err()
     }
 
     /// The cluster admin's floors refuse a schedule below them, naming the field and the
     /// flag; none set refuses nothing.
     #[test]
     fn floors_refuse_a_schedule_below_them_naming_the_field() {
-        let c = check(
-            &set(json!({"rotation": {"interval": "10m", "prePublish": "1m", "overlap": "5m"}})),
-            &Objects::default(),
-            None,
-            false,
-        )
-        .unwrap();
+        let sks =
+            set(json!({"rotation": {"interval": "10m", "prePublish": "1m", "overlap": "5m"}}));
+        let c = check(&at(&sks), &sks, &Objects::default(), None, false).unwrap();
         assert!(within_floors(&c.settings, &Floors::default()).is_ok());
         let d = |s: &str| Some(crate::core::duration::parse(s).unwrap());
         for (floors, field, flag) in [
@@ -533,7 +535,7 @@ mod tests {
     /// do not count.
     #[test]
     fn the_quota_serves_the_oldest_sets_of_a_namespace() {
-        let at = |name: &str, ns: &str, secs: i64| {
+        let made = |name: &str, ns: &str, secs: i64| {
             let mut s = set(json!({}));
             s.metadata.name = Some(name.into());
             s.metadata.namespace = Some(ns.into());
@@ -543,17 +545,17 @@ mod tests {
             s
         };
         let (a, b, c) = (
-            at("a", "identity", 1),
-            at("b", "identity", 2),
-            at("c", "identity", 3),
+            made("a", "identity", 1),
+            made("b", "identity", 2),
+            made("c", "identity", 3),
         );
-        let elsewhere = at("z", "other", 0);
-        let mut going = at("g", "identity", 0);
+        let elsewhere = made("z", "other", 0);
+        let mut going = made("g", "identity", 0);
         going.metadata.deletion_timestamp = going.metadata.creation_timestamp.clone();
         let all = [&a, &b, &c, &elsewhere, &going];
-        assert!(within_quota(&c, all, None).is_ok());
-        assert!(within_quota(&b, all, Some(2)).is_ok());
-        let r = within_quota(&c, all, Some(2)).unwrap_err();
+        assert!(within_quota(&at(&c), &c, all, None).is_ok());
+        assert!(within_quota(&at(&b), &b, all, Some(2)).is_ok());
+        let r = within_quota(&at(&c), &c, all, Some(2)).unwrap_err();
         assert_eq!(r.reason, Reason::QuotaExceeded);
         assert!(
             r.message.contains("has 3 SigningKeySets") && r.message.contains("at most 2"),
@@ -564,7 +566,8 @@ mod tests {
 
     #[test]
     fn a_new_set_checks_out_with_nothing_observed() {
-        let c = check(&set(json!({})), &Objects::default(), None, false).unwrap();
+        let sks = set(json!({}));
+        let c = check(&at(&sks), &sks, &Objects::default(), None, false).unwrap();
         assert_eq!(c.spread.targets, BTreeSet::from(["identity".to_string()]));
         assert!(c.observed.state.is_none() && c.observed.published.is_none());
     }
@@ -573,7 +576,7 @@ mod tests {
     fn what_keyturn_wrote_is_observed_as_published_and_signing() {
         let sks = set(json!({}));
         let st = active_state();
-        let c = check(&sks, &written(&sks, &st), None, false).unwrap();
+        let c = check(&at(&sks), &sks, &written(&sks, &st), None, false).unwrap();
         assert_eq!(c.observed.published, Some(vec![st.keys[0].kid.clone()]));
         assert_eq!(c.observed.signing, Some(st.keys[0].kid.clone()));
         assert!(c.observed.lagging.is_empty());
@@ -596,7 +599,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("alg".into(), ByteString(b"HS256".to_vec()));
-        let c = check(&sks, &o, None, false).unwrap();
+        let c = check(&at(&sks), &sks, &o, None, false).unwrap();
         assert_eq!(c.observed.published, None);
         assert_eq!(c.observed.signing, None);
     }
@@ -702,10 +705,10 @@ mod tests {
             namespaces: vec![ns],
             ..Default::default()
         };
-        let c = check(&sks, &o, None, false).unwrap();
+        let c = check(&at(&sks), &sks, &o, None, false).unwrap();
         assert_eq!(c.spread.denied, vec!["payments".to_string()]);
         assert_eq!(c.spread.targets.len(), 1);
-        let c = check(&sks, &o, None, true).unwrap();
+        let c = check(&at(&sks), &sks, &o, None, true).unwrap();
         assert_eq!(c.spread.denial, consent::Denial::Disabled);
     }
 
@@ -730,7 +733,7 @@ mod tests {
         };
         let mut o = written(&sks, &one);
         o.internal = Some(objects::internal_secret(&sks, &st));
-        let c = check(&sks, &o, None, false).unwrap();
+        let c = check(&at(&sks), &sks, &o, None, false).unwrap();
         assert_eq!(c.observed.lagging, BTreeSet::from([kp.kid().to_string()]));
     }
 
@@ -764,6 +767,7 @@ mod tests {
             ..Default::default()
         };
         let c = check(
+            &at(&sks),
             &sks,
             &with(Ok(import_secret(Some("auth"), &pem))),
             None,
@@ -791,7 +795,7 @@ mod tests {
         }
         // A set that has keys does not import (the Secret is not even read).
         let st = active_state();
-        let c = check(&sks, &written(&sks, &st), None, false).unwrap();
+        let c = check(&at(&sks), &sks, &written(&sks, &st), None, false).unwrap();
         assert!(c.import.is_none());
     }
 
@@ -807,7 +811,7 @@ mod tests {
         let st = active_state();
         let mut o = written(&sks, &st);
         o.verification_sources = Some(vec![Ok(jwks.clone())]);
-        let c = check(&sks, &o, None, false).unwrap();
+        let c = check(&at(&sks), &sks, &o, None, false).unwrap();
         let v = c.observed.verification.expect("read for generation 3");
         assert_eq!(v.generation, 3);
         assert_eq!(v.keys[0].0.kid, old.kid());
@@ -817,12 +821,12 @@ mod tests {
         let recorded = plan::with_verification(&st, &v, crate::operator::reconcile::fixtures::t0());
         let mut o2 = written(&sks, &recorded);
         o2.verification_sources = None;
-        let c = check(&sks, &o2, None, false).unwrap();
+        let c = check(&at(&sks), &sks, &o2, None, false).unwrap();
         assert!(c.observed.verification.is_none());
         // The spec drops them: an empty set of keys is recorded.
         let mut none = set(json!({}));
         none.metadata.generation = Some(4);
-        let c = check(&none, &written(&none, &recorded), None, false).unwrap();
+        let c = check(&at(&none), &none, &written(&none, &recorded), None, false).unwrap();
         assert_eq!(c.observed.verification.map(|v| v.keys.len()), Some(0));
 
         // A missing source or a refused key: the set goes on, with the reason and the field.
@@ -845,7 +849,7 @@ mod tests {
             (Ok(own_kid_other_key), "is one of the set's own keys"),
         ] {
             o.verification_sources = Some(vec![src]);
-            let c = check(&sks, &o, None, false).unwrap();
+            let c = check(&at(&sks), &sks, &o, None, false).unwrap();
             assert!(c.observed.verification.is_none());
             let r = c.verification_refused.expect("refused");
             assert_eq!(r.reason, Reason::VerificationKeysRefused);

@@ -16,7 +16,7 @@ use tracing::info;
 use super::read::Objects;
 use super::{Context, Error};
 use crate::core::consent::{self, FanOut};
-use crate::core::crd::{FINALIZER, SigningKeySet, has_finalizer};
+use crate::core::crd::{FINALIZER, SetRef, SigningKeySet, has_finalizer};
 use crate::core::objects;
 use crate::operator::write::{self, WriteError};
 
@@ -73,6 +73,7 @@ const PUBLISH_CONCURRENCY: usize = 16;
 /// copy in another namespace that changed under the write is one more failure instead: its
 /// writers cannot hold the revocation back by rewriting it.
 pub async fn publish(
+    set: &SetRef,
     sks: &SigningKeySet,
     ctx: &Context,
     targets: &BTreeSet<String>,
@@ -80,7 +81,7 @@ pub async fn publish(
     bytes: &[u8],
     revoking: bool,
 ) -> Result<Vec<String>, Error> {
-    let own = sks.namespace().unwrap_or_default();
+    let own = &set.namespace;
     let current: &BTreeMap<String, ConfigMap> = copies;
     let results: Vec<(String, Result<Option<ConfigMap>, WriteError>)> =
         futures::stream::iter(targets.iter().cloned())
@@ -110,13 +111,13 @@ pub async fn publish(
             Ok(Some(o)) => {
                 wrote += 1;
                 ctx.memory.echoes.wrote(&o);
-                if t != own {
+                if t != *own {
                     ctx.memory.copy_data.put(&o);
                 }
                 copies.insert(t, o);
             }
             Ok(None) => {}
-            Err(e) if e.lagged().is_some() && revoking && t != own => failures.push(format!(
+            Err(e) if e.lagged().is_some() && revoking && t != *own => failures.push(format!(
                 "{t}: changed by someone else while keyturn wrote it"
             )),
             Err(e) if e.lagged().is_some() => stale.push(t),
@@ -139,9 +140,9 @@ pub async fn publish(
 }
 
 /// Before any copy is written elsewhere, the set carries the finalizer that removes them.
-pub async fn hold_copies(sks: &SigningKeySet, ctx: &Context) -> Result<(), Error> {
+pub async fn hold_copies(set: &SetRef, sks: &SigningKeySet, ctx: &Context) -> Result<(), Error> {
     if consent::requested(sks) && !ctx.scope.namespace_only() && !has_finalizer(sks) {
-        set_finalizer(sks, ctx, true).await?;
+        set_finalizer(set, sks, ctx, true).await?;
     }
     Ok(())
 }
@@ -149,15 +150,18 @@ pub async fn hold_copies(sks: &SigningKeySet, ctx: &Context) -> Result<(), Error
 /// Removes keyturn's copies from namespaces that are no longer targets (owned copies only),
 /// and releases the finalizer once the set asks for no fan-out and has no copies left.
 pub async fn release_copies(
+    set: &SetRef,
     sks: &SigningKeySet,
     ctx: &Context,
     objects: &mut Objects,
     spread: &FanOut,
 ) -> Result<(), Error> {
-    let ns = sks.namespace().unwrap_or_default();
-    remove_copies(sks, ctx, objects, |cns| !spread.targets.contains(cns)).await?;
-    if !consent::requested(sks) && has_finalizer(sks) && objects.copies.keys().all(|c| *c == ns) {
-        set_finalizer(sks, ctx, false).await?;
+    remove_copies(set, sks, ctx, objects, |cns| !spread.targets.contains(cns)).await?;
+    if !consent::requested(sks)
+        && has_finalizer(sks)
+        && objects.copies.keys().all(|c| *c == set.namespace)
+    {
+        set_finalizer(set, sks, ctx, false).await?;
     }
     Ok(())
 }
@@ -166,6 +170,7 @@ pub async fn release_copies(
 /// the set's state (a set refused before any plan still loses the copies consent no longer
 /// covers, I8). Decided from the grants alone: a spec keyturn cannot act on does not stop it.
 pub async fn release_withdrawn(
+    set: &SetRef,
     sks: &SigningKeySet,
     ctx: &Context,
     objects: &mut Objects,
@@ -175,10 +180,9 @@ pub async fn release_withdrawn(
         // finalizer); grants were not read.
         return Ok(());
     }
-    let own = sks.namespace().unwrap_or_default();
     let consenting = consent::consenting(sks, &objects.grants);
-    remove_copies(sks, ctx, objects, |cns| {
-        cns != own && !consenting.contains(cns)
+    remove_copies(set, sks, ctx, objects, |cns| {
+        cns != set.namespace && !consenting.contains(cns)
     })
     .await
 }
@@ -186,17 +190,17 @@ pub async fn release_withdrawn(
 /// Deletes the set's own copies in the namespaces `gone` names (never the set's namespace,
 /// never an object keyturn did not make).
 async fn remove_copies(
+    set: &SetRef,
     sks: &SigningKeySet,
     ctx: &Context,
     objects: &mut Objects,
     gone: impl Fn(&str) -> bool,
 ) -> Result<(), Error> {
-    let ns = sks.namespace().unwrap_or_default();
     let stale: Vec<(String, ConfigMap)> = objects
         .copies
         .iter()
         .filter(|(cns, c)| {
-            **cns != ns && gone(cns.as_str()) && objects::is_owned_copy(&c.metadata, sks)
+            **cns != set.namespace && gone(cns.as_str()) && objects::is_owned_copy(&c.metadata, sks)
         })
         .map(|(cns, c)| (cns.clone(), c.clone()))
         .collect();
@@ -210,11 +214,10 @@ async fn remove_copies(
 
 /// Deletion: remove the JWKS copies in other namespaces, then release the finalizer.
 /// Objects in the set's namespace go with the garbage collector (ownerReferences).
-pub async fn finalize(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
+pub async fn finalize(set: &SetRef, sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
     if !has_finalizer(sks) {
         return Ok(Action::await_change());
     }
-    let own = sks.namespace().unwrap_or_default();
     // Metadata only: labelled objects that are not the set's copies cost nothing to skip.
     for c in ctx
         .copies_api()
@@ -224,7 +227,7 @@ pub async fn finalize(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Erro
         let cns = c.namespace().unwrap_or_default();
         // The set's copies under its copy name only: the owner annotation alone proves
         // nothing (anyone who can read a copy can copy it onto an object of their own, I4).
-        if cns == own
+        if cns == set.namespace
             || c.metadata.name.as_deref() != Some(sks.config_map_name().as_str())
             || !objects::is_owned_copy(&c.metadata, sks)
         {
@@ -232,7 +235,7 @@ pub async fn finalize(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Erro
         }
         delete_copy(ctx, &cns, &c.metadata).await?;
     }
-    set_finalizer(sks, ctx, false).await?;
+    set_finalizer(set, sks, ctx, false).await?;
     info!("removed JWKS copies; finalizer released");
     Ok(Action::await_change())
 }
@@ -266,7 +269,12 @@ async fn delete_copy(ctx: &Context, namespace: &str, copy: &ObjectMeta) -> Resul
 
 /// Adds or removes keyturn's finalizer, other finalizers untouched (a compare-and-swap on
 /// the set's resourceVersion).
-async fn set_finalizer(sks: &SigningKeySet, ctx: &Context, present: bool) -> Result<(), Error> {
+async fn set_finalizer(
+    set: &SetRef,
+    sks: &SigningKeySet,
+    ctx: &Context,
+    present: bool,
+) -> Result<(), Error> {
     let mut fins: Vec<String> = sks
         .finalizers()
         .iter()
@@ -276,16 +284,11 @@ async fn set_finalizer(sks: &SigningKeySet, ctx: &Context, present: bool) -> Res
     if present {
         fins.push(FINALIZER.into());
     }
-    let api: Api<SigningKeySet> =
-        Api::namespaced(ctx.client.clone(), &sks.namespace().unwrap_or_default());
+    let api: Api<SigningKeySet> = Api::namespaced(ctx.client.clone(), &set.namespace);
     let patch =
         json!({"metadata": {"finalizers": fins, "resourceVersion": sks.resource_version()}});
     match api
-        .patch(
-            &sks.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch(&set.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => {}

@@ -10,7 +10,7 @@ use kube::client::Body;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 
-use super::fixtures::{set, t0};
+use super::fixtures::{at, set, t0};
 use super::{Context, reconcile};
 use crate::runtime::metrics::Metrics;
 
@@ -469,11 +469,14 @@ async fn a_reconcile_from_a_cache_that_has_not_seen_the_status_patch_writes_noth
         before.metadata.resource_version
     );
     assert!(Arc::ptr_eq(
-        &ctx.memory.written.latest(after.clone()),
+        &ctx.memory.written.latest(&at(&after), after.clone()),
         &after
     ));
     assert!(
-        Arc::ptr_eq(&ctx.memory.written.latest(before.clone()), &before),
+        Arc::ptr_eq(
+            &ctx.memory.written.latest(&at(&before), before.clone()),
+            &before
+        ),
         "record dropped"
     );
 }

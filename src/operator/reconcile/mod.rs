@@ -33,7 +33,7 @@ use kube::{Client, ResourceExt};
 use tracing::{Instrument, debug, warn};
 
 use crate::core::consent;
-use crate::core::crd::{ROTATE_ANNOTATION, SigningKeySet};
+use crate::core::crd::{ROTATE_ANNOTATION, SetRef, SigningKeySet};
 use crate::operator::write::WriteError;
 use crate::runtime::metrics::Metrics;
 
@@ -106,9 +106,8 @@ impl Context {
     }
 
     /// True when the set is being deleted, or its namespace is: no alarms for it.
-    fn going_away(&self, sks: &SigningKeySet) -> bool {
-        sks.metadata.deletion_timestamp.is_some()
-            || self.namespace_terminating(&sks.namespace().unwrap_or_default())
+    fn going_away(&self, set: &SetRef, sks: &SigningKeySet) -> bool {
+        sks.metadata.deletion_timestamp.is_some() || self.namespace_terminating(&set.namespace)
     }
 
     /// Where JWKS copies are looked for: every namespace, or (namespace-only) none but the
@@ -193,7 +192,7 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Cache<K> {
 /// wrote, not from the older status, so it does not patch the same status again (nor re-date
 /// its conditions' `lastTransitionTime`, nor repeat a refusal's Event).
 #[derive(Default)]
-pub struct WrittenStatus(Mutex<HashMap<(String, String), Written>>);
+pub struct WrittenStatus(Mutex<HashMap<SetRef, Written>>);
 
 /// A status patch: onto which object (uid) and version it was decided from.
 struct Written {
@@ -203,13 +202,13 @@ struct Written {
 }
 
 impl WrittenStatus {
-    /// `sks` as keyturn last left it: its status replaced by the one keyturn patched, when the
-    /// cache still holds the version that patch was decided from. Otherwise `sks` unchanged
-    /// (and the record dropped: the cache has caught up, or someone else changed the set).
-    pub fn latest(&self, sks: Arc<SigningKeySet>) -> Arc<SigningKeySet> {
+    /// `sks` (the set `set`) as keyturn last left it: its status replaced by the one keyturn
+    /// patched, when the cache still holds the version that patch was decided from. Otherwise
+    /// `sks` unchanged (and the record dropped: the cache has caught up, or someone else
+    /// changed the set).
+    pub fn latest(&self, set: &SetRef, sks: Arc<SigningKeySet>) -> Arc<SigningKeySet> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let k = key(&sks);
-        let Some(w) = m.get(&k) else { return sks };
+        let Some(w) = m.get(set) else { return sks };
         if sks.uid().as_ref() == Some(&w.uid)
             && sks.metadata.resource_version.as_ref() == Some(&w.from_version)
         {
@@ -217,12 +216,18 @@ impl WrittenStatus {
             newer.status = Some(w.status.clone());
             return Arc::new(newer);
         }
-        m.remove(&k);
+        m.remove(set);
         sks
     }
 
-    /// Records that `status` was patched onto `sks` (the version it was decided from).
-    fn wrote(&self, sks: &SigningKeySet, status: &crate::core::crd::SigningKeySetStatus) {
+    /// Records that `status` was patched onto `sks`, the set `set` (the version it was decided
+    /// from).
+    fn wrote(
+        &self,
+        set: &SetRef,
+        sks: &SigningKeySet,
+        status: &crate::core::crd::SigningKeySetStatus,
+    ) {
         if let (Some(uid), Some(from_version)) = (sks.uid(), sks.metadata.resource_version.clone())
         {
             let w = Written {
@@ -233,57 +238,47 @@ impl WrittenStatus {
             self.0
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(key(sks), w);
+                .insert(set.clone(), w);
         }
     }
 
     /// Forgets a set (deleted).
-    pub fn forget(&self, namespace: &str, name: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(namespace.to_string(), name.to_string()));
+    pub fn forget(&self, set: &SetRef) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(set);
     }
 }
 
 /// Conflicts in a row after which a set says `WriteConflict` (about 13 s of retries).
 const STALE_STREAK: u32 = 6;
 
-/// Consecutive failures per set (namespace, name): the exponent of the retry backoff.
+/// Consecutive failures per set: the exponent of the retry backoff.
 #[derive(Default)]
-pub struct Backoff(Mutex<HashMap<(String, String), u32>>);
+pub struct Backoff(Mutex<HashMap<SetRef, u32>>);
 
 impl Backoff {
     /// Failures in a row so far.
-    fn streak(&self, sks: &SigningKeySet) -> u32 {
+    fn streak(&self, set: &SetRef) -> u32 {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(&key(sks)).copied().unwrap_or(0)
+        m.get(set).copied().unwrap_or(0)
     }
 
     /// Counts a failure; returns how many in a row.
-    fn failed(&self, sks: &SigningKeySet) -> u32 {
+    fn failed(&self, set: &SetRef) -> u32 {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(key(sks)).or_insert(0);
+        let n = m.entry(set.clone()).or_insert(0);
         *n += 1;
         *n
     }
 
     /// A reconcile that ended without an error ends the streak.
-    fn succeeded(&self, sks: &SigningKeySet) {
-        self.forget(&sks.namespace().unwrap_or_default(), &sks.name_any());
+    fn succeeded(&self, set: &SetRef) {
+        self.forget(set);
     }
 
     /// Forgets a set (deleted).
-    pub fn forget(&self, namespace: &str, name: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(namespace.to_string(), name.to_string()));
+    pub fn forget(&self, set: &SetRef) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(set);
     }
-}
-
-fn key(sks: &SigningKeySet) -> (String, String) {
-    (sks.namespace().unwrap_or_default(), sks.name_any())
 }
 
 /// Errors a reconcile can end with; each becomes a retry with backoff.
@@ -303,7 +298,7 @@ pub enum Error {
     /// again from the newer cache.
     #[error("{0} changed since the watch cache was read; reconciling again")]
     Stale(String),
-    /// The object has no namespace or uid (not read from the API server).
+    /// The object has no namespace, name or uid (not read from the API server).
     #[error("SigningKeySet has no {0}")]
     Incomplete(&'static str),
     /// A rule keyturn relies on did not hold (a bug): this reconcile stops, the set becomes
@@ -439,21 +434,31 @@ impl Refusal {
 
 /// Reconciles one SigningKeySet. A broken internal rule or a write the API server refuses
 /// for good ends as `Ready=False` with an Event, never as a panic or a silent retry.
+///
+/// Where the set is ([`SetRef::of`]) is taken once, here, and handed to every stage; a set
+/// without a namespace (or name) ends as [`Error::Incomplete`] before any stage runs.
 pub async fn reconcile(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // One span per reconcile: every log line of it carries the set (no field added by hand).
-    let span = tracing::info_span!(
-        "reconcile",
-        set = %sks.name_any(),
-        namespace = %sks.namespace().unwrap_or_default()
-    );
-    reconcile_set(sks, ctx).instrument(span).await
+    sks.namespace().ok_or(Error::Incomplete("namespace"))?;
+    let set = SetRef::of(&sks).ok_or(Error::Incomplete("name"))?;
+    let span = span(&set);
+    reconcile_set(&set, sks, ctx).instrument(span).await
 }
 
-async fn reconcile_set(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let sks = ctx.memory.written.latest(sks);
-    let refusal = match run(&sks, &ctx).await {
+/// The span of one set's reconcile (and of [`error_policy`] after it): every log line of it
+/// carries the set and its namespace (no field added by hand).
+fn span(set: &SetRef) -> tracing::Span {
+    tracing::info_span!("reconcile", set = %set.name, namespace = %set.namespace)
+}
+
+async fn reconcile_set(
+    set: &SetRef,
+    sks: Arc<SigningKeySet>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let sks = ctx.memory.written.latest(set, sks);
+    let refusal = match run(set, &sks, &ctx).await {
         Ok(action) => {
-            ctx.memory.backoff.succeeded(&sks);
+            ctx.memory.backoff.succeeded(set);
             return Ok(action);
         }
         Err(Error::Invariant(why)) => Refusal::new(
@@ -462,11 +467,11 @@ async fn reconcile_set(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
         ),
         // A conflict is retried at once, quietly; one that lasts is someone else writing the
         // same object over and over, and says so instead of a debug line (I11).
-        Err(Error::Stale(what)) if ctx.memory.backoff.streak(&sks) >= STALE_STREAK => Refusal::new(
+        Err(Error::Stale(what)) if ctx.memory.backoff.streak(set) >= STALE_STREAK => Refusal::new(
             Reason::WriteConflict,
             format!(
                 "{what} changed since the watch cache was read, {} times in a row: something else keeps writing it; keyturn retries",
-                ctx.memory.backoff.streak(&sks) + 1
+                ctx.memory.backoff.streak(set) + 1
             ),
         ),
         Err(e) => match e.rejected_write() {
@@ -481,31 +486,31 @@ async fn reconcile_set(sks: Arc<SigningKeySet>, ctx: Arc<Context>) -> Result<Act
         },
     };
     ctx.metrics.error(refusal.reason.as_str());
-    report::refuse(&sks, &ctx, refusal, None).await
+    report::refuse(set, &sks, &ctx, refusal, None).await
 }
 
-/// The pipeline: read → check → plan/apply → status.
-async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
-    sks.namespace().ok_or(Error::Incomplete("namespace"))?;
+/// The pipeline: read → check → plan/apply → status, for the set `sks` at `set`.
+async fn run(set: &SetRef, sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
     sks.uid().ok_or(Error::Incomplete("uid"))?;
     ctx.metrics.reconcile_started();
     if sks.metadata.deletion_timestamp.is_some() {
-        return fanout::finalize(sks, ctx).await;
+        return fanout::finalize(set, sks, ctx).await;
     }
-    if ctx.namespace_terminating(&sks.namespace().unwrap_or_default()) {
+    if ctx.namespace_terminating(&set.namespace) {
         // Its Secrets are being deleted under it; the set goes next (and, with copies
         // elsewhere, is finalized above).
         debug!("namespace is being deleted; nothing to do");
         return Ok(Action::await_change());
     }
 
-    let mut objects = read::read(sks, ctx).await?;
+    let mut objects = read::read(set, sks, ctx).await?;
     let token = sks.annotations().get(ROTATE_ANNOTATION).cloned();
     let sets = ctx.sets.as_ref().map(|s| s.state()).unwrap_or_default();
-    let checked = match check::check(sks, &objects, token, ctx.scope.namespace_only())
+    let checked = match check::check(set, sks, &objects, token, ctx.scope.namespace_only())
         .and_then(|c| check::within_floors(&c.settings, &ctx.policy.floors).map(|()| c))
         .and_then(|c| {
             check::within_quota(
+                set,
                 sks,
                 sets.iter().map(|s| &**s),
                 ctx.policy.floors.max_sets_per_namespace,
@@ -514,35 +519,35 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
         }) {
         Ok(c) => c,
         Err(refusal) => {
-            read::still_current(sks, ctx, &objects).await?;
+            read::still_current(set, sks, ctx, &objects).await?;
             if check::holds_revoked(sks, &objects) {
                 // No refusal holds a revocation back (I10): the revoked key leaves the
                 // signing Secret even while keyturn can do nothing else for the set.
-                apply::Applier::new(sks, ctx, &mut objects, &Default::default())
+                apply::Applier::new(set, sks, ctx, &mut objects, &Default::default())
                     .unsign()
                     .await?;
             }
             // Nor consent withdrawn (I8): copies where no grant names the set any more go.
-            fanout::release_withdrawn(sks, ctx, &mut objects).await?;
-            return report::refuse(sks, ctx, refusal, None).await;
+            fanout::release_withdrawn(set, sks, ctx, &mut objects).await?;
+            return report::refuse(set, sks, ctx, refusal, None).await;
         }
     };
-    fanout::hold_copies(sks, ctx).await?;
+    fanout::hold_copies(set, sks, ctx).await?;
 
-    let applied = match apply::Applier::new(sks, ctx, &mut objects, &checked.spread.targets)
+    let applied = match apply::Applier::new(set, sks, ctx, &mut objects, &checked.spread.targets)
         .importing(checked.import)
         .run(&checked.settings, checked.observed)
         .await?
     {
         apply::Outcome::Idle(a) => a,
         apply::Outcome::Refused(refusal, state) => {
-            read::still_current(sks, ctx, &objects).await?;
-            fanout::release_withdrawn(sks, ctx, &mut objects).await?;
+            read::still_current(set, sks, ctx, &objects).await?;
+            fanout::release_withdrawn(set, sks, ctx, &mut objects).await?;
             let at = state.as_ref().map(|st| (st, &checked.settings));
-            return report::refuse(sks, ctx, refusal, at).await;
+            return report::refuse(set, sks, ctx, refusal, at).await;
         }
     };
-    fanout::release_copies(sks, ctx, &mut objects, &checked.spread).await?;
+    fanout::release_copies(set, sks, ctx, &mut objects, &checked.spread).await?;
 
     let state = applied.state.as_ref().ok_or(Error::Invariant(
         "the plan settled without any stored key".into(),
@@ -555,13 +560,13 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
                 applied.publish_failures.join("; ")
             ),
         );
-        return report::refuse(sks, ctx, refusal, Some((state, &checked.settings))).await;
+        return report::refuse(set, sks, ctx, refusal, Some((state, &checked.settings))).await;
     }
     if let Some(refusal) = checked.verification_refused {
         // The set's own keys went on above; it is not Ready until the sources can be read,
         // looked at again after the refusal's retry or at the next transition, if sooner.
         let retry = refusal.reason.retry().unwrap_or(StdDuration::from_secs(30));
-        report::refuse(sks, ctx, refusal, Some((state, &checked.settings))).await?;
+        report::refuse(set, sks, ctx, refusal, Some((state, &checked.settings))).await?;
         let wake = applied.wake_at.map(|w| until(w, (ctx.clock)()));
         return Ok(Action::requeue(wake.map_or(retry, |w| w.min(retry))));
     }
@@ -579,14 +584,14 @@ async fn run(sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
         report::fan_out_changed(sks, ctx, &fan_out, &checked.spread).await;
         st.conditions.push(fan_out);
     }
-    if let Some(discovery) = status::discovery_condition(sks, &ctx.policy.issuers, now) {
+    if let Some(discovery) = status::discovery_condition(set, sks, &ctx.policy.issuers, now) {
         report::discovery_changed(sks, ctx, &discovery).await;
         st.conditions.push(discovery);
     }
-    report::write_status(sks, ctx, st).await?;
+    report::write_status(set, sks, ctx, st).await?;
     ctx.metrics.observe_set(
-        &sks.namespace().unwrap_or_default(),
-        &sks.name_any(),
+        &set.namespace,
+        &set.name,
         state,
         applied.wake_at.map(|w| w - now),
     );
@@ -603,23 +608,32 @@ fn until(wake: DateTime<Utc>, now: DateTime<Utc>) -> StdDuration {
     (wake - now).to_std().unwrap_or(StdDuration::ZERO) + StdDuration::from_millis(20)
 }
 
-/// Retry policy: back off on errors, report them in the log and metrics.
+/// Retry policy: back off on errors, report them in the log (in the set's reconcile span)
+/// and metrics.
 pub fn error_policy(sks: Arc<SigningKeySet>, err: &Error, ctx: Arc<Context>) -> Action {
-    if ctx.going_away(&sks) {
+    let Some(set) = SetRef::of(&sks) else {
+        // Not read from the API server ([`Error::Incomplete`]): no set to keep a streak for,
+        // and nothing a retry soon could change.
+        warn!(reason = err.reason(), error = %err, "reconcile failed");
+        ctx.metrics.error(err.reason());
+        return Action::requeue(StdDuration::from_secs(60));
+    };
+    let _in_set = span(&set).entered();
+    if ctx.going_away(&set, &sks) {
         // A teardown, not a failure: retried, never alarmed.
-        debug!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), error = %err, "reconcile failed while the set is going away");
+        debug!(error = %err, "reconcile failed while the set is going away");
         return Action::requeue(StdDuration::from_secs(5));
     }
     if let Error::Stale(_) = err {
         // A lagging cache, not a failure: no alarm, and retried at once the first time (a
         // cache that stays behind still backs off).
-        debug!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), error = %err, "reconciling again from a newer cache");
-        let n = ctx.memory.backoff.failed(&sks);
+        debug!(error = %err, "reconciling again from a newer cache");
+        let n = ctx.memory.backoff.failed(&set);
         return Action::requeue(StdDuration::from_millis(100 << n.min(9)));
     }
-    warn!(set = %sks.name_any(), namespace = sks.namespace().unwrap_or_default(), reason = err.reason(), error = %err, "reconcile failed");
+    warn!(reason = err.reason(), error = %err, "reconcile failed");
     ctx.metrics.error(err.reason());
-    let n = ctx.memory.backoff.failed(&sks);
+    let n = ctx.memory.backoff.failed(&set);
     Action::requeue(StdDuration::from_secs((1u64 << n.min(6)).min(60)))
 }
 
@@ -647,6 +661,11 @@ pub(crate) mod fixtures {
         .unwrap();
         sks.metadata.resource_version = Some("7".into());
         sks
+    }
+
+    /// Where `sks` is (the fixtures all have a namespace and a name).
+    pub fn at(sks: &SigningKeySet) -> crate::core::crd::SetRef {
+        crate::core::crd::SetRef::of(sks).expect("a fixture set has a namespace and a name")
     }
 
     /// A fixed instant.

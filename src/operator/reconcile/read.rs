@@ -10,7 +10,7 @@ use kube::api::{Api, GetParams};
 
 use super::{ClusterCaches, Context, Error};
 use crate::core::consent;
-use crate::core::crd::{SigningKeySet, SigningKeySetGrant};
+use crate::core::crd::{SetRef, SigningKeySet, SigningKeySetGrant};
 use crate::core::objects;
 
 /// What exists now for one set. The applier keeps it current as it writes.
@@ -47,9 +47,9 @@ pub struct Objects {
 /// from, so a stale read fails its write and the reconcile runs again ([`Error::Stale`]); the
 /// signing Secret and the JWKS, which follow the internal Secret, are written only once the
 /// internal Secret is known current ([`super::apply`]).
-pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> {
-    let ns = sks.namespace().unwrap_or_default();
-    let (secrets, cms, names) = own(sks, ctx, &ns);
+pub async fn read(set: &SetRef, sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> {
+    let ns = &set.namespace;
+    let (secrets, cms, names) = own(set, sks, ctx);
     let (internal, signing, jwks) = tokio::try_join!(
         cached(&secrets, &names.0),
         cached(&secrets, &names.1),
@@ -90,7 +90,7 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
         let mut owned = vec![];
         for c in copies.complete().await? {
             if let Some(cns) = c.namespace()
-                && cns != ns
+                && cns != *ns
                 && c.metadata.name.as_ref() == Some(&name)
                 && objects::is_labelled_copy(&c.metadata, sks)
             {
@@ -131,7 +131,7 @@ pub async fn read(sks: &SigningKeySet, ctx: &Context) -> Result<Objects, Error> 
         let mut texts = vec![];
         let mut read = Sources::default();
         for src in &sks.spec.verification_keys {
-            texts.push(source_text(&secrets, &cms, sks, src, &mut read).await?);
+            texts.push(source_text(&secrets, &cms, set, src, &mut read).await?);
         }
         o.verification_sources = Some(texts);
     }
@@ -202,7 +202,7 @@ const COPY_READS: usize = 16;
 async fn source_text(
     secrets: &Api<Secret>,
     cms: &Api<ConfigMap>,
-    sks: &SigningKeySet,
+    set: &SetRef,
     src: &crate::core::crd::VerificationKeySource,
     read: &mut Sources,
 ) -> Result<Result<String, String>, Error> {
@@ -211,18 +211,18 @@ async fn source_text(
         (None, Some(name)) => ("Secret", name),
         (None, None) => return Ok(Err("neither configMapName nor secretName is set".into())),
     };
-    let ns = sks.namespace().unwrap_or_default();
+    let ns = &set.namespace;
     let key = (kind, name.clone());
     if !read.contains_key(&key) {
         let data = match kind {
-            "ConfigMap" => consented(cms, name, sks).await?.map(|c: ConfigMap| {
+            "ConfigMap" => consented(cms, name, &set.name).await?.map(|c: ConfigMap| {
                 c.data
                     .unwrap_or_default()
                     .into_iter()
                     .map(|(k, v)| (k, v.into_bytes()))
                     .collect()
             }),
-            _ => consented(secrets, name, sks).await?.map(|s: Secret| {
+            _ => consented(secrets, name, &set.name).await?.map(|s: Secret| {
                 s.data
                     .unwrap_or_default()
                     .into_iter()
@@ -236,7 +236,7 @@ async fn source_text(
                 format!(
                     "{kind} {ns}/{name} does not exist or does not consent: keyturn reads a verification source only when it carries the annotation {}: {} (added by someone who may write it)",
                     crate::core::crd::VERIFICATION_ANNOTATION,
-                    sks.name_any()
+                    set.name
                 )
             }),
         );
@@ -255,21 +255,19 @@ async fn source_text(
     })
 }
 
-/// The object `name` when it exists and consents to `sks` (its
-/// `keyturn.dev/verification-for` annotation names the set); its data is read only then.
-async fn consented<K>(api: &Api<K>, name: &str, sks: &SigningKeySet) -> Result<Option<K>, Error>
+/// The object `name` when it exists and consents to the set named `set` (its
+/// `keyturn.dev/verification-for` annotation names it); its data is read only then.
+async fn consented<K>(api: &Api<K>, name: &str, set: &str) -> Result<Option<K>, Error>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let Some(meta) = api.get_metadata_opt(name).await? else {
         return Ok(None);
     };
-    if !consents(&meta.metadata, &sks.name_any()) {
+    if !consents(&meta.metadata, set) {
         return Ok(None);
     }
-    Ok(cached(api, name)
-        .await?
-        .filter(|o| consents(o.meta(), &sks.name_any())))
+    Ok(cached(api, name).await?.filter(|o| consents(o.meta(), set)))
 }
 
 /// True when `meta`'s `keyturn.dev/verification-for` names `set` (comma-separated names).
@@ -296,13 +294,13 @@ where
 /// Where the set's own objects live and their names: (internal Secret, signing Secret, JWKS
 /// ConfigMap).
 fn own(
+    set: &SetRef,
     sks: &SigningKeySet,
     ctx: &Context,
-    ns: &str,
 ) -> (Api<Secret>, Api<ConfigMap>, (String, String, String)) {
     (
-        Api::namespaced(ctx.client.clone(), ns),
-        Api::namespaced(ctx.client.clone(), ns),
+        Api::namespaced(ctx.client.clone(), &set.namespace),
+        Api::namespaced(ctx.client.clone(), &set.namespace),
         (
             sks.internal_secret_name(),
             sks.secret_name(),
@@ -316,13 +314,17 @@ fn own(
 /// from etcd, and any that changed, appeared or went since `o` was read (or written) make the
 /// reconcile [`Error::Stale`] instead (a ConfigMap in the way that its owner just deleted is
 /// not reported as in the way for another minute).
-pub async fn still_current(sks: &SigningKeySet, ctx: &Context, o: &Objects) -> Result<(), Error> {
-    let ns = sks.namespace().unwrap_or_default();
-    let (secrets, cms, names) = own(sks, ctx, &ns);
+pub async fn still_current(
+    set: &SetRef,
+    sks: &SigningKeySet,
+    ctx: &Context,
+    o: &Objects,
+) -> Result<(), Error> {
+    let (secrets, cms, names) = own(set, sks, ctx);
     let changed = tokio::try_join!(
         changed_since(&secrets, &names.0, o.internal.as_ref()),
         changed_since(&secrets, &names.1, o.signing.as_ref()),
-        changed_since(&cms, &names.2, o.copies.get(&ns)),
+        changed_since(&cms, &names.2, o.copies.get(&set.namespace)),
     )?;
     let changed: Vec<&str> = [
         (changed.0, &names.0),

@@ -2,21 +2,22 @@
 //! metrics of refusals.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::{Context, Error, Refusal, status};
 use crate::core::consent::FanOut;
-use crate::core::crd::{FIELD_MANAGER, SigningKeySet, SigningKeySetStatus};
+use crate::core::crd::{FIELD_MANAGER, SetRef, SigningKeySet, SigningKeySetStatus};
 use crate::core::plan::{Settings, Transition};
 use crate::core::state::SetState;
 
 /// Patches the status (server-side apply) unless it is what the set already has.
 pub async fn write_status(
+    set: &SetRef,
     sks: &SigningKeySet,
     ctx: &Context,
     status: SigningKeySetStatus,
@@ -24,8 +25,7 @@ pub async fn write_status(
     if sks.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<SigningKeySet> =
-        Api::namespaced(ctx.client.clone(), &sks.namespace().unwrap_or_default());
+    let api: Api<SigningKeySet> = Api::namespaced(ctx.client.clone(), &set.namespace);
     let patch = json!({
         "apiVersion": "keyturn.dev/v1alpha1",
         "kind": "SigningKeySet",
@@ -33,12 +33,12 @@ pub async fn write_status(
     });
     let stored = api
         .patch_status(
-            &sks.name_any(),
+            &set.name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await?;
-    ctx.memory.written.wrote(sks, &status);
+    ctx.memory.written.wrote(set, sks, &status);
     ctx.memory.echoes.wrote(&stored);
     crate::operator::fault::wrote();
     ctx.metrics.write("status");
@@ -49,12 +49,13 @@ pub async fn write_status(
 /// message, a Warning Event and a log line when that changed, and a retry as the reason
 /// says. Nothing is reported for a set that is going away.
 pub async fn refuse(
+    set: &SetRef,
     sks: &SigningKeySet,
     ctx: &Context,
     refusal: Refusal,
     at: Option<(&SetState, &Settings)>,
 ) -> Result<Action, Error> {
-    if ctx.going_away(sks) {
+    if ctx.going_away(set, sks) {
         debug!(
             reason = refusal.reason.as_str(),
             "not reporting: the set is going away"
@@ -83,8 +84,8 @@ pub async fn refuse(
         .await;
     }
     ctx.metrics.refused(reason);
-    let st = status::refused_status(sks, &refusal, at, (ctx.clock)());
-    write_status(sks, ctx, st).await?;
+    let st = status::refused_status(set, sks, &refusal, at, (ctx.clock)());
+    write_status(set, sks, ctx, st).await?;
     Ok(match refusal.reason.retry() {
         Some(d) => Action::requeue(d),
         None => Action::await_change(),

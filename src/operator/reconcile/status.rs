@@ -7,11 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::ResourceExt;
 
 use super::Refusal;
 use crate::core::consent::{self, FanOut};
-use crate::core::crd::{KeyStatus, SigningKeySet, SigningKeySetStatus};
+use crate::core::crd::{KeyStatus, SetRef, SigningKeySet, SigningKeySetStatus};
 use crate::core::issuer::Issuers;
 use crate::core::objects;
 use crate::core::plan::{self, Settings};
@@ -132,14 +131,21 @@ pub fn derive_status(
 /// keys as stored when `at` gives the state, otherwise the last status kept; the last
 /// `FanOut` condition kept (a refusal does not re-evaluate consent).
 pub fn refused_status(
+    set: &SetRef,
     sks: &SigningKeySet,
     refusal: &Refusal,
     at: Option<(&SetState, &Settings)>,
     now: DateTime<Utc>,
 ) -> SigningKeySetStatus {
-    let ns = sks.namespace().unwrap_or_default();
     let mut status = match at {
-        Some((state, s)) => derive_status(sks, s, state, now, Some(refusal), vec![ns]),
+        Some((state, s)) => derive_status(
+            sks,
+            s,
+            state,
+            now,
+            Some(refusal),
+            vec![set.namespace.clone()],
+        ),
         None => sks.status.clone().unwrap_or_default(),
     };
     status.observed_generation = sks.metadata.generation;
@@ -190,13 +196,14 @@ pub fn fan_out_condition(sks: &SigningKeySet, spread: &FanOut, now: DateTime<Utc
 
 /// The `Discovery` condition of a set with `spec.issuer` ([`Issuers::check`] decides).
 pub fn discovery_condition(
+    set: &SetRef,
     sks: &SigningKeySet,
     issuers: &Issuers,
     now: DateTime<Utc>,
 ) -> Option<Condition> {
     let issuer = sks.spec.issuer.as_deref()?;
-    let (ns, name) = (sks.namespace().unwrap_or_default(), sks.name_any());
-    let (st, reason, message) = match issuers.check(&ns, &name, issuer) {
+    let (ns, name) = (&set.namespace, &set.name);
+    let (st, reason, message) = match issuers.check(ns, name, issuer) {
         Ok(()) => (
             "True",
             "Served",
@@ -275,7 +282,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::operator::reconcile::fixtures::{active_state, set, t0};
+    use crate::operator::reconcile::fixtures::{active_state, at, set, t0};
     use crate::operator::reconcile::{Reason, Refusal};
 
     fn settings() -> Settings {
@@ -346,7 +353,7 @@ mod tests {
             Reason::InternalError,
         ] {
             let r = Refusal::new(reason, "why");
-            let s = refused_status(&sks, &r, None, t0());
+            let s = refused_status(&at(&sks), &sks, &r, None, t0());
             let want = reason.as_str().to_string();
             assert_eq!(
                 types(&s),
@@ -376,6 +383,7 @@ mod tests {
         );
         let r = Refusal::new(Reason::PublishFailed, "ConfigMap payments/auth-jwks: quota");
         sks.status = Some(refused_status(
+            &at(&sks),
             &sks,
             &r,
             Some((&active_state(), &settings())),
@@ -415,14 +423,14 @@ mod tests {
             ..Default::default()
         });
         let r = Refusal::new(Reason::ForeignObject, "ConfigMap identity/auth-jwks exists");
-        let s = refused_status(&sks, &r, None, t0());
+        let s = refused_status(&at(&sks), &sks, &r, None, t0());
         assert_eq!(s.conditions[0].reason, "ForeignObject");
         assert_eq!(s.conditions[0].status, "False");
         assert_eq!(s.conditions[1].type_, STALLED_CONDITION);
         assert_eq!(s.conditions[2], fan);
         // With the state, the keys are shown too.
         let st = active_state();
-        let s = refused_status(&sks, &r, Some((&st, &settings())), t0());
+        let s = refused_status(&at(&sks), &sks, &r, Some((&st, &settings())), t0());
         assert_eq!(s.keys.len(), 1);
         assert_eq!(s.conditions[0].reason, "ForeignObject");
     }
