@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
-use crate::core::crd::{SigningKeySet, SigningKeySetGrant};
+use crate::core::crd::{SetRef, SigningKeySet, SigningKeySetGrant};
 
 /// Where a set's JWKS goes, and where it would go but may not.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -44,15 +44,16 @@ pub fn requested(sks: &SigningKeySet) -> bool {
     !sks.spec.jwks.namespaces.is_empty() || sks.spec.jwks.namespace_selector.is_some()
 }
 
-/// The fan-out of `sks` given every namespace and every grant of the cluster. Listed
-/// namespaces that do not exist and terminating namespaces are skipped (neither targets nor
-/// denied). `Err` names a selector the API server would not accept.
+/// The fan-out of `sks` (at `set`) given every namespace and every grant of the cluster.
+/// Listed namespaces that do not exist and terminating namespaces are skipped (neither
+/// targets nor denied). `Err` names a selector the API server would not accept.
 pub fn fan_out(
+    set: &SetRef,
     sks: &SigningKeySet,
     namespaces: &[Namespace],
     grants: &[SigningKeySetGrant],
 ) -> Result<FanOut, String> {
-    let own = sks.namespace().unwrap_or_default();
+    let own = &set.namespace;
     let mut out = FanOut {
         targets: BTreeSet::from([own.clone()]),
         ..Default::default()
@@ -68,7 +69,7 @@ pub fn fan_out(
             )
         }
     };
-    let consenting = consenting(sks, grants);
+    let consenting = consenting(set, sks, grants);
     let no_labels = BTreeMap::new();
     for n in namespaces {
         let ns = n.name_any();
@@ -78,7 +79,7 @@ pub fn fan_out(
             || selector
                 .as_ref()
                 .is_some_and(|s| s.matches(n.metadata.labels.as_ref().unwrap_or(&no_labels)));
-        if ns == own || !active || !chosen {
+        if ns == *own || !active || !chosen {
             continue;
         }
         if consenting.contains(&ns) {
@@ -93,17 +94,17 @@ pub fn fan_out(
     Ok(out)
 }
 
-/// The namespaces whose grants accept `sks`'s copy under its name (the set's own namespace
-/// only if a grant there says so).
-pub fn consenting(sks: &SigningKeySet, grants: &[SigningKeySetGrant]) -> BTreeSet<String> {
-    let (own, name, copy) = (
-        sks.namespace().unwrap_or_default(),
-        sks.name_any(),
-        sks.config_map_name(),
-    );
+/// The namespaces whose grants accept the copy of `sks` (at `set`) under its name (the set's
+/// own namespace only if a grant there says so).
+pub fn consenting(
+    set: &SetRef,
+    sks: &SigningKeySet,
+    grants: &[SigningKeySetGrant],
+) -> BTreeSet<String> {
+    let copy = sks.config_map_name();
     grants
         .iter()
-        .filter(|g| g.accepts(&own, &name, &copy))
+        .filter(|g| g.accepts(&set.namespace, &set.name, &copy))
         .filter_map(|g| g.namespace())
         .collect()
 }
@@ -163,10 +164,10 @@ fn check_label_syntax(sel: &LabelSelector) -> Result<(), String> {
     Ok(())
 }
 
-/// Namespace-only mode: the set's own namespace only; every listed namespace (and the
-/// selector, which cannot be evaluated without reading namespaces) is denied.
-pub fn own_only(sks: &SigningKeySet) -> FanOut {
-    let own = sks.namespace().unwrap_or_default();
+/// Namespace-only mode: the set's own namespace (`set`'s) only; every listed namespace (and
+/// the selector, which cannot be evaluated without reading namespaces) is denied.
+pub fn own_only(set: &SetRef, sks: &SigningKeySet) -> FanOut {
+    let own = set.namespace.clone();
     let mut denied: Vec<String> = sks
         .spec
         .jwks
@@ -194,9 +195,13 @@ pub const MAX_SELECTOR_VALUES: usize = 256;
 /// How many denied namespaces a condition message names before "and N more".
 const NAMED: usize = 10;
 
-/// The `FanOut` condition of a set that asks for copies elsewhere: (status, reason, message).
-pub fn condition(sks: &SigningKeySet, f: &FanOut) -> (&'static str, &'static str, String) {
-    let set = format!("{}/{}", sks.namespace().unwrap_or_default(), sks.name_any());
+/// The `FanOut` condition of a set (`sks` at `set`) that asks for copies elsewhere: (status,
+/// reason, message).
+pub fn condition(
+    set: &SetRef,
+    sks: &SigningKeySet,
+    f: &FanOut,
+) -> (&'static str, &'static str, String) {
     if f.denied.is_empty() && f.denied_selected == 0 {
         return (
             "True",
@@ -234,7 +239,7 @@ pub fn condition(sks: &SigningKeySet, f: &FanOut) -> (&'static str, &'static str
             "FanOutDisabled",
             format!(
                 "keyturn runs in namespace-only mode and writes nothing outside {}: {names} get no copy",
-                sks.namespace().unwrap_or_default()
+                set.namespace
             ),
         ),
     }
@@ -251,6 +256,10 @@ mod tests {
             "metadata": {"name": "auth", "namespace": "tenant-a"}, "spec": spec
         }))
         .unwrap()
+    }
+
+    fn at(s: &SigningKeySet) -> SetRef {
+        SetRef::of(s).unwrap()
     }
 
     fn ns(name: &str, labels: serde_json::Value) -> Namespace {
@@ -282,10 +291,10 @@ mod tests {
     fn without_a_grant_nothing_outside_the_own_namespace() {
         let s = set(json!({"jwks": {"namespaces": ["payments", "kube-system"],
             "namespaceSelector": {"matchLabels": {"jwks": "on"}}}}));
-        let f = fan_out(&s, &cluster(), &[]).unwrap();
+        let f = fan_out(&at(&s), &s, &cluster(), &[]).unwrap();
         assert_eq!(f.targets, set_of(&["tenant-a"]));
         assert_eq!(f.denied, vec!["kube-system", "payments"]);
-        let (status, reason, msg) = condition(&s, &f);
+        let (status, reason, msg) = condition(&at(&s), &s, &f);
         assert_eq!((status, reason), ("False", "ConsentMissing"));
         assert!(msg.contains("tenant-a/auth") && msg.contains("kube-system, payments"));
     }
@@ -303,7 +312,7 @@ mod tests {
                 json!([{"namespace": "tenant-a", "configMapNames": ["auth-jwks"]}]),
             ),
         ];
-        let f = fan_out(&s, &cluster(), &grants).unwrap();
+        let f = fan_out(&at(&s), &s, &cluster(), &grants).unwrap();
         assert_eq!(f.targets, set_of(&["tenant-a", "payments", "gateway"]));
         assert_eq!(f.denied, vec!["kube-system"]);
     }
@@ -326,7 +335,7 @@ mod tests {
                 json!([{"namespace": "tenant-a", "configMapNames": ["auth-jwks"]}]),
             ),
         ];
-        let f = fan_out(&s, &cluster(), &grants).unwrap();
+        let f = fan_out(&at(&s), &s, &cluster(), &grants).unwrap();
         assert_eq!(f.targets, set_of(&["tenant-a"]));
         assert_eq!(f.denied, vec!["gateway", "payments"]);
     }
@@ -340,7 +349,7 @@ mod tests {
         let squatter =
             set(json!({"jwks": {"namespaces": ["payments"], "configMapName": "payments-jwks"}}));
         let consents = |s: &SigningKeySet, from: serde_json::Value| {
-            let f = fan_out(s, &cluster(), &[grant("payments", from)]).unwrap();
+            let f = fan_out(&at(s), s, &cluster(), &[grant("payments", from)]).unwrap();
             f.targets.contains("payments")
         };
         // Every set of tenant-a, with no names listed: nothing is accepted.
@@ -359,8 +368,8 @@ mod tests {
             json!([{"namespace": "tenant-a", "name": "auth", "configMapNames": ["auth-jwks"]}])
         ));
         // The refusal names the copy's name, so the grant's author can list it.
-        let f = fan_out(&squatter, &cluster(), &[]).unwrap();
-        let (_, reason, msg) = condition(&squatter, &f);
+        let f = fan_out(&at(&squatter), &squatter, &cluster(), &[]).unwrap();
+        let (_, reason, msg) = condition(&at(&squatter), &squatter, &f);
         assert_eq!(reason, "ConsentMissing");
         assert!(msg.contains("as ConfigMap payments-jwks"), "{msg}");
     }
@@ -385,12 +394,12 @@ mod tests {
                 json!([{"namespace": "tenant-a", "name": "auth"}]),
             ),
         ];
-        let f = fan_out(&s, &nss, &grants).unwrap();
+        let f = fan_out(&at(&s), &s, &nss, &grants).unwrap();
         assert_eq!(f.targets, set_of(&["tenant-a", "payments"]));
         // Only the selector chose kube-system: it is counted, never named.
         assert_eq!(f.denied, Vec::<String>::new());
         assert_eq!(f.denied_selected, 1);
-        let (_, reason, msg) = condition(&s, &f);
+        let (_, reason, msg) = condition(&at(&s), &s, &f);
         assert_eq!(reason, "ConsentMissing");
         assert!(!msg.contains("kube-system"), "{msg}");
         assert!(
@@ -405,8 +414,8 @@ mod tests {
             "namespaceSelector": {"matchLabels": {"jwks": "on"}}}}));
         let mut nss = cluster();
         nss.push(ns("hidden", json!({"jwks": "on"})));
-        let f = fan_out(&s, &nss, &[]).unwrap();
-        let msg = condition(&s, &f).2;
+        let f = fan_out(&at(&s), &s, &nss, &[]).unwrap();
+        let msg = condition(&at(&s), &s, &f).2;
         assert!(msg.contains("payments"), "{msg}");
         assert!(
             !msg.contains("hidden") && !msg.contains("kube-system"),
@@ -419,7 +428,7 @@ mod tests {
     fn selector_labels_follow_the_api_servers_rules() {
         let ok = |sel: serde_json::Value| {
             let s = set(json!({"jwks": {"namespaceSelector": sel}}));
-            fan_out(&s, &cluster(), &[]).map(|_| ())
+            fan_out(&at(&s), &s, &cluster(), &[]).map(|_| ())
         };
         for good in [
             json!({"matchLabels": {"team": "a".repeat(63)}}),
@@ -449,21 +458,21 @@ mod tests {
         let values: Vec<String> = (0..=MAX_SELECTOR_VALUES).map(|i| format!("v{i}")).collect();
         let s = set(json!({"jwks": {"namespaceSelector": {"matchExpressions": [
             {"key": "team", "operator": "In", "values": values}]}}}));
-        let e = fan_out(&s, &cluster(), &[]).unwrap_err();
+        let e = fan_out(&at(&s), &s, &cluster(), &[]).unwrap_err();
         assert!(
             e.starts_with("spec.jwks.namespaceSelector") && e.contains("257 values"),
             "{e}"
         );
         let fewer = set(json!({"jwks": {"namespaceSelector": {"matchExpressions": [
             {"key": "team", "operator": "In", "values": &values[..MAX_SELECTOR_VALUES]}]}}}));
-        assert!(fan_out(&fewer, &cluster(), &[]).is_ok());
+        assert!(fan_out(&at(&fewer), &fewer, &cluster(), &[]).is_ok());
     }
 
     #[test]
     fn a_bad_selector_names_the_field() {
         let s = set(json!({"jwks": {"namespaceSelector": {"matchExpressions": [
             {"key": "a", "operator": "Sometimes", "values": ["x"]}]}}}));
-        let e = fan_out(&s, &cluster(), &[]).unwrap_err();
+        let e = fan_out(&at(&s), &s, &cluster(), &[]).unwrap_err();
         assert!(e.starts_with("spec.jwks.namespaceSelector"), "{e}");
     }
 
@@ -471,6 +480,7 @@ mod tests {
     fn full_consent_is_a_true_condition() {
         let s = set(json!({"jwks": {"namespaces": ["payments"]}}));
         let f = fan_out(
+            &at(&s),
             &s,
             &cluster(),
             &[grant(
@@ -479,14 +489,14 @@ mod tests {
             )],
         )
         .unwrap();
-        assert_eq!(condition(&s, &f).0, "True");
+        assert_eq!(condition(&at(&s), &s, &f).0, "True");
     }
 
     #[test]
     fn namespace_only_mode_denies_every_other_namespace() {
         let s = set(json!({"jwks": {"namespaces": ["payments", "tenant-a"],
             "namespaceSelector": {"matchLabels": {"jwks": "on"}}}}));
-        let f = own_only(&s);
+        let f = own_only(&at(&s), &s);
         assert_eq!(f.targets, set_of(&["tenant-a"]));
         assert_eq!(
             f.denied,
@@ -495,7 +505,7 @@ mod tests {
                 "payments".into()
             ]
         );
-        assert_eq!(condition(&s, &f).1, "FanOutDisabled");
+        assert_eq!(condition(&at(&s), &s, &f).1, "FanOutDisabled");
     }
 
     #[test]
@@ -503,8 +513,8 @@ mod tests {
         let names: Vec<String> = (0..25).map(|i| format!("n{i:02}")).collect();
         let s = set(json!({"jwks": {"namespaces": names}}));
         let nss: Vec<Namespace> = names.iter().map(|n| ns(n, json!({}))).collect();
-        let f = fan_out(&s, &nss, &[]).unwrap();
+        let f = fan_out(&at(&s), &s, &nss, &[]).unwrap();
         assert_eq!(f.denied.len(), 25);
-        assert!(condition(&s, &f).2.contains("and 15 more"));
+        assert!(condition(&at(&s), &s, &f).2.contains("and 15 more"));
     }
 }

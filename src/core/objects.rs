@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
-use crate::core::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
+use crate::core::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SetRef, SigningKeySet};
 use crate::core::keys::KeyPair;
 use crate::core::state::{KeyRecord, STATE_KEY, SetState};
 
@@ -19,12 +19,11 @@ pub const SOURCE_NAMESPACE_LABEL: &str = "keyturn.dev/source-namespace";
 /// cannot carry an ownerReference).
 pub const OWNER_UID_ANNOTATION: &str = "keyturn.dev/owner-uid";
 
-/// Label selector that finds every JWKS copy of `sks`, in any namespace.
-pub fn copies_selector(sks: &SigningKeySet) -> String {
+/// Label selector that finds every JWKS copy of the set at `set`, in any namespace.
+pub fn copies_selector(set: &SetRef) -> String {
     format!(
         "{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{SET_LABEL}={},{SOURCE_NAMESPACE_LABEL}={}",
-        sks.name_any(),
-        sks.namespace().unwrap_or_default()
+        set.name, set.namespace
     )
 }
 
@@ -216,18 +215,23 @@ pub fn jwks_bytes(state: &SetState, kids: &[String]) -> Option<Vec<u8>> {
     Some(crate::core::jwks::to_bytes(&keys?))
 }
 
-/// The JWKS ConfigMap object in `namespace`.
-pub fn jwks_config_map(sks: &SigningKeySet, namespace: &str, bytes: &[u8]) -> ConfigMap {
+/// The JWKS ConfigMap object of `sks` (at `set`) in `namespace`: the set's own, or a copy
+/// elsewhere.
+pub fn jwks_config_map(
+    set: &SetRef,
+    sks: &SigningKeySet,
+    namespace: &str,
+    bytes: &[u8],
+) -> ConfigMap {
     let mut m = meta(sks, sks.config_map_name());
-    m.labels.get_or_insert_default().insert(
-        SOURCE_NAMESPACE_LABEL.into(),
-        sks.namespace().unwrap_or_default(),
-    );
+    m.labels
+        .get_or_insert_default()
+        .insert(SOURCE_NAMESPACE_LABEL.into(), set.namespace.clone());
     m.annotations = Some(BTreeMap::from([(
         OWNER_UID_ANNOTATION.into(),
         sks.uid().unwrap_or_default(),
     )]));
-    if Some(namespace) != sks.namespace().as_deref() {
+    if namespace != set.namespace {
         // ownerReferences cannot cross namespaces; copies are removed by the finalizer.
         m.owner_references = None;
         m.namespace = Some(namespace.to_string());

@@ -40,7 +40,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::core::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SigningKeySet};
+use crate::core::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SET_LABEL, SetRef, SigningKeySet};
 use crate::core::objects::PUBLIC_STATE_ANNOTATION;
 use crate::core::plan;
 use crate::core::state::{PublicState, SetState};
@@ -80,6 +80,12 @@ pub struct Config {
     pub limits: Limits,
 }
 
+/// The key of a set's view, (namespace, name), as [`SetRef::of`] gives them: a set without
+/// both is not kept.
+fn set_key(s: &SigningKeySet) -> Option<(String, String)> {
+    SetRef::of(s).map(|r| (r.namespace, r.name))
+}
+
 /// Starts the watch caches and serves the public and admin ports until `shutdown` resolves.
 pub async fn serve(
     public: TcpListener,
@@ -102,7 +108,7 @@ pub async fn serve(
     let applied = {
         let states = states.clone();
         move |s: &SigningKeySet| {
-            let key = (s.namespace().unwrap_or_default(), s.name_any());
+            let Some(key) = set_key(s) else { return };
             let uid = s.meta().uid.clone().unwrap_or_default();
             let held = states
                 .read()
@@ -118,7 +124,7 @@ pub async fn serve(
         watcher(sets_api, watcher::Config::default()),
         sets.clone(),
         sets_synced,
-        |s: &SigningKeySet| Some((s.namespace().unwrap_or_default(), s.name_any())),
+        set_key,
         |s| Some(SetView::of(s)),
         applied,
         "SigningKeySets",

@@ -175,9 +175,9 @@ pub fn check(
             ..Default::default()
         }
     } else if namespace_only {
-        consent::own_only(sks)
+        consent::own_only(set, sks)
     } else {
-        consent::fan_out(sks, &objects.namespaces, &objects.grants)
+        consent::fan_out(set, sks, &objects.namespaces, &objects.grants)
             .map_err(|why| Refusal::new(Reason::InvalidSpec, why))?
     };
     let derived_exist =

@@ -88,7 +88,7 @@ pub async fn publish(
             .map(|t| {
                 let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &t);
                 async move {
-                    let desired = objects::jwks_config_map(sks, &t, bytes);
+                    let desired = objects::jwks_config_map(set, sks, &t, bytes);
                     let r = write::write(
                         &api,
                         current.get(&t),
@@ -180,7 +180,7 @@ pub async fn release_withdrawn(
         // finalizer); grants were not read.
         return Ok(());
     }
-    let consenting = consent::consenting(sks, &objects.grants);
+    let consenting = consent::consenting(set, sks, &objects.grants);
     remove_copies(set, sks, ctx, objects, |cns| {
         cns != set.namespace && !consenting.contains(cns)
     })
@@ -221,7 +221,7 @@ pub async fn finalize(set: &SetRef, sks: &SigningKeySet, ctx: &Context) -> Resul
     // Metadata only: labelled objects that are not the set's copies cost nothing to skip.
     for c in ctx
         .copies_api()
-        .list_metadata(&ListParams::default().labels(&objects::copies_selector(sks)))
+        .list_metadata(&ListParams::default().labels(&objects::copies_selector(set)))
         .await?
     {
         let cns = c.namespace().unwrap_or_default();

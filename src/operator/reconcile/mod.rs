@@ -580,7 +580,7 @@ async fn run(set: &SetRef, sks: &SigningKeySet, ctx: &Context) -> Result<Action,
     );
     let mut st = status::derive_status(sks, &checked.settings, state, now, None, published_in);
     if consent::requested(sks) {
-        let fan_out = status::fan_out_condition(sks, &checked.spread, now);
+        let fan_out = status::fan_out_condition(set, sks, &checked.spread, now);
         report::fan_out_changed(sks, ctx, &fan_out, &checked.spread).await;
         st.conditions.push(fan_out);
     }
@@ -686,7 +686,7 @@ pub(crate) mod fixtures {
     pub fn written(sks: &SigningKeySet, state: &SetState) -> Objects {
         let kids: Vec<String> = state.keys.iter().map(|k| k.kid.clone()).collect();
         let bytes = objects::jwks_bytes(state, &kids).unwrap();
-        let jwks: ConfigMap = objects::jwks_config_map(sks, "identity", &bytes);
+        let jwks: ConfigMap = objects::jwks_config_map(&at(sks), sks, "identity", &bytes);
         let signing: Secret = objects::signing_secret(sks, &state.keys[0]).unwrap();
         Objects {
             internal: Some(objects::internal_secret(sks, state)),

@@ -189,8 +189,13 @@ pub fn refused_status(
 }
 
 /// The `FanOut` condition ([`consent::condition`] decides its words).
-pub fn fan_out_condition(sks: &SigningKeySet, spread: &FanOut, now: DateTime<Utc>) -> Condition {
-    let (st, reason, message) = consent::condition(sks, spread);
+pub fn fan_out_condition(
+    set: &SetRef,
+    sks: &SigningKeySet,
+    spread: &FanOut,
+    now: DateTime<Utc>,
+) -> Condition {
+    let (st, reason, message) = consent::condition(set, sks, spread);
     condition(sks, FAN_OUT_CONDITION, st, reason, &message, now)
 }
 
