@@ -1,6 +1,13 @@
 use super::file::{StateFile, check_progress};
 use super::proto::ExternalJWTSigner as _;
 use super::*;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::core::keys::KeyPair;
+use crate::core::state::SetState;
 use crate::core::state::{KeyRecord, Sensitive};
 use chrono::TimeZone as _;
 
