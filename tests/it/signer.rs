@@ -1,8 +1,11 @@
 //! keyturn as the kube-apiserver's external ServiceAccount token signer (`keyturn signer`,
-//! docs/cluster-signer.md), on a control plane of the test's own: the migration from the
-//! plane's key file, three scheduled rotations and a manual one, the signer and the API
-//! server restarted mid-rotation, the signer down and back, with an independent checker
-//! polling TokenReview and the cluster's OIDC discovery (`/openid/v1/jwks`) the whole time.
+//! docs/cluster-signer.md), each scenario on a control plane of its own, side by side:
+//! - rotations: the migration from the plane's key file, three scheduled rotations and a
+//!   manual one, the signer and the API server restarted mid-rotation, with an independent
+//!   checker polling TokenReview and the cluster's OIDC discovery (`/openid/v1/jwks`) the
+//!   whole time, until the first rotation's last token expires;
+//! - guard: a tenant's forgery, the signer down and back, its secrecy and its credential's
+//!   reach, and an older state put back.
 
 use crate::support;
 
@@ -68,7 +71,10 @@ impl Signer {
                 "json".into(),
             ],
             kubeconfig,
-            log: dir.join("signer.log"),
+            log: dir.join(format!(
+                "signer-{}.log",
+                plane.dir.file_name().unwrap().to_string_lossy()
+            )),
             socket,
         };
         s.spawn();
@@ -590,9 +596,9 @@ async fn wait_token(client: &Client) -> Duration {
     started.elapsed()
 }
 
-#[tokio::test]
-async fn the_api_server_signs_every_service_account_token_through_keyturn_across_rotations() {
-    let plane = Plane::start("signer");
+/// A plane of the test's own with CRDs, namespace "workload" and its ServiceAccount "app".
+async fn plane_with_workload(name: &str) -> (Plane, Client) {
+    let plane = Plane::start(name);
     let client = plane.client().await;
     plane.install_crds(&client).await;
     let nsobj: Namespace =
@@ -606,6 +612,37 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
         .create(&PostParams::default(), &sa)
         .await
         .unwrap();
+    (plane, client)
+}
+
+/// keyturn signer first (it serves once it has the set's state, which must exist), then the
+/// API server restarted to sign through it. Returns the signer and its kubeconfig.
+async fn switch_to_signer(plane: &Plane, client: &Client) -> (Signer, PathBuf) {
+    let signer_kubeconfig = signer_identity(plane, client).await;
+    let signer = Signer::start(plane, signer_kubeconfig.clone());
+    let sock = signer.socket.clone();
+    support::wait_for("the signer's socket", Duration::from_secs(60), || {
+        let sock = sock.clone();
+        async move { std::fs::metadata(&sock).ok().map(|_| ()) }
+    })
+    .await;
+    plane.run("use-signer", &[signer.socket.to_str().unwrap()]);
+    let args = std::fs::read_to_string(plane.dir.join("kube-apiserver.cmd")).unwrap();
+    assert!(
+        args.contains("--service-account-signing-endpoint")
+            && !args.contains("--service-account-signing-key-file"),
+        "{args}"
+    );
+    (signer, signer_kubeconfig)
+}
+
+/// The rotation scenario: the migration from the plane's key file, three scheduled rotations,
+/// the signer and the API server SIGKILLed mid-rotation, a manual rotation, and the token
+/// issued before the first rotation verifying until it expires (about 11 minutes: the API
+/// server's shortest token lifetime is 10), with the checker and the issuer running throughout.
+#[tokio::test]
+async fn the_api_server_signs_every_service_account_token_through_keyturn_across_rotations() {
+    let (plane, client) = plane_with_workload("signer").await;
 
     // Before: the plane signs with its key file (--service-account-signing-key-file).
     let discovery = client
@@ -650,32 +687,7 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     .await;
     let mut operator = support::Operator::start_as("signer", NS, plane.kubeconfig(), &[]);
     support::wait_condition(&sets, SET, "Ready", "True", "KeysPublished").await;
-    // The internal Secret's first state, base64: an old version someone could restore later.
-    let first_state = {
-        use base64::Engine as _;
-        let s = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
-            .get(&keyturn::core::crd::internal_secret_name(SET))
-            .await
-            .unwrap();
-        base64::engine::general_purpose::STANDARD.encode(&s.data.unwrap()["state.json"].0)
-    };
-
-    // keyturn signer first (it serves once it has the set's state), then the API server.
-    let signer_kubeconfig = signer_identity(&plane, &client).await;
-    let mut signer = Signer::start(&plane, signer_kubeconfig.clone());
-    let sock = signer.socket.clone();
-    support::wait_for("the signer's socket", Duration::from_secs(60), || {
-        let sock = sock.clone();
-        async move { std::fs::metadata(&sock).ok().map(|_| ()) }
-    })
-    .await;
-    plane.run("use-signer", &[signer.socket.to_str().unwrap()]);
-    let args = std::fs::read_to_string(plane.dir.join("kube-apiserver.cmd")).unwrap();
-    assert!(
-        args.contains("--service-account-signing-endpoint")
-            && !args.contains("--service-account-signing-key-file"),
-        "{args}"
-    );
+    let (mut signer, _) = switch_to_signer(&plane, &client).await;
 
     // The key-file token still verifies through the API server (FetchKeys serves its key).
     assert!(
@@ -781,10 +793,6 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
         },
     )
     .await;
-    // A tenant who owns namespace "workload" forges the signer's objects there: a set of the
-    // same name and an internal Secret holding its own Active key. The signer reads kube-system
-    // only; after the manual rotation below it must serve neither the key nor its kid.
-    let forged_kid = tenant_forges(&plane, &client).await;
     let before_manual = signing_kids(&shared).len();
     support::rotate(&sets, SET, "manual-1").await;
     wait_kids(
@@ -794,69 +802,11 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
         Duration::from_secs(120),
     )
     .await;
-    // The key that signs now is the manual rotation's (its record says so), not the schedule's.
-    let newest_kid = signing_kids(&shared).last().cloned().unwrap();
-    let state = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
-        .get(&keyturn::core::crd::internal_secret_name(SET))
-        .await
-        .unwrap();
-    let state =
-        keyturn::core::state::SetState::from_bytes(&state.data.unwrap()["state.json"].0).unwrap();
-    assert_eq!(state.rotate_token.as_deref(), Some("manual-1"));
-    let rec = state.keys.iter().find(|r| r.kid == newest_kid).unwrap();
-    assert!(
-        rec.manual,
-        "the key {newest_kid} activated by the manual rotation"
-    );
-    let discovery_now = String::from_utf8(oidc_jwks(&client).await.unwrap()).unwrap();
-    assert!(
-        !discovery_now.contains(&forged_kid),
-        "the tenant's forged key reached the cluster's discovery"
-    );
+    assert_manual_key_signs(&client, signing_kids(&shared).last().unwrap()).await;
     eprintln!(
         "[{:>5.1}s] manual rotation: kids {:?}",
         started.elapsed().as_secs_f64(),
         signing_kids(&shared)
-    );
-
-    // The signer down: how the API server answers a token request, and that it recovers.
-    set_outage(&shared, true);
-    let status = signer.terminate();
-    assert!(
-        status.success(),
-        "keyturn signer exits cleanly on SIGTERM: {status:?}"
-    );
-    // `kubectl create token` as a user runs it (no client timeout), bounded at 3 minutes here.
-    let t = Instant::now();
-    let bin = std::env::var("KEYTURN_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let kc = plane.kubeconfig();
-    let down = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["180", &bin, "create", "token", "app", "-n", "workload"])
-            .env("KUBECONFIG", kc)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let took = t.elapsed();
-    let err = String::from_utf8_lossy(&down.stderr).trim().to_string();
-    eprintln!(
-        "[{:>5.1}s] signer down: kubectl create token exited {:?} after {took:?}: {err}",
-        started.elapsed().as_secs_f64(),
-        down.status.code()
-    );
-    assert!(!down.status.success(), "a token while the signer is down");
-    assert!(down.stdout.is_empty(), "no token while the signer is down");
-    // Verification does not need the signer: the key-file token and a keyturn token still pass.
-    assert!(review(&client, &legacy).await.unwrap().is_some());
-    assert!(review(&client, &canary.token).await.unwrap().is_some());
-    signer.spawn();
-    let back = wait_token(&client).await;
-    set_outage(&shared, false);
-    eprintln!(
-        "[{:>5.1}s] signer back: tokens again after {back:?}",
-        started.elapsed().as_secs_f64()
     );
 
     // The token issued just before the first rotation keeps verifying until it expires, its
@@ -936,6 +886,132 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
         assert!(kids.iter().position(|k| *k == canary.kid) < Some(kids.len() - 1));
     }
 
+    let metrics = signer.metrics();
+    assert!(
+        metrics.contains("keyturn_signer_requests_total{method=\"Sign\",code=\"Ok\"}"),
+        "{metrics}"
+    );
+    operator.assert_running();
+}
+
+/// The key that signs now is the manual rotation's (its record says so), not the schedule's.
+async fn assert_manual_key_signs(client: &Client, newest_kid: &str) {
+    let state = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+        .get(&keyturn::core::crd::internal_secret_name(SET))
+        .await
+        .unwrap();
+    let state =
+        keyturn::core::state::SetState::from_bytes(&state.data.unwrap()["state.json"].0).unwrap();
+    assert_eq!(state.rotate_token.as_deref(), Some("manual-1"));
+    let rec = state.keys.iter().find(|r| r.kid == newest_kid).unwrap();
+    assert!(
+        rec.manual,
+        "the key {newest_kid} activated by the manual rotation"
+    );
+}
+
+/// The guard scenario, on a plane of its own beside the rotation scenario (a few minutes, no
+/// token has to expire): a tenant's forged set and state in its own namespace never reach the
+/// signer; the signer down refuses tokens while verification goes on; its log and metrics hold
+/// no private key; its stolen credential reads nothing else; an older state put back (a
+/// restored backup) is refused and the newer key keeps signing.
+#[tokio::test]
+async fn the_signer_serves_only_its_own_set_and_never_an_older_state() {
+    let (plane, client) = plane_with_workload("signer-guard").await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), NS);
+    support::create_set(
+        &client,
+        NS,
+        SET,
+        json!({
+            "algorithm": "RS256",
+            "rotation": {"interval": "24h", "prePublish": PRE_PUBLISH, "overlap": "12m"},
+            "maxTokenLifetime": "10m",
+            "jwks": {}
+        }),
+    )
+    .await;
+    let mut operator = support::Operator::start_as("signer-guard", NS, plane.kubeconfig(), &[]);
+    support::wait_condition(&sets, SET, "Ready", "True", "KeysPublished").await;
+    // The internal Secret's first state, base64: an old version someone could restore later.
+    let first_state = {
+        use base64::Engine as _;
+        let s = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+            .get(&keyturn::core::crd::internal_secret_name(SET))
+            .await
+            .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(&s.data.unwrap()["state.json"].0)
+    };
+    let (mut signer, signer_kubeconfig) = switch_to_signer(&plane, &client).await;
+    let first = token_request(&client, "workload", "app", 600)
+        .await
+        .unwrap();
+    let started = Instant::now();
+
+    // A tenant who owns namespace "workload" forges the signer's objects there: a set of the
+    // same name and an internal Secret holding its own Active key. The signer reads kube-system
+    // only; after the manual rotation below it must serve neither the key nor its kid.
+    let forged_kid = tenant_forges(&plane, &client).await;
+    support::rotate(&sets, SET, "manual-1").await;
+    let first_kid = kid_of(&first);
+    let c = client.clone();
+    let newest = support::wait_for(
+        "a token signed by the manual rotation's key",
+        Duration::from_secs(120),
+        || {
+            let (c, first_kid) = (c.clone(), first_kid.clone());
+            async move {
+                let t = token_request(&c, "workload", "app", 600).await.ok()?;
+                (kid_of(&t) != first_kid).then_some(kid_of(&t))
+            }
+        },
+    )
+    .await;
+    assert_manual_key_signs(&client, &newest).await;
+    assert_ne!(newest, forged_kid);
+    let discovery_now = String::from_utf8(oidc_jwks(&client).await.unwrap()).unwrap();
+    assert!(
+        !discovery_now.contains(&forged_kid),
+        "the tenant's forged key reached the cluster's discovery"
+    );
+
+    // The signer down: how the API server answers a token request, and that it recovers.
+    let status = signer.terminate();
+    assert!(
+        status.success(),
+        "keyturn signer exits cleanly on SIGTERM: {status:?}"
+    );
+    // `kubectl create token` as a user runs it (no client timeout), bounded at 3 minutes here.
+    let t = Instant::now();
+    let bin = std::env::var("KEYTURN_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let kc = plane.kubeconfig();
+    let down = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["180", &bin, "create", "token", "app", "-n", "workload"])
+            .env("KUBECONFIG", kc)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&down.stderr).trim().to_string();
+    eprintln!(
+        "[{:>5.1}s] signer down: kubectl create token exited {:?} after {took:?}: {err}",
+        started.elapsed().as_secs_f64(),
+        down.status.code()
+    );
+    assert!(!down.status.success(), "a token while the signer is down");
+    assert!(down.stdout.is_empty(), "no token while the signer is down");
+    // Verification does not need the signer: a token it signed earlier still passes.
+    assert!(review(&client, &first).await.unwrap().is_some());
+    signer.spawn();
+    let back = wait_token(&client).await;
+    eprintln!(
+        "[{:>5.1}s] signer back: tokens again after {back:?}",
+        started.elapsed().as_secs_f64()
+    );
+
     // The signer's metrics counted the calls; its log and metrics hold no private key.
     let metrics = signer.metrics();
     assert!(
@@ -1008,11 +1084,6 @@ async fn the_api_server_signs_every_service_account_token_through_keyturn_across
     // the signer refuses it and keeps signing with the newer key.
     operator.kill();
     let internal: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
-    let newest = kid_of(
-        &token_request(&client, "workload", "app", 600)
-            .await
-            .unwrap(),
-    );
     let refused_before = metric(&signer.metrics(), "keyturn_signer_refused_states_total");
     let old_state = first_state.clone();
     internal
