@@ -161,6 +161,7 @@ stage_docs() {
   unpacked="$(mktemp -d)"
   tar -xzf "$krew/kubectl-keyturn-v0.0.0-test-linux-amd64.tar.gz" -C "$unpacked"
   "$unpacked/kubectl-keyturn" --help | grep -q "verify"
+  cmp "$unpacked/LICENSE" "$ROOT/LICENSE"
   rm -rf "$unpacked"
   echo "krew: archive and manifest agree (sha256 $sha)"
 
