@@ -526,6 +526,20 @@ pub fn next_transition(
     wake.into_iter().filter(|t| *t > now).min()
 }
 
+/// The earliest transition the plan has for `state`, due or not: after a reconcile that did
+/// everything due this is [`next_transition`]; while something holds a step back (a copy that
+/// cannot be written holds an activation) it is the instant that step was due, in the past.
+/// `keyturn_next_transition_timestamp_seconds` exports it, so an overdue rotation shows.
+pub fn due_transition(state: &SetState, s: &Settings) -> Option<DateTime<Utc>> {
+    let mut due: Vec<DateTime<Utc>> = vec![];
+    if candidate(state, s).is_none() {
+        due.extend(generate_at(state, s));
+    }
+    due.extend(activate_at(state, s));
+    due.extend(state.keys.iter().filter_map(|r| remove_at(r, s)));
+    due.into_iter().min()
+}
+
 /// Records the activation of `state.keys[ci]` (the signing Secret already holds it): the
 /// Active key retires and loses its private key, a revoked Active record is dropped.
 fn activate(

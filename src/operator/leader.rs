@@ -111,6 +111,8 @@ where
         });
         bounded(controller(stop), shutdown.clone()).await;
         metrics.set_leader(false);
+        // What this replica last saw of each set goes stale now that another reconciles it.
+        metrics.forget_all_sets();
         if shutdown.requested() {
             break;
         }

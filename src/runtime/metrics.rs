@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
-use chrono::Duration;
+use chrono::{DateTime, Utc};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -54,6 +54,29 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// Label set of one condition of a set in one status (`True`, `False`, `Unknown`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    /// Namespace of the SigningKeySet.
+    pub namespace: String,
+    /// Name of the SigningKeySet.
+    pub name: String,
+    /// The condition's type (`Ready`, `FanOut`, `Discovery`, ...).
+    pub condition: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+}
+
+/// Label set of `keyturn_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// keyturn's version (Cargo.toml).
+    pub version: String,
+}
+
+/// The condition types a set's status may carry, each exported in every status.
+const CONDITIONS: [&str; 5] = ["Ready", "FanOut", "Discovery", "Reconciling", "Stalled"];
+
 /// The operator's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -63,7 +86,8 @@ pub struct Metrics {
     writes: Family<ObjectLabels, Counter>,
     transitions: Family<ReasonLabels, Counter>,
     keys: Family<StateLabels, Gauge>,
-    next_rotation: Family<SetLabels, Gauge<f64, AtomicU64>>,
+    next_transition: Family<SetLabels, Gauge<f64, AtomicU64>>,
+    conditions: Family<ConditionLabels, Gauge>,
     last_publish: Gauge<f64, AtomicU64>,
     http: Family<RouteLabels, Counter>,
     leader: Gauge,
@@ -87,7 +111,8 @@ impl Metrics {
             writes: Family::default(),
             transitions: Family::default(),
             keys: Family::default(),
-            next_rotation: Family::default(),
+            next_transition: Family::default(),
+            conditions: Family::default(),
             last_publish: Gauge::default(),
             http: Family::default(),
             leader: Gauge::default(),
@@ -113,9 +138,21 @@ impl Metrics {
         );
         registry.register("keys", "Keys by set and state", m.keys.clone());
         registry.register(
-            "seconds_until_next_transition",
-            "Seconds until the set's next planned transition",
-            m.next_rotation.clone(),
+            "next_transition_timestamp_seconds",
+            "Unix time the set's next planned transition is due (in the past while one is held back), set by every reconcile that knows the set's state, refusals included",
+            m.next_transition.clone(),
+        );
+        registry.register(
+            "set_condition",
+            "1 for the status each condition of each set has now, 0 for the others",
+            m.conditions.clone(),
+        );
+        registry.register(
+            "build",
+            "keyturn's version",
+            prometheus_client::metrics::info::Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+            }),
         );
         registry.register(
             "last_publish_timestamp_seconds",
@@ -193,13 +230,15 @@ impl Metrics {
             .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     }
 
-    /// Records a successful reconcile's view of a set and resets its error streak.
+    /// Records a reconcile's view of a set's keys and when its next transition is due (any
+    /// outcome that knows the state: a refusal that holds a rotation back reports the instant
+    /// it was due, so an alert sees it pass).
     pub fn observe_set(
         &self,
         namespace: &str,
         name: &str,
         state: &SetState,
-        until_next: Option<Duration>,
+        next_due: Option<DateTime<Utc>>,
     ) {
         for st in KeyState::ALL {
             let n = state.keys.iter().filter(|r| r.state() == st).count();
@@ -215,14 +254,14 @@ impl Metrics {
             namespace: namespace.into(),
             name: name.into(),
         };
-        match until_next {
-            Some(d) => {
-                self.next_rotation
+        match next_due {
+            Some(t) => {
+                self.next_transition
                     .get_or_create(&labels)
-                    .set(d.num_milliseconds() as f64 / 1000.0);
+                    .set(t.timestamp_millis() as f64 / 1000.0);
             }
             None => {
-                self.next_rotation.remove(&labels);
+                self.next_transition.remove(&labels);
             }
         }
         self.observed
@@ -241,14 +280,67 @@ impl Metrics {
                 state: st.as_str().into(),
             });
         }
-        self.next_rotation.remove(&SetLabels {
+        self.next_transition.remove(&SetLabels {
             namespace: namespace.into(),
             name: name.into(),
         });
+        for condition in CONDITIONS {
+            for status in ["True", "False", "Unknown"] {
+                self.conditions.remove(&ConditionLabels {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    condition: condition.into(),
+                    status: status.into(),
+                });
+            }
+        }
         self.observed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(namespace.into(), name.into()));
+    }
+
+    /// Records the conditions a set's status carries now: 1 on the status each has, 0 on the
+    /// others; a condition type the status does not carry has no series.
+    pub fn observe_conditions(
+        &self,
+        namespace: &str,
+        name: &str,
+        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    ) {
+        for condition in CONDITIONS {
+            let now = conditions.iter().find(|c| c.type_ == condition);
+            for status in ["True", "False", "Unknown"] {
+                let labels = ConditionLabels {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    condition: condition.into(),
+                    status: status.into(),
+                };
+                match now {
+                    Some(c) => {
+                        self.conditions
+                            .get_or_create(&labels)
+                            .set(i64::from(c.status == status));
+                    }
+                    None => {
+                        self.conditions.remove(&labels);
+                    }
+                }
+            }
+        }
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((namespace.into(), name.into()));
+    }
+
+    /// Drops every per-set series: a replica that lost the Lease no longer reconciles, and
+    /// what it last saw would go stale beside the leader's.
+    pub fn forget_all_sets(&self) {
+        for (namespace, name) in self.sets() {
+            self.forget_set(&namespace, &name);
+        }
     }
 
     /// Sets that have per-set series: (namespace, name).
@@ -266,10 +358,44 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn ready(status: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        serde_json::from_value(serde_json::json!({
+            "type": "Ready", "status": status, "reason": "R", "message": "",
+            "lastTransitionTime": "2026-12-07T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    /// A set's conditions are 1 on the status each has now and 0 on the others; a replica
+    /// that loses the Lease drops every per-set series.
+    #[test]
+    fn conditions_follow_the_status_and_leave_with_the_lease() {
+        let m = Metrics::new();
+        m.observe_conditions("a", "one", &[ready("False")]);
+        let text = m.encode();
+        assert!(text.contains("keyturn_set_condition{namespace=\"a\",name=\"one\",condition=\"Ready\",status=\"False\"} 1"), "{text}");
+        assert!(text.contains("keyturn_set_condition{namespace=\"a\",name=\"one\",condition=\"Ready\",status=\"True\"} 0"), "{text}");
+        assert!(!text.contains("condition=\"FanOut\""), "{text}");
+        m.observe_conditions("a", "one", &[ready("True")]);
+        assert!(
+            m.encode()
+                .contains("condition=\"Ready\",status=\"True\"} 1")
+        );
+        m.observe_set("a", "two", &SetState::new(), Some(Utc::now()));
+        m.forget_all_sets();
+        let text = m.encode();
+        assert!(
+            !text.contains("name=\"one\"") && !text.contains("name=\"two\""),
+            "{text}"
+        );
+        assert!(text.contains("keyturn_build_info{version="), "{text}");
+    }
+
     #[test]
     fn a_forgotten_set_leaves_no_series() {
         let m = Metrics::new();
-        m.observe_set("a", "one", &SetState::new(), Some(Duration::seconds(5)));
+        m.observe_set("a", "one", &SetState::new(), Some(Utc::now()));
+        m.observe_conditions("a", "one", &[ready("False")]);
         m.observe_set("a", "two", &SetState::new(), None);
         assert!(m.encode().contains("name=\"one\""));
         m.forget_set("a", "one");
@@ -300,7 +426,8 @@ mod tests {
             None,
             chrono::Utc::now(),
         );
-        m.observe_set("identity", "auth", &st, Some(chrono::Duration::seconds(5)));
+        m.observe_set("identity", "auth", &st, Some(chrono::Utc::now()));
+        m.observe_conditions("identity", "auth", &[ready("True")]);
         let mut out: std::collections::BTreeMap<_, std::collections::BTreeSet<String>> =
             Default::default();
         for line in m.encode().lines().filter(|l| !l.starts_with('#')) {

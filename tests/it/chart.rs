@@ -70,7 +70,16 @@ fn chart() -> String {
 /// `helm template` of the chart into `ns` with `sets`, as objects.
 fn template(ns: &str, sets: &[&str]) -> Vec<Value> {
     let c = chart();
-    let mut args = vec!["template", "keyturn", c.as_str(), "-n", ns];
+    // deploy/'s image name (an overlay's `images:` replaces it); the chart has no default.
+    let mut args = vec![
+        "template",
+        "keyturn",
+        c.as_str(),
+        "-n",
+        ns,
+        "--set",
+        "image.repository=keyturn",
+    ];
     for s in sets {
         args.extend(["--set", *s]);
     }
@@ -128,11 +137,11 @@ fn normalized(objs: Vec<Value>) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// The chart with `sets` in `keyturn-system` renders exactly `dir` (its Namespace aside: the
-/// release namespace is Helm's, `--create-namespace`).
+/// The chart with `sets` in `keyturn-system` renders exactly `crds/` and `dir` (its Namespace
+/// aside: the release namespace is Helm's, `--create-namespace`).
 fn assert_renders(dir: &str, sets: &[&str]) {
     let chart = normalized(template("keyturn-system", sets));
-    let mut deploy = normalized(kustomize(dir));
+    let mut deploy = normalized([kustomize("crds"), kustomize(dir)].concat());
     let ns = deploy
         .remove("Namespace//keyturn-system")
         .expect("deploy/ makes its namespace");
@@ -152,19 +161,101 @@ fn assert_renders(dir: &str, sets: &[&str]) {
 
 #[test]
 fn the_chart_lints_and_renders_what_deploy_installs() {
-    ok(helm(&["lint", "--strict", &chart()]), "helm lint");
     ok(
         helm(&[
             "lint",
             "--strict",
             &chart(),
             "--set",
-            "namespaceOnly=true,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+            "image.repository=keyturn",
+        ]),
+        "helm lint",
+    );
+    ok(
+        helm(&[
+            "lint",
+            "--strict",
+            &chart(),
+            "--set",
+            "image.repository=keyturn,namespaceOnly=true,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true",
         ]),
         "helm lint (every option)",
     );
     assert_renders("deploy", &[]);
     assert_renders("deploy-namespaced", &["namespaceOnly=true"]);
+}
+
+/// The chart has no image to fall back on (keyturn is in no public registry): without
+/// `image.repository` lint, template and install are refused, naming the value, instead of an
+/// install that "succeeds" into ImagePullBackOff. Bad image values are refused the same way.
+#[test]
+fn the_chart_refuses_to_install_without_an_image() {
+    let c = chart();
+    for (sets, field) in [
+        ("replicas=2", "/image/repository"),
+        ("image.repository=", "/image/repository"),
+        ("image.repository=k,image.digest=latest", "/image/digest"),
+        (
+            "image.repository=k,image.pullPolicy=Sometimes",
+            "/image/pullPolicy",
+        ),
+        ("image.repository=k,replicas=0", "/replicas"),
+    ] {
+        for verb in ["lint", "template"] {
+            let args: Vec<&str> = if verb == "lint" {
+                vec!["lint", &c, "--set", sets]
+            } else {
+                vec!["template", "keyturn", &c, "--set", sets]
+            };
+            let out = helm(&args);
+            let err = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "helm {verb} --set {sets} accepted: {err}"
+            );
+            assert!(
+                err.contains(field),
+                "helm {verb} --set {sets}: the error does not name {field}: {err}"
+            );
+        }
+    }
+    // With an image, a digest pins it (the tag is ignored) and pull secrets are rendered.
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let sets = format!(
+        "image.repository=k,image.registry=mirror.example,image.digest={digest},image.pullSecrets[0].name=regcred"
+    );
+    let objs = objects(&ok(
+        helm(&["template", "keyturn", &c, "--set", &sets]),
+        "helm template",
+    ));
+    let dep = objs.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["image"],
+        format!("mirror.example/k@{digest}")
+    );
+    assert_eq!(pod["imagePullSecrets"][0]["name"], "regcred");
+    // One replica: no PodDisruptionBudget (minAvailable 1 would block every drain); two: one.
+    for (replicas, pdbs) in [(1, 0), (2, 1)] {
+        let objs = objects(&ok(
+            helm(&[
+                "template",
+                "keyturn",
+                &c,
+                "--set",
+                &format!("image.repository=k,replicas={replicas}"),
+            ]),
+            "helm template",
+        ));
+        assert_eq!(
+            objs.iter()
+                .filter(|o| o["kind"] == "PodDisruptionBudget")
+                .count(),
+            pdbs,
+            "replicas={replicas}"
+        );
+    }
 }
 
 /// Every object of the chart with every option on is accepted by the API server, the
@@ -202,7 +293,17 @@ async fn every_option_is_accepted_by_the_api_server() {
     ] {
         let c = chart();
         let rendered = ok(
-            helm(&["template", "keyturn", &c, "-n", &ns, "--set", sets]),
+            helm(&[
+                "template",
+                "keyturn",
+                &c,
+                "-n",
+                &ns,
+                "--set",
+                "image.repository=keyturn",
+                "--set",
+                sets,
+            ]),
             "helm template",
         );
         let kinds: Vec<String> = objects(&rendered)

@@ -23,3 +23,4 @@ mod production;
 mod security;
 mod signer;
 mod smoke;
+mod uninstall;

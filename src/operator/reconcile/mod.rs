@@ -588,13 +588,13 @@ async fn run(set: &SetRef, sks: &SigningKeySet, ctx: &Context) -> Result<Action,
         report::discovery_changed(sks, ctx, &discovery).await;
         st.conditions.push(discovery);
     }
-    report::write_status(set, sks, ctx, st).await?;
     ctx.metrics.observe_set(
         &set.namespace,
         &set.name,
         state,
-        applied.wake_at.map(|w| w - now),
+        crate::core::plan::due_transition(state, &checked.settings),
     );
+    report::write_status(set, sks, ctx, st).await?;
     Ok(match applied.wake_at {
         Some(w) => Action::requeue(until(w, now)),
         None if !applied.settled => Action::requeue(StdDuration::from_secs(1)),

@@ -22,6 +22,9 @@ pub async fn write_status(
     ctx: &Context,
     status: SigningKeySetStatus,
 ) -> Result<(), Error> {
+    // Every outcome ends here, written or not: the condition gauges follow the status.
+    ctx.metrics
+        .observe_conditions(&set.namespace, &set.name, &status.conditions);
     if sks.status.as_ref() == Some(&status) {
         return Ok(());
     }
@@ -84,6 +87,17 @@ pub async fn refuse(
         .await;
     }
     ctx.metrics.refused(reason);
+    if let Some((state, settings)) = at {
+        // A refusal that holds a step back reports when it was due: it passes into the past
+        // and KeyturnRotationOverdue fires. (Without a state the last value stays, and passes
+        // just the same.)
+        ctx.metrics.observe_set(
+            &set.namespace,
+            &set.name,
+            state,
+            crate::core::plan::due_transition(state, settings),
+        );
+    }
     let st = status::refused_status(set, sks, &refusal, at, (ctx.clock)());
     write_status(set, sks, ctx, st).await?;
     Ok(match refusal.reason.retry() {
