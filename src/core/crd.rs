@@ -56,7 +56,12 @@ pub const FIELD_MANAGER: &str = "keyturn";
     printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.keyCount"}"#,
     printcolumn = r#"{"name":"Next rotation","type":"string","jsonPath":".status.nextRotationTime"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Published","type":"string","priority":1,"jsonPath":".status.publishedNamespaces"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    category = "keyturn",
+    doc = "A set of JWT signing keys that keyturn generates into a Secret, publishes as a JSON Web Key Set in ConfigMaps (and over HTTP), rotates on schedule with the next key published before it signs, and removes only after an overlap window. `kubectl explain signingkeyset.spec` describes each field; docs/lifecycle.md the key lifecycle.",
     // The name is the value of the keyturn.dev/signing-key-set label on every object keyturn
     // writes, and label values are at most 63 characters.
     validation = kube::core::Rule::new("size(self.metadata.name) <= 63").message("metadata.name: a SigningKeySet's name must be at most 63 characters (it is a label value on every object keyturn writes)")
@@ -500,6 +505,8 @@ impl fmt::Display for SetRef {
     kind = "SigningKeySetGrant",
     namespaced,
     shortname = "sksgrant",
+    category = "keyturn",
+    doc = "Consent, written in a target namespace, for SigningKeySets in other namespaces to publish a copy of their JWKS ConfigMap here, under the names it lists. Without a grant keyturn writes nothing into a namespace other than a set's own.",
     printcolumn = r#"{"name":"From","type":"string","jsonPath":".spec.from[*].namespace"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

@@ -196,6 +196,10 @@ pub(super) async fn discovery(
         "issuer": issuer,
         "jwks_uri": format!("{base}/jwks/{ns}/{name}"),
         "id_token_signing_alg_values_supported": algs,
+        // REQUIRED by OpenID Connect Discovery 1.0 §3; the values Kubernetes' own issuer
+        // discovery serves (keyturn publishes keys, not an authorization endpoint).
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
     });
     (
         [(header::CACHE_CONTROL, cache_control(served.max_age))],

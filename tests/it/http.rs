@@ -221,6 +221,17 @@ async fn http_edge_cases() {
         doc["id_token_signing_alg_values_supported"],
         json!(["ES256"])
     );
+    // Every member OpenID Connect Discovery 1.0 §3 marks REQUIRED.
+    for field in [
+        "issuer",
+        "jwks_uri",
+        "response_types_supported",
+        "subject_types_supported",
+        "id_token_signing_alg_values_supported",
+    ] {
+        assert!(doc.get(field).is_some(), "{field} missing: {doc}");
+    }
+    assert_eq!(doc["subject_types_supported"], json!(["public"]));
     let no_issuer = get(
         port,
         &format!("/{ns}/plain/.well-known/openid-configuration"),

@@ -7,6 +7,7 @@
 mod support;
 
 mod adoption;
+mod alerts;
 mod chart;
 mod cli;
 mod crash;

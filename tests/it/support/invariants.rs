@@ -149,6 +149,23 @@ impl Seen {
 /// API server's watch cache delivers within milliseconds. 300 ms is 10% of the 3 s prePublish.
 pub const JITTER: Duration = Duration::from_millis(300);
 
+/// Gaps between consecutive activations (the signing Secret's kid changing), in revision
+/// order: each at least the interval when no rotation is duplicated.
+pub fn activation_gaps(seen: &[Seen]) -> Vec<Duration> {
+    let mut s: Vec<(u64, Instant, &str)> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Seen::Signer { rv, at, kid, .. } => Some((*rv, *at, kid.as_str())),
+            Seen::Jwks { .. } => None,
+        })
+        .collect();
+    s.sort_by_key(|x| x.0);
+    s.dedup_by(|next, prev| next.2 == prev.2);
+    s.windows(2)
+        .map(|w| w[1].1.saturating_duration_since(w[0].1))
+        .collect()
+}
+
 /// Checks I1 and I2 and token verification over one set's observed history.
 pub fn check_history(
     mut seen: Vec<Seen>,
