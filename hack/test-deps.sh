@@ -14,7 +14,7 @@ DIR="${1:?usage: hack/test-deps.sh DIR}"
 V="$ROOT/tests/verifiers"
 mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
-cp "$V"/{package.json,verify.mjs,verify.py,mermaid-parse.mjs} "$V"/interop/{interop.mjs,interop.py} "$DIR/"
+cp "$V"/{package.json,verify.mjs,verify.py,mermaid-parse.mjs,argocd-health.mjs} "$V"/interop/{interop.mjs,interop.py} "$DIR/"
 
 # fresh NAME FILE... — true when the part NAME must be (re)installed; `installed NAME` records it.
 stamp_of() { shift; cat "$@" | sha256sum | cut -c1-16; }
@@ -25,7 +25,7 @@ need() { command -v "$1" >/dev/null || { echo "hack/test-deps.sh: $1 is required
 js=(js "$V/package.json" "$V/requirements.txt")
 if fresh "${js[@]}"; then
   need node "jose verifier, interop matrix"; need npm "jose, mermaid"; need python3 "PyJWT"
-  echo "installing jose, mermaid, jsdom (npm) and PyJWT (PyPI) into $DIR"
+  echo "installing jose, mermaid, jsdom, fengari (npm) and PyJWT (PyPI) into $DIR"
   (cd "$DIR" && npm install --no-audit --no-fund --loglevel=error)
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --upgrade --target "$DIR/python" -r "$V/requirements.txt"
   installed "${js[@]}"

@@ -532,8 +532,12 @@ pub fn next_transition(
 /// `keyturn_next_transition_timestamp_seconds` exports it, so an overdue rotation shows.
 pub fn due_transition(state: &SetState, s: &Settings) -> Option<DateTime<Utc>> {
     let mut due: Vec<DateTime<Utc>> = vec![];
-    if candidate(state, s).is_none() {
-        due.extend(generate_at(state, s));
+    match candidate(state, s) {
+        // The next key's generation and publication; a candidate that could not be published
+        // yet (a copy refused it) was due to be published then too.
+        None => due.extend(generate_at(state, s)),
+        Some(c) if state.keys[c].published_at.is_none() => due.extend(generate_at(state, s)),
+        Some(_) => {}
     }
     due.extend(activate_at(state, s));
     due.extend(state.keys.iter().filter_map(|r| remove_at(r, s)));
@@ -726,6 +730,40 @@ mod tests {
             activate_at(w.obs.state.as_ref().unwrap(), &s),
             Some(republished + s.pre_publish),
             "it activates prePublish after every copy has it, not on the old schedule"
+        );
+    }
+
+    /// The instant exported as the next transition stays where the held-back step was due,
+    /// however late it is (never moved past `now` as the wake-up instant is), whether the next
+    /// key could not be published or could not activate.
+    #[test]
+    fn a_held_back_step_stays_due_at_its_instant() {
+        let s = settings("10m", "2m", "2m");
+        let mut w = World::new();
+        w.settle(&s);
+        let state = w.obs.state.clone().unwrap();
+        let due = t0() + Duration::minutes(8);
+        assert_eq!(
+            due_transition(&state, &s),
+            Some(due),
+            "the next key's publication"
+        );
+        assert_eq!(
+            next_transition(&state, &s, t0() + Duration::minutes(9)),
+            None
+        );
+        // The next key exists but no copy took it: still due at 8m.
+        let kp = KeyPair::generate(Algorithm::ES256, None).unwrap();
+        let pending = with_new_key(Some(&state), &kp, GenerateReason::Scheduled, None, due);
+        assert!(pending.keys.iter().any(|r| r.published_at.is_none()));
+        assert_eq!(due_transition(&pending, &s), Some(due));
+        // Published at 8m: its activation is due at 10m, and stays so at 30m.
+        w.now = due;
+        w.settle(&s);
+        let published = w.obs.state.clone().unwrap();
+        assert_eq!(
+            due_transition(&published, &s),
+            Some(t0() + Duration::minutes(10))
         );
     }
 

@@ -9,8 +9,8 @@
 //!   API server is reachable, [`sync`] keeps the file current from a watch of that Secret, and
 //!   never moves it backwards ([`file::check_progress`]).
 //!
-//! - The layout: [`snapshot`] (what is served, built from a state), [`service`] (the gRPC
-//!   methods), [`metrics`], [`socket`] (binding and serving the Unix socket), [`file`] and
+//! - The layout: [`snapshot`] (what is served, built from a state), [`service`] (the one
+//!   served now and the gRPC methods), [`metrics`], [`socket`] (binding and serving the Unix socket), [`file`] and
 //!   [`sync`]; this module holds the errors, the options and [`run`], which wires them.
 //!
 //! docs/cluster-signer.md explains the design and how to run it.
@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use metrics::{CallLabels, KeyStateLabels, SignerMetrics};
-pub use service::Service;
-pub use snapshot::{Served, Snapshot};
+pub use service::{Served, Service};
+pub use snapshot::Snapshot;
 pub use socket::{bind, serve};
 
 use crate::core::crd::Algorithm;

@@ -1,5 +1,5 @@
 //! The `ExternalJWTSigner` gRPC service: `Sign`, `FetchKeys` and `Metadata`, answered from
-//! the snapshot being served.
+//! the snapshot being served ([`Served`], swapped whole when the state changes).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::metrics::SignerMetrics;
 use super::proto;
-use super::snapshot::{Served, Snapshot};
+use super::snapshot::Snapshot;
 
 /// The gRPC service.
 pub struct Service {
@@ -123,5 +123,40 @@ impl proto::ExternalJWTSigner for Service {
             max_token_expiration_seconds: s.max_token_lifetime_seconds,
         });
         answer(&self.metrics, "Metadata", r)
+    }
+}
+
+/// The snapshot being served, swapped whole when the state changes.
+#[derive(Clone)]
+pub struct Served {
+    current: Arc<tokio::sync::watch::Sender<Option<Arc<Snapshot>>>>,
+    metrics: Arc<SignerMetrics>,
+}
+
+impl Served {
+    /// Nothing served yet.
+    pub fn new(metrics: Arc<SignerMetrics>) -> Self {
+        Served {
+            current: Arc::new(tokio::sync::watch::Sender::new(None)),
+            metrics,
+        }
+    }
+
+    /// The snapshot now served.
+    pub fn get(&self) -> Option<Arc<Snapshot>> {
+        self.current.borrow().clone()
+    }
+
+    /// Serves `s` from now on.
+    pub fn set(&self, s: Snapshot) {
+        self.metrics.served(&s);
+        self.current.send_replace(Some(Arc::new(s)));
+    }
+
+    /// Waits until there is something to serve.
+    pub async fn ready(&self) {
+        let mut rx = self.current.subscribe();
+        // The sender lives in `self`, so the channel cannot close while this waits.
+        let _ = rx.wait_for(Option::is_some).await;
     }
 }

@@ -1,11 +1,7 @@
-//! What the signer serves: a [`Snapshot`] built from one state, and [`Served`], the one
-//! being served, swapped whole when the state changes.
-
-use std::sync::Arc;
+//! What the signer serves: a [`Snapshot`] built from one state.
 
 use chrono::{DateTime, Utc};
 
-use super::metrics::SignerMetrics;
 use super::{MIN_TOKEN_LIFETIME_SECONDS, SIGNER_ALGORITHMS, SignerError, file, proto};
 use crate::core::keys::KeyPair;
 use crate::core::state::{KeyState, SetState};
@@ -115,40 +111,5 @@ impl Snapshot {
     /// Every key's kid, in the state's order.
     pub fn kids(&self) -> Vec<&str> {
         self.keys.iter().map(|k| k.key_id.as_str()).collect()
-    }
-}
-
-/// The snapshot being served, swapped whole when the state changes.
-#[derive(Clone)]
-pub struct Served {
-    current: Arc<tokio::sync::watch::Sender<Option<Arc<Snapshot>>>>,
-    metrics: Arc<SignerMetrics>,
-}
-
-impl Served {
-    /// Nothing served yet.
-    pub fn new(metrics: Arc<SignerMetrics>) -> Self {
-        Served {
-            current: Arc::new(tokio::sync::watch::Sender::new(None)),
-            metrics,
-        }
-    }
-
-    /// The snapshot now served.
-    pub fn get(&self) -> Option<Arc<Snapshot>> {
-        self.current.borrow().clone()
-    }
-
-    /// Serves `s` from now on.
-    pub fn set(&self, s: Snapshot) {
-        self.metrics.served(&s);
-        self.current.send_replace(Some(Arc::new(s)));
-    }
-
-    /// Waits until there is something to serve.
-    pub async fn ready(&self) {
-        let mut rx = self.current.subscribe();
-        // The sender lives in `self`, so the channel cannot close while this waits.
-        let _ = rx.wait_for(Option::is_some).await;
     }
 }

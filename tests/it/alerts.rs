@@ -133,11 +133,16 @@ async fn the_alerts_fire_on_the_series_of_a_real_stuck_set() {
 
     // promtool: 4 minutes after the scrape the transition is not 5 minutes late; once it has
     // been more than 5 minutes late for the rule's 1 minute, KeyturnRotationOverdue fires for
-    // this set (at exactly 10 minutes late, so the description is exact). The refused spec
+    // this set, saying how late it is. The refused spec
     // (and the blocked set) fire KeyturnSetNotReady after its 15 minutes.
     let shift = SCRAPE_AT - at;
     let due_then = (due + shift).round();
-    let (quiet, fire) = (due_then + 240.0, due_then + 600.0);
+    // Rules are evaluated once a minute: the alert fires at the first evaluation at least 6
+    // minutes (5 late, then its `for: 1m`) after the due instant, and says how late it was then.
+    let quiet = due_then + 240.0;
+    let fire = ((due_then + 360.0) / 60.0).ceil() * 60.0 + 60.0;
+    let late_then = (fire - due_then) as i64;
+    let late_text = format!("{}m {}s", late_then / 60, late_then % 60);
     let runbook = "https://keyturn.dev/docs/troubleshooting#";
     let not_ready = |name: &str| {
         format!(
@@ -166,7 +171,7 @@ tests:
           - exp_labels: {{severity: critical, namespace: {src}, name: auth}}
             exp_annotations:
               summary: \"Rotation of {src}/auth is overdue.\"
-              description: \"The next transition of SigningKeySet {src}/auth was due 10m 0s ago.\"
+              description: \"The next transition of SigningKeySet {src}/auth was due {late_text} ago.\"
               runbook_url: {runbook}keyturnrotationoverdue
       - eval_time: 26m
         alertname: KeyturnSetNotReady

@@ -540,7 +540,7 @@ async fn a_namespace_only_release_rotates_in_its_namespace_and_reads_nothing_els
     let elsewhere = support::fresh_namespace(&client, "chart-other").await;
     install(
         &release,
-        "namespaceOnly=true,crds.install=false,aggregatedRoles=false",
+        "image.repository=keyturn.test/keyturn,namespaceOnly=true,crds.install=false,aggregatedRoles=false",
     );
     let mut op =
         operator_as_the_chart(&client, &release, &release, "nso", &["--namespace-only"]).await;
@@ -666,6 +666,8 @@ fn the_chart_is_published_as_an_oci_artifact() {
         "--plain-http",
         "-n",
         "keyturn-system",
+        "--set",
+        "image.repository=keyturn",
     ]);
     let _ = registry.kill();
     let _ = registry.wait();

@@ -13,6 +13,7 @@ mod cli;
 mod crash;
 mod fanout;
 mod faults;
+mod gitops;
 mod http;
 mod interop;
 mod node;

@@ -60,9 +60,30 @@ async fn kustomize_base_is_accepted_by_the_api_server() {
         "{}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The CRDs are not part of deploy/ (its uninstall must not delete every set and key:
+    // docs/operations.md); crds/ installs them apart.
+    assert!(
+        !stdout.contains("customresourcedefinition"),
+        "deploy/ holds a CRD:\n{stdout}"
+    );
+    let crds = support::kubectl(
+        &[
+            "apply",
+            "-k",
+            root().join("crds").to_str().unwrap(),
+            "--dry-run=server",
+        ],
+        None,
+    );
+    let crds_out = String::from_utf8_lossy(&crds.stdout);
+    assert!(crds.status.success(), "crds/: {crds_out}");
     for obj in [
         "customresourcedefinition.apiextensions.k8s.io/signingkeysets.keyturn.dev",
         "customresourcedefinition.apiextensions.k8s.io/signingkeysetgrants.keyturn.dev",
+    ] {
+        assert!(crds_out.contains(obj), "{obj} missing from:\n{crds_out}");
+    }
+    for obj in [
         "clusterrole.rbac.authorization.k8s.io/keyturn-admin",
         "namespace/keyturn-system",
         "serviceaccount/keyturn",
