@@ -78,3 +78,10 @@ if [ ! -s "$DIR/monitoring-crds/.version" ] || [ "$(cat "$DIR/monitoring-crds/.v
   cp "$src"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,prometheusrules}.yaml "$DIR/monitoring-crds/"
   echo "$PROMETHEUS_OPERATOR_VERSION" > "$DIR/monitoring-crds/.version"
 fi
+mkdir -p "$DIR/gateway-crds"
+if [ ! -s "$DIR/gateway-crds/.version" ] || [ "$(cat "$DIR/gateway-crds/.version")" != "$GATEWAY_API_VERSION" ]; then
+  need go "the Gateway API's CRDs"
+  src="$(cd "$(mktemp -d)" && GOTOOLCHAIN=local go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  cp "$src"/config/crd/standard/gateway.networking.k8s.io_httproutes.yaml "$DIR/gateway-crds/"
+  echo "$GATEWAY_API_VERSION" > "$DIR/gateway-crds/.version"
+fi

@@ -42,9 +42,9 @@ enum Command {
     Status {
         /// The set, as NAMESPACE/NAME.
         target: String,
-        /// Output format.
-        #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
-        output: String,
+        /// Output format: text (80 columns), wide (full kids), json or yaml.
+        #[arg(short = 'o', long, value_enum, default_value_t = keyturn::cli::view::Format::Text)]
+        output: keyturn::cli::view::Format,
     },
 }
 
@@ -329,7 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("SigningKeySet {ns}/{name} not found"))?;
             print!(
                 "{}",
-                keyturn::cli::view::render(&set, chrono::Utc::now(), output == "json")
+                keyturn::cli::view::render(&set, chrono::Utc::now(), output)
             );
             Ok(())
         }

@@ -5,7 +5,12 @@
 //! - `rotate NAME`: a manual rotation (the `keyturn.dev/rotate` annotation);
 //! - `revoke NAME KID`: emergency revocation (`spec.revokedKeyIds`);
 //! - `verify NAME TOKEN`: checks a JWT against the set's published JWKS and says which state
-//!   its key is in and until when it verifies. Exit status 1 when it does not verify.
+//!   its key is in and until when it verifies;
+//! - `completion SHELL`: a completion script for bash, zsh, fish, elvish or PowerShell.
+//!
+//! Exit status: 0 done; 1 the answer is no (`verify`: the token does not verify; `rotate
+//! --wait`: the new key did not sign within the timeout); 2 an error (bad arguments, the API
+//! server unreachable or refusing, the set not found).
 
 use std::io::Read as _;
 use std::process::ExitCode;
@@ -17,6 +22,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use keyturn::cli::view::Format;
 use keyturn::core::crd::{ROTATE_ANNOTATION, SigningKeySet};
 
 #[derive(Parser)]
@@ -30,6 +36,24 @@ struct Cli {
     /// Namespace of the SigningKeySet (default: the kubeconfig context's namespace).
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The kubeconfig cluster to use.
+    #[arg(long, global = true)]
+    cluster: Option<String>,
+    /// The kubeconfig user to use.
+    #[arg(long, global = true)]
+    user: Option<String>,
+    /// Username to impersonate for the operation.
+    #[arg(long = "as", global = true)]
+    as_user: Option<String>,
+    /// Group to impersonate for the operation (repeatable).
+    #[arg(long = "as-group", global = true)]
+    as_group: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,14 +64,20 @@ enum Command {
     Status {
         /// The SigningKeySet.
         name: String,
-        /// Output format.
-        #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
-        output: String,
+        /// Output format: text (80 columns), wide (full kids), json or yaml.
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+        output: Format,
     },
     /// Start a manual rotation: a new key is published now and signs after prePublish.
     Rotate {
         /// The SigningKeySet.
         name: String,
+        /// Wait until the new key signs (exit status 1 if it does not within --timeout).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (e.g. 90s, 10m); default prePublish plus 2 minutes.
+        #[arg(long, requires = "wait")]
+        timeout: Option<String>,
     },
     /// Emergency revocation: the key leaves every JWKS now and its private key is destroyed.
     Revoke {
@@ -69,9 +99,14 @@ enum Command {
         /// Check against the JWKS copy in this namespace instead of the set's own.
         #[arg(long)]
         copy: Option<String>,
-        /// Output format.
-        #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
+        /// Output format: text, json or yaml.
+        #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json", "yaml"])]
         output: String,
+    },
+    /// Print a shell completion script (e.g. `kubectl keyturn completion bash > /etc/bash_completion.d/kubectl-keyturn`).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -87,10 +122,37 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = Client::try_default()
+/// A client as kubectl would make one from the same flags.
+async fn client(cli: &Cli) -> anyhow::Result<Client> {
+    let kubeconfig = match &cli.kubeconfig {
+        Some(path) => kube::config::Kubeconfig::read_from(path)
+            .with_context(|| format!("reading {}", path.display()))?,
+        None => kube::config::Kubeconfig::read().context("reading the kubeconfig")?,
+    };
+    let options = kube::config::KubeConfigOptions {
+        context: cli.context.clone(),
+        cluster: cli.cluster.clone(),
+        user: cli.user.clone(),
+    };
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
         .await
-        .context("connecting to the Kubernetes API")?;
+        .context("loading the kubeconfig")?;
+    if let Some(user) = &cli.as_user {
+        config.auth_info.impersonate = Some(user.clone());
+    }
+    if !cli.as_group.is_empty() {
+        config.auth_info.impersonate_groups = Some(cli.as_group.clone());
+    }
+    Client::try_from(config).context("connecting to the Kubernetes API")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Completion { shell } = &cli.command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(*shell, &mut cmd, "kubectl-keyturn", &mut std::io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client = client(&cli).await?;
     let ns = cli
         .namespace
         .clone()
@@ -109,13 +171,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Status { name, output } => {
             let set = get(name).await?;
-            print!(
-                "{}",
-                keyturn::cli::view::render(&set, now, output == "json")
-            );
+            print!("{}", keyturn::cli::view::render(&set, now, output));
         }
-        Command::Rotate { name } => {
+        Command::Rotate {
+            name,
+            wait,
+            timeout,
+        } => {
             let set = get(name.clone()).await?;
+            let before = set.status.as_ref().and_then(|s| s.active_key_id.clone());
             let token = now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
             sets.patch(
                 &name,
@@ -127,7 +191,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{ns}/{name}: rotation requested; a new key is published now and signs after prePublish ({})",
                 set.spec.rotation.pre_publish
             );
+            if wait {
+                let limit = match &timeout {
+                    Some(t) => keyturn::core::duration::parse(t)
+                        .with_context(|| format!("--timeout {t}"))?,
+                    None => {
+                        keyturn::core::duration::parse(&set.spec.rotation.pre_publish)
+                            .unwrap_or_default()
+                            + chrono::Duration::minutes(2)
+                    }
+                };
+                let limit = limit.to_std().unwrap_or_default();
+                return wait_signing(&sets, &name, before, limit).await;
+            }
         }
+        Command::Completion { .. } => unreachable!("answered before connecting"),
         Command::Revoke { name, kid, force } => {
             let set = get(name.clone()).await?;
             if set.spec.revoked_key_ids.contains(&kid) {
@@ -197,6 +275,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let v = keyturn::cli::plugin::verify(&token, jwks.as_bytes(), &set, now);
             if output == "json" {
                 println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if output == "yaml" {
+                print!("{}", serde_norway::to_string(&v)?);
             } else {
                 println!("{}", if v.valid { "valid" } else { "INVALID" });
                 println!("{}", v.detail);
@@ -210,6 +290,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits (on a watch of the set) until its status shows a new Active key (not `before`):
+/// keyturn writes the status after the signing Secret holds that key. Exit status 1 when
+/// `limit` passes first.
+async fn wait_signing(
+    sets: &Api<SigningKeySet>,
+    name: &str,
+    before: Option<String>,
+    limit: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let before2 = before.clone();
+    let signs = move |o: Option<&SigningKeySet>| {
+        let active = o.and_then(|s| s.status.as_ref()?.active_key_id.clone());
+        active.is_some() && active != before2
+    };
+    let waited = tokio::time::timeout(
+        limit,
+        kube::runtime::wait::await_condition(sets.clone(), name, signs),
+    )
+    .await;
+    match waited {
+        Ok(Ok(Some(set))) => {
+            let kid = set.status.and_then(|s| s.active_key_id).unwrap_or_default();
+            println!("{name}: {kid} signs now");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Ok(None)) => bail!("SigningKeySet {name} was deleted while waiting"),
+        Ok(Err(e)) => Err(e).context("watching the set"),
+        Err(_) => {
+            eprintln!(
+                "{name}: the new key did not sign within {}s (Active: {}); see `kubectl keyturn status {name}`",
+                limit.as_secs(),
+                before.unwrap_or_else(|| "none".into())
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 #[cfg(test)]

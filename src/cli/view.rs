@@ -54,21 +54,38 @@ fn short(kid: &str) -> String {
     }
 }
 
-/// The view as `keyturn status` and `kubectl keyturn status` print it: `json` (pretty) or
-/// text.
-pub fn render(set: &SigningKeySet, now: DateTime<Utc>, json: bool) -> String {
-    if json {
-        let mut out =
-            serde_json::to_string_pretty(&render_json(set, now)).expect("a JSON value serializes");
-        out.push('\n');
-        out
-    } else {
-        render_text(set, now)
+/// How `status` prints a set (`-o`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table in 80 columns (kids shortened).
+    Text,
+    /// The table with every kid in full (wider than 80 columns), to paste into `revoke`.
+    Wide,
+    /// The view as JSON (pretty).
+    Json,
+    /// The view as YAML.
+    Yaml,
+}
+
+/// The view as `keyturn status` and `kubectl keyturn status` print it.
+pub fn render(set: &SigningKeySet, now: DateTime<Utc>, format: Format) -> String {
+    match format {
+        Format::Json => {
+            let mut out = serde_json::to_string_pretty(&render_json(set, now))
+                .expect("a JSON value serializes");
+            out.push('\n');
+            out
+        }
+        Format::Yaml => {
+            serde_norway::to_string(&render_json(set, now)).expect("a JSON value serializes")
+        }
+        Format::Text => render_text(set, now, false),
+        Format::Wide => render_text(set, now, true),
     }
 }
 
-/// The text view (every line at most 80 columns).
-pub fn render_text(set: &SigningKeySet, now: DateTime<Utc>) -> String {
+/// The text view: every line at most 80 columns, or with `wide` every kid in full.
+pub fn render_text(set: &SigningKeySet, now: DateTime<Utc>, wide: bool) -> String {
     let name = format!(
         "{}/{}",
         set.metadata.namespace.as_deref().unwrap_or(""),
@@ -99,9 +116,10 @@ pub fn render_text(set: &SigningKeySet, now: DateTime<Utc>) -> String {
         out.push_str(&format!("next rotation {}\n", relative(next, now)));
     }
     out.push('\n');
+    let kid_width = if wide { 43 } else { 15 };
     let row = |cells: [&str; 6]| {
         let line = format!(
-            "{:<15} {:<10} {:<10} {:<10} {:<10} {:<10}",
+            "{:<kid_width$} {:<10} {:<10} {:<10} {:<10} {:<10}",
             cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
         );
         format!("{}\n", line.trim_end())
@@ -126,8 +144,9 @@ pub fn render_text(set: &SigningKeySet, now: DateTime<Utc>) -> String {
         } else {
             &k.state
         };
+        let kid = if wide { k.kid.clone() } else { short(&k.kid) };
         out.push_str(&row([
-            &short(&k.kid),
+            &kid,
             state,
             &col(&k.published_at),
             &col(&k.activated_at),
@@ -204,7 +223,7 @@ mod tests {
     #[test]
     fn text_view_fits_80_columns_and_shows_the_overlap() {
         let now: DateTime<Utc> = "2026-11-28T12:00:00Z".parse().unwrap();
-        let text = render_text(&sample(), now);
+        let text = render_text(&sample(), now, false);
         for line in text.lines() {
             assert!(
                 line.chars().count() <= 80,
@@ -225,6 +244,23 @@ mod tests {
             legacy.contains("VerifyOnly") && legacy.contains("in 16d12h"),
             "a verification-only key until its time: {legacy}"
         );
+    }
+
+    /// `-o wide` prints every kid in full (what `revoke` takes), `-o yaml` the JSON view.
+    #[test]
+    fn wide_and_yaml_views_have_full_kids() {
+        let now: DateTime<Utc> = "2026-11-28T12:00:00Z".parse().unwrap();
+        let kid = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+        assert!(!render(&sample(), now, Format::Text).contains(kid));
+        let wide = render(&sample(), now, Format::Wide);
+        assert!(
+            wide.lines()
+                .any(|l| l.starts_with(kid) && l.contains("Active")),
+            "{wide}"
+        );
+        let yaml: serde_json::Value =
+            serde_norway::from_str(&render(&sample(), now, Format::Yaml)).unwrap();
+        assert_eq!(yaml, render_json(&sample(), now));
     }
 
     #[test]

@@ -15,7 +15,40 @@ pub(super) fn public_router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            measured,
+        ))
         .with_state(state)
+}
+
+/// The route a public request's path names, for the metrics: a fixed set of labels whatever
+/// the path (a path that names nothing is `other`).
+pub(super) fn route_of(path: &str) -> &'static str {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["jwks", _, _] => "jwks",
+        [_, _, ".well-known", "openid-configuration"] => "discovery",
+        ["healthz"] => "healthz",
+        ["readyz"] => "readyz",
+        _ => "other",
+    }
+}
+
+/// Counts and times every request the public router answers, by route and status code (what
+/// the server's own limits answer before routing, a 408 or a refused connection, is not counted).
+async fn measured(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = route_of(req.uri().path());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .http(route, resp.status().as_u16(), started.elapsed());
+    resp
 }
 
 pub(super) fn admin_router(state: AppState) -> Router {
@@ -139,7 +172,6 @@ pub(super) async fn jwks(
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    state.metrics.http("jwks");
     let served = match lookup(&state, &ns, &name, Utc::now()) {
         Ok(x) => x,
         Err((code, msg)) => return error(code, msg),
@@ -165,7 +197,6 @@ pub(super) async fn discovery(
     State(state): State<AppState>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    state.metrics.http("discovery");
     let served = match lookup(&state, &ns, &name, Utc::now()) {
         Ok(x) => x,
         Err((code, msg)) => return error(code, msg),

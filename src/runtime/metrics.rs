@@ -47,11 +47,20 @@ pub struct ObjectLabels {
     pub object: String,
 }
 
-/// Label set of an HTTP route (`jwks`, `discovery`, `not_found`, ...).
+/// Label set of an HTTP route (`jwks`, `discovery`, `healthz`, `readyz`, `other`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// The route.
     pub route: String,
+}
+
+/// Label set of an answered HTTP request: its route and status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route (as [`RouteLabels`]).
+    pub route: String,
+    /// The HTTP status code, e.g. `200`, `304`, `404`, `503`.
+    pub code: String,
 }
 
 /// Label set of one condition of a set in one status (`True`, `False`, `Unknown`).
@@ -89,7 +98,8 @@ pub struct Metrics {
     next_transition: Family<SetLabels, Gauge<f64, AtomicU64>>,
     conditions: Family<ConditionLabels, Gauge>,
     last_publish: Gauge<f64, AtomicU64>,
-    http: Family<RouteLabels, Counter>,
+    http: Family<RequestLabels, Counter>,
+    http_seconds: Family<RouteLabels, prometheus_client::metrics::histogram::Histogram>,
     leader: Gauge,
     observed: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
@@ -115,6 +125,11 @@ impl Metrics {
             conditions: Family::default(),
             last_publish: Gauge::default(),
             http: Family::default(),
+            http_seconds: Family::new_with_constructor(|| {
+                prometheus_client::metrics::histogram::Histogram::new([
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ])
+            }),
             leader: Gauge::default(),
             observed: Mutex::default(),
             registry: Registry::default(),
@@ -159,7 +174,16 @@ impl Metrics {
             "Unix time of the last JWKS write",
             m.last_publish.clone(),
         );
-        registry.register("http_requests", "HTTP requests, by route", m.http.clone());
+        registry.register(
+            "http_requests",
+            "Requests to the public endpoint, by route and status code",
+            m.http.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer a request to the public endpoint, by route",
+            m.http_seconds.clone(),
+        );
         registry.register(
             "leader",
             "1 when this replica holds the Lease and runs the controller",
@@ -216,13 +240,21 @@ impl Metrics {
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }
-    /// Counts an HTTP request.
-    pub fn http(&self, route: &str) {
+
+    /// Counts a request to the public endpoint by route and status code, and how long its
+    /// answer took.
+    pub fn http(&self, route: &str, code: u16, took: std::time::Duration) {
         self.http
+            .get_or_create(&RequestLabels {
+                route: route.into(),
+                code: code.to_string(),
+            })
+            .inc();
+        self.http_seconds
             .get_or_create(&RouteLabels {
                 route: route.into(),
             })
-            .inc();
+            .observe(took.as_secs_f64());
     }
     /// Records a JWKS write now.
     pub fn published(&self) {
@@ -264,10 +296,7 @@ impl Metrics {
                 self.next_transition.remove(&labels);
             }
         }
-        self.observed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((namespace.into(), name.into()));
+        self.remember(namespace, name);
     }
 
     /// Drops every per-set series (and the error streak) of a set that is gone, so clusters
@@ -329,6 +358,11 @@ impl Metrics {
                 }
             }
         }
+        self.remember(namespace, name);
+    }
+
+    /// Notes that `namespace/name` has per-set series (for [`Metrics::forget_all_sets`]).
+    fn remember(&self, namespace: &str, name: &str) {
         self.observed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -415,7 +449,7 @@ mod tests {
         m.write("status");
         m.transition("KeyPublished");
         m.set_leader(true);
-        m.http("jwks");
+        m.http("jwks", 200, std::time::Duration::from_millis(2));
         m.published();
         let kp =
             crate::core::keys::KeyPair::generate(crate::core::crd::Algorithm::EdDSA, None).unwrap();
@@ -489,7 +523,11 @@ mod tests {
         assert!(queries.len() >= 14, "{queries:?}");
         let mut used = 0;
         for q in &queries {
-            for name in named(q) {
+            // `keyturn signer`'s own series (src/signer/metrics.rs checks those).
+            for name in named(q)
+                .into_iter()
+                .filter(|n| !n.starts_with("keyturn_signer_"))
+            {
                 assert!(
                     exported.contains_key(&name),
                     "{q:?} names {name}, which keyturn does not export; it exports {:?}",
@@ -520,8 +558,10 @@ mod tests {
             for s in t["input_series"].as_array().unwrap() {
                 let sel = s["series"].as_str().unwrap();
                 let (name, labels) = sel.split_once('{').unwrap_or((sel, "}"));
-                if !name.starts_with("keyturn_") {
-                    continue; // a series of another exporter (the "no keyturn at all" case)
+                if !name.starts_with("keyturn_") || name.starts_with("keyturn_signer_") {
+                    // Another exporter's (the "no keyturn at all" case), or `keyturn signer`'s
+                    // (src/signer/tests.rs checks those).
+                    continue;
                 }
                 let have = exported
                     .get(name)

@@ -512,3 +512,48 @@ fn the_token_lifetime_comes_from_the_spec_through_its_validation() {
         .to_string();
     assert!(e.contains("spec.rotation.overlap"), "{e}");
 }
+
+/// Every `keyturn_signer_*` series the alerts and their promtool tests name is one the signer
+/// exports, with the labels it has (the operator's own are checked in src/runtime/metrics.rs).
+#[test]
+fn the_signer_alerts_name_only_series_the_signer_exports() {
+    let m = SignerMetrics::new();
+    m.call("Sign", tonic::Code::Ok);
+    let text = m.encode();
+    let exported: std::collections::BTreeMap<String, String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let sel = l.split_whitespace().next()?;
+            let (name, labels) = sel.split_once('{').unwrap_or((sel, ""));
+            Some((name.to_string(), labels.to_string()))
+        })
+        .collect();
+    let read =
+        |p: &str| std::fs::read_to_string(format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let mut seen = 0;
+    for file in [
+        "charts/keyturn/files/alerts.yaml",
+        "tests/monitoring/alerts-test.yaml",
+    ] {
+        let body = read(file);
+        let mut rest = body.as_str();
+        while let Some(i) = rest.find("keyturn_signer_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            assert!(
+                exported.contains_key(name),
+                "{file} names {name}; the signer exports {:?}",
+                exported.keys()
+            );
+            seen += 1;
+            rest = &tail[end..];
+        }
+    }
+    assert!(seen >= 4, "{seen}");
+    assert!(exported["keyturn_signer_requests_total"].contains("method="));
+    assert!(exported["keyturn_signer_requests_total"].contains("code="));
+}

@@ -247,10 +247,17 @@ async fn http_edge_cases() {
     assert_eq!(get(port, "/metrics", "").await.status, 404);
     let m = get(op.metrics_port, "/metrics", "").await;
     let text = String::from_utf8(m.body).unwrap();
-    assert!(
-        text.contains("keyturn_http_requests_total{route=\"jwks\"}"),
-        "{text}"
-    );
+    // By route and status code: the JWKS served (200) and revalidated (304), the missing
+    // discovery (404), the path that names nothing (other, 404); and timed.
+    for series in [
+        "keyturn_http_requests_total{route=\"jwks\",code=\"200\"}",
+        "keyturn_http_requests_total{route=\"jwks\",code=\"304\"}",
+        "keyturn_http_requests_total{route=\"discovery\",code=\"404\"}",
+        "keyturn_http_requests_total{route=\"other\",code=\"404\"}",
+        "keyturn_http_request_duration_seconds_count{route=\"jwks\"}",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
     assert!(text.contains("keyturn_reconciles_total"), "{text}");
 }
 

@@ -145,20 +145,58 @@ async fn status_rotate_revoke_and_verify_through_kubectl() {
     assert!(text(&o).contains("forbidden"), "{}", text(&o));
     let o = plugin(&viewer, &["revoke", "auth", &first_kid, "-n", &ns]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // kubectl's connection flags: --kubeconfig wins over $KUBECONFIG (the viewer's, so the
+    // rotation is refused), --context must exist, and --as is impersonation, which the viewer
+    // may not do (no way to borrow the admin's rights through the plugin).
+    let o = plugin(
+        &admin,
+        &[
+            "--kubeconfig",
+            viewer.to_str().unwrap(),
+            "rotate",
+            "auth",
+            "-n",
+            &ns,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("forbidden"), "{}", text(&o));
+    let o = plugin(
+        &admin,
+        &["--context", "no-such-context", "status", "auth", "-n", &ns],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no-such-context"), "{}", text(&o));
+    let o = plugin(
+        &viewer,
+        &[
+            "--as",
+            "keyturn-admin",
+            "--as-group",
+            "system:masters",
+            "rotate",
+            "auth",
+            "-n",
+            &ns,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("impersonate"), "{}", text(&o));
 
-    // Rotate: a new key signs after prePublish; the first one is Retired and still verifies.
-    let o = plugin(&admin, &["rotate", "auth", "-n", &ns]);
+    // Rotate and wait: it returns once the new key signs (the signing Secret holds it); the
+    // first one is Retired and still verifies.
+    let o = plugin(&admin, &["rotate", "auth", "-n", &ns, "--wait"]);
     assert!(o.status.success(), "{}", text(&o));
-    let f = first_kid.clone();
-    support::wait_object(
-        &secrets,
-        "auth-signing-key",
-        "the rotated key signs",
-        Duration::from_secs(30),
-        move |o: Option<&Secret>| o.is_some_and(|s| support::signing_kid(s) != f),
-    )
-    .await
-    .unwrap();
+    let rotated = support::signing_kid(&secrets.get("auth-signing-key").await.unwrap());
+    assert_ne!(
+        rotated, first_kid,
+        "--wait returned before the new key signed"
+    );
+    assert!(
+        text(&o).contains(&format!("{rotated} signs now")),
+        "{}",
+        text(&o)
+    );
     support::wait_object(
         &sets,
         "auth",
@@ -188,6 +226,18 @@ async fn status_rotate_revoke_and_verify_through_kubectl() {
     let o = plugin(&admin, &["status", "auth", "-n", &ns, "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON status");
     assert!(v.to_string().contains(&first_kid), "{v}");
+    let o = plugin(&admin, &["status", "auth", "-n", &ns, "-o", "yaml"]);
+    let y: serde_json::Value = serde_norway::from_slice(&o.stdout).expect("YAML status");
+    assert_eq!(y["keys"], v["keys"]);
+    // The text view shortens kids to fit 80 columns; -o wide shows them whole, to paste.
+    let o = plugin(&admin, &["status", "auth", "-n", &ns, "-o", "wide"]);
+    assert!(
+        text(&o)
+            .lines()
+            .any(|l| l.starts_with(&first_kid) && l.contains("Retired")),
+        "{}",
+        text(&o)
+    );
 
     // Revoke the retired key: it leaves the JWKS and its tokens stop verifying.
     let o = plugin(&admin, &["revoke", "auth", "not-a-kid", "-n", &ns]);
@@ -278,4 +328,47 @@ async fn verify_checks_a_fan_out_copy() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("not published there"), "{}", text(&o));
     op.assert_running();
+}
+
+/// `rotate --wait` gives up at its timeout with exit status 1 (the new key cannot sign before
+/// prePublish has passed), and `completion` prints a script for the shell named.
+#[tokio::test]
+async fn rotate_wait_times_out_and_completion_prints_a_script() {
+    let client = support::client().await;
+    support::ensure_crd(&client).await;
+    let ns = support::fresh_namespace(&client, "plugin-wait").await;
+    let op = support::Operator::start(&ns);
+    let admin = support::kubeconfig_path();
+    support::create_set(
+        &client,
+        &ns,
+        "auth",
+        json!({"rotation": {"interval": "1h", "prePublish": "1m", "overlap": "1h"}}),
+    )
+    .await;
+    let sets: Api<SigningKeySet> = Api::namespaced(client.clone(), &ns);
+    support::wait_condition(&sets, "auth", "Ready", "True", "KeysPublished").await;
+    let o = plugin(
+        &admin,
+        &["rotate", "auth", "-n", &ns, "--wait", "--timeout", "3s"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("did not sign within 3s"), "{}", text(&o));
+    let o = plugin(&admin, &["rotate", "auth", "-n", &ns, "--timeout", "3s"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "--timeout without --wait: {}",
+        text(&o)
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let o = plugin(&admin, &["completion", shell]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("kubectl-keyturn"),
+            "{shell}: {}",
+            text(&o)
+        );
+    }
+    drop(op);
 }

@@ -97,7 +97,37 @@ async fn kustomize_base_is_accepted_by_the_api_server() {
     ] {
         assert!(stdout.contains(obj), "{obj} missing from:\n{stdout}");
     }
-    // The examples are valid SigningKeySets too.
+    // The examples are valid SigningKeySets too (and the Gateway example a valid HTTPRoute:
+    // the Gateway API's CRD from hack/test-deps.sh).
+    let gateway_crd = std::path::PathBuf::from(std::env::var("KEYTURN_TEST_VERIFIERS").unwrap())
+        .join("gateway-crds/gateway.networking.k8s.io_httproutes.yaml");
+    let out = support::kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            gateway_crd.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = support::kubectl(
+        &[
+            "wait",
+            "--for=condition=established",
+            "crd/httproutes.gateway.networking.k8s.io",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ns = support::fresh_namespace(&client, "examples").await;
     for ex in [
         "service-tokens-es256.yaml",
@@ -105,12 +135,14 @@ async fn kustomize_base_is_accepted_by_the_api_server() {
         "migrate-rs256-to-es256.yaml",
         "grant-service-tokens.yaml",
         "networkpolicy.yaml",
+        "issuer-behind-gateway.yaml",
     ] {
         let text = std::fs::read_to_string(root().join("examples").join(ex)).unwrap();
         let text = text
             .replace("namespace: default", &format!("namespace: {ns}"))
             .replace("namespace: gateway", &format!("namespace: {ns}"))
-            .replace("namespace: keyturn-system", &format!("namespace: {ns}"));
+            .replace("namespace: keyturn-system", &format!("namespace: {ns}"))
+            .replace("namespace: identity", &format!("namespace: {ns}"));
         let out = support::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&text));
         assert!(
             out.status.success(),

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
@@ -14,22 +13,6 @@ use serde_json::json;
 use crate::support;
 use crate::support::plane::Plane;
 use keyturn::core::crd::SigningKeySet;
-
-/// `kubectl ARGS` against `plane`, which must succeed.
-fn kubectl(plane: &Plane, args: &[&str]) -> String {
-    let bin = std::env::var("KEYTURN_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let out = Command::new(bin)
-        .args(args)
-        .env("KUBECONFIG", plane.kubeconfig())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn dir(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -79,17 +62,14 @@ async fn uninstalling_keyturn_keeps_every_key_and_a_reinstall_adopts_them() {
     let plane = Plane::start("uninstall");
     let client = plane.client().await;
     // The install the docs give: the CRDs once, then keyturn.
-    kubectl(&plane, &["apply", "--server-side", "-k", &dir("crds")]);
-    kubectl(
-        &plane,
-        &[
-            "wait",
-            "--for=condition=established",
-            "crd/signingkeysets.keyturn.dev",
-            "crd/signingkeysetgrants.keyturn.dev",
-        ],
-    );
-    kubectl(&plane, &["apply", "--server-side", "-k", &dir("deploy")]);
+    plane.kubectl(&["apply", "--server-side", "-k", &dir("crds")]);
+    plane.kubectl(&[
+        "wait",
+        "--for=condition=established",
+        "crd/signingkeysets.keyturn.dev",
+        "crd/signingkeysetgrants.keyturn.dev",
+    ]);
+    plane.kubectl(&["apply", "--server-side", "-k", &dir("deploy")]);
 
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "apps"}})).unwrap();
     Api::<Namespace>::all(client.clone())
@@ -119,27 +99,21 @@ async fn uninstalling_keyturn_keeps_every_key_and_a_reinstall_adopts_them() {
     // Uninstall: the Pods go (the process here), then `kubectl delete -k deploy/`, waiting until
     // every object of it is gone (keyturn-system deleted to the end by the namespace controller).
     operator.kill();
-    kubectl(
-        &plane,
-        &[
-            "delete",
-            "-k",
-            &dir("deploy"),
-            "--wait=true",
-            "--timeout=180s",
-        ],
-    );
-    let gone = kubectl(
-        &plane,
-        &[
-            "get",
-            "namespace",
-            "keyturn-system",
-            "--ignore-not-found",
-            "-o",
-            "name",
-        ],
-    );
+    plane.kubectl(&[
+        "delete",
+        "-k",
+        &dir("deploy"),
+        "--wait=true",
+        "--timeout=180s",
+    ]);
+    let gone = plane.kubectl(&[
+        "get",
+        "namespace",
+        "keyturn-system",
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ]);
     assert_eq!(gone.trim(), "", "keyturn-system is deleted");
     // The set is the same object, and its Secrets and ConfigMaps are untouched: the same uid,
     // resourceVersion and bytes (a CRD deleted with the install would have taken the set at
@@ -157,7 +131,7 @@ async fn uninstalling_keyturn_keeps_every_key_and_a_reinstall_adopts_them() {
 
     // Reinstall: keyturn adopts the set. Its first reconcile writes nothing: no new key, no
     // rotation, not one byte of a Secret or ConfigMap changed.
-    kubectl(&plane, &["apply", "--server-side", "-k", &dir("deploy")]);
+    plane.kubectl(&["apply", "--server-side", "-k", &dir("deploy")]);
     let after = chrono::Utc::now();
     let mut operator = support::Operator::start_as("uninstall", "apps", plane.kubeconfig(), &[]);
     operator

@@ -49,6 +49,22 @@ impl Plane {
         );
     }
 
+    /// `kubectl ARGS` as its admin, which must succeed; its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let bin = std::env::var("KEYTURN_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+        let out = Command::new(bin)
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// `kill-component` / `start-component` of etcd or kube-apiserver.
     pub fn component(&self, verb: &str, name: &str) {
         self.run(verb, &[name]);
