@@ -75,7 +75,7 @@ async fn two_replicas_without_leader_election_never_break_an_invariant() {
         assert!(gaps.len() >= 3, "{name}: only {} rotations", gaps.len());
         assert!(
             gaps.iter().all(|g| *g + JITTER >= INTERVAL),
-            "{name}: activations {gaps:?} apart: a duplicated rotation"
+            "{name}: activations {gaps:?} apart, closer than the interval: a duplicated or early rotation"
         );
         let (violations, _, signers) =
             check_history(seen, Duration::from_secs(2), Duration::from_secs(2));
