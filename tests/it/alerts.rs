@@ -198,6 +198,7 @@ tests:
         .arg(&path)
         .output()
         .unwrap();
+    let _ = std::fs::remove_file(&path);
     assert!(
         out.status.success(),
         "promtool on the captured series:\n{}{}\n{test}",

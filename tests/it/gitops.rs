@@ -47,6 +47,7 @@ fn health(objects: &[Value]) -> Vec<(String, String)> {
         .write_all(serde_json::to_string(objects).unwrap().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&script);
     assert!(
         out.status.success(),
         "{}",
