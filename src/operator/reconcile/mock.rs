@@ -494,6 +494,26 @@ async fn a_refusal_from_a_stale_cache_is_not_announced_twice() {
     assert!(calls.iter().all(|c| c.method == "GET"), "{:#?}", calls);
 }
 
+/// A refused set's series (the Ready=False gauge an alert fires on) leave once it is being
+/// deleted: it is going away, not broken.
+#[tokio::test]
+async fn a_set_being_deleted_keeps_no_series_an_alert_could_fire_on() {
+    let fake = with_foreign_jwks();
+    let ctx = context(fake.clone());
+    reconcile(Arc::new(stored_set(&fake)), ctx.clone())
+        .await
+        .unwrap();
+    let refused = "condition=\"Ready\",status=\"False\"} 1";
+    assert!(ctx.metrics.encode().contains(refused));
+    let mut deleting = stored_set(&fake);
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let _ = reconcile(Arc::new(deleting), ctx.clone()).await;
+    let text = ctx.metrics.encode();
+    assert!(!text.contains("keyturn_set_condition{"), "{text}");
+}
+
 #[tokio::test]
 async fn a_foreign_configmap_is_refused_with_a_condition_and_an_event_and_never_written() {
     let fake = with_foreign_jwks();

@@ -493,6 +493,11 @@ async fn reconcile_set(
 async fn run(set: &SetRef, sks: &SigningKeySet, ctx: &Context) -> Result<Action, Error> {
     sks.uid().ok_or(Error::Incomplete("uid"))?;
     ctx.metrics.reconcile_started();
+    if ctx.going_away(set, sks) {
+        // Going away, not broken: what it last reported (a Ready=False, a due instant) must not
+        // keep an alert firing while its finalizer runs or its namespace empties.
+        ctx.metrics.forget_set(&set.namespace, &set.name);
+    }
     if sks.metadata.deletion_timestamp.is_some() {
         return fanout::finalize(set, sks, ctx).await;
     }
