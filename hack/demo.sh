@@ -58,7 +58,7 @@ if [ "$NODE" = 1 ]; then
   "$ROOT/hack/control-plane" start --node "$DIR" >/dev/null
   say "building keyturn's image and a workload image, pushing them to the node's registry"
   "$ROOT/hack/node-images" "$DIR"
-  say "installing keyturn as Pods: kubectl apply -k tests/node/overlay (deploy/ with the local image)"
+  say "installing keyturn as Pods: kubectl apply -k tests/node/overlay (crds/ and deploy/ with the local image)"
   kc apply --server-side -k "$ROOT/tests/node/overlay" >/dev/null
   kc -n keyturn-system rollout status deploy/keyturn --timeout 180s
   kc -n keyturn-system get pods -o wide

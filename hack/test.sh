@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # hack/test.sh — keyturn's one test command, in stages.
 #
-#   hack/test.sh unit          fmt --check, clippy (all targets, -D warnings), cargo-deny, unit tests:
-#                              no cluster, under 3 minutes on a warm machine
+#   hack/test.sh unit          fmt --check, clippy (all targets, -D warnings), cargo-deny, unit tests,
+#                              hack/check-docs-test: no cluster, under 3 minutes on a warm machine
 #   hack/test.sh it [FILTER...] the integration tests (tests/it, one binary) against a real plane
 #                              (kube-apiserver, etcd, kube-controller-manager) started for them
 #                              and stopped on exit; FILTERs are cargo test's (e.g. `obstruction::`)
 #   hack/test.sh signer        tests/it/signer.rs: kube-apiserver signing through `keyturn
-#                              signer` on a plane of its own (~12 minutes, mostly waiting)
+#                              signer`, two scenarios each on a plane of its own, side by side
+#                              (~11 minutes, mostly waiting for a token to expire)
 #   hack/test.sh docs          the alerts (promtool), krew packaging, and every block of
 #                              README.md and docs/ (hack/check-docs) against a real plane
 #   hack/test.sh node          the demo (hack/demo.sh), the real node end to end (hack/e2e-node:

@@ -7,7 +7,7 @@
 //! Pods run the images hack/e2e-node pushed to the node's registry.
 //!
 //! One scenario, in order (each phase's assertions name it):
-//! 1. install: `kubectl apply -k tests/node/overlay` (deploy/ with the local image); both
+//! 1. install: `kubectl apply -k tests/node/overlay` (crds/ and deploy/ with the local image); both
 //!    replicas Ready under `restricted` Pod Security with their probes; exactly one holds the
 //!    Lease.
 //! 2. workloads: the verifier Deployment of docs/verifiers.md and the issuer Deployment of
