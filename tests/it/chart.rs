@@ -161,26 +161,15 @@ fn assert_renders(dir: &str, sets: &[&str]) {
 
 #[test]
 fn the_chart_lints_and_renders_what_deploy_installs() {
-    ok(
-        helm(&[
-            "lint",
-            "--strict",
-            &chart(),
-            "--set",
-            "image.repository=keyturn",
-        ]),
-        "helm lint",
-    );
-    ok(
-        helm(&[
-            "lint",
-            "--strict",
-            &chart(),
-            "--set",
+    for (what, sets) in [
+        ("helm lint", "image.repository=keyturn"),
+        (
+            "helm lint (every option)",
             "image.repository=keyturn,namespaceOnly=true,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true",
-        ]),
-        "helm lint (every option)",
-    );
+        ),
+    ] {
+        ok(helm(&["lint", "--strict", &chart(), "--set", sets]), what);
+    }
     assert_renders("deploy", &[]);
     assert_renders("deploy-namespaced", &["namespaceOnly=true"]);
 }
